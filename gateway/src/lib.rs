@@ -1,0 +1,12 @@
+//! sluice: a WireGuard VPN concentrator.
+//!
+//! - [`proto`]: the sans-IO WireGuard protocol core (no sockets, threads, files or clocks).
+//! - [`keys`]: key generation and the base64 encoding shared with the `wg` tool.
+//! - [`drops`]: the one [`DropReason`] enum behind every counter.
+
+pub mod drops;
+pub mod keys;
+pub mod proto;
+
+pub use drops::{DropCounters, DropReason};
+pub use keys::OsRng;

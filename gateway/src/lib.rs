@@ -4,6 +4,7 @@
 //! - [`keys`]: key generation and the base64 encoding shared with the `wg` tool.
 //! - [`drops`]: the one [`DropReason`] enum behind every counter.
 
+pub mod crypto;
 pub mod drops;
 pub mod keys;
 pub mod proto;

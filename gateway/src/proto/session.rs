@@ -1,1 +1,349 @@
-//! (in progress)
+//! Keypairs: the transport keys a handshake derives, their counters and lifetimes, and the
+//! current/previous/next rotation (whitepaper §5.4.6, §6.1; the kernel's `noise_keypairs`).
+//!
+//! - The **initiator** may send with a new keypair at once: it becomes `current`, the old
+//!   current becomes `previous`.
+//! - The **responder** must not send until the initiator proves it has the keys, so a new
+//!   responder keypair waits in `next` until the first transport message arrives with it.
+//! - `previous` stays so packets in flight under the old keys still decrypt.
+//!
+//! A keypair refuses to send or receive after REJECT_AFTER_TIME or REJECT_AFTER_MESSAGES.
+
+use super::messages::{self, transport, Transport, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME};
+use super::noise::SessionKeys;
+use super::replay::ReplayWindow;
+use super::Time;
+use crate::crypto;
+use crate::DropReason;
+use core::fmt;
+use core::ops::Range;
+use zeroize::Zeroizing;
+
+/// One direction-pair of transport keys with its counters.
+pub struct Keypair {
+    send_key: Zeroizing<[u8; crypto::KEY_LEN]>,
+    recv_key: Zeroizing<[u8; crypto::KEY_LEN]>,
+    pub local_index: u32,
+    pub remote_index: u32,
+    pub initiator: bool,
+    pub created: Time,
+    send_counter: u64,
+    replay: ReplayWindow,
+}
+
+impl fmt::Debug for Keypair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keypair")
+            .field("local_index", &self.local_index)
+            .field("remote_index", &self.remote_index)
+            .field("initiator", &self.initiator)
+            .field("created", &self.created)
+            .field("send_counter", &self.send_counter)
+            .field("keys", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Keypair {
+    pub fn new(keys: SessionKeys) -> Keypair {
+        Keypair {
+            send_key: keys.send,
+            recv_key: keys.recv,
+            local_index: keys.local_index,
+            remote_index: keys.remote_index,
+            initiator: keys.initiator,
+            created: keys.created,
+            send_counter: 0,
+            replay: ReplayWindow::new(),
+        }
+    }
+
+    /// Past REJECT_AFTER_TIME: useless for sending and receiving.
+    pub fn is_expired(&self, now: Time) -> bool {
+        now.has_elapsed(self.created, REJECT_AFTER_TIME)
+    }
+
+    /// The counter the next message will carry.
+    pub fn send_counter(&self) -> u64 {
+        self.send_counter
+    }
+
+    /// The high-water mark of counters received.
+    pub fn receive_counter(&self) -> u64 {
+        self.replay.next_expected()
+    }
+
+    /// Encrypt `inner` into `out` as a transport message: header, padded payload, tag. Returns
+    /// the message length. `out` needs room for `transport::MIN_LEN` plus the padded payload.
+    pub fn encrypt(
+        &mut self,
+        now: Time,
+        inner: &[u8],
+        mtu: usize,
+        out: &mut [u8],
+    ) -> Result<usize, DropReason> {
+        if self.is_expired(now) || self.send_counter >= REJECT_AFTER_MESSAGES {
+            return Err(DropReason::KeyExpired);
+        }
+        let padded = messages::padded_len(inner.len(), mtu);
+        let len = transport::MIN_LEN + padded;
+        let buf = out.get_mut(..len).ok_or(DropReason::BadInnerPacket)?;
+        let counter = self.send_counter;
+        self.send_counter += 1;
+
+        let mut msg = Transport::init(buf).map_err(|_| DropReason::BadInnerPacket)?;
+        msg.set_receiver(self.remote_index);
+        msg.set_counter(counter);
+        let sealed = msg.sealed_mut();
+        sealed[..inner.len()].copy_from_slice(inner);
+        sealed[inner.len()..padded].fill(0);
+        crypto::seal_in_place(&self.send_key, counter, &[], sealed);
+        Ok(len)
+    }
+
+    /// Authenticate and decrypt a transport message in place. Returns the range of `datagram`
+    /// holding the (still padded) plaintext. The replay window moves only for a message that
+    /// authenticated, so forged counters cannot push it forward.
+    pub fn decrypt(&mut self, now: Time, datagram: &mut [u8]) -> Result<Range<usize>, DropReason> {
+        if self.is_expired(now) {
+            return Err(DropReason::KeyExpired);
+        }
+        let counter = Transport::new(&*datagram)
+            .map_err(DropReason::from)?
+            .counter();
+        if !self.replay.may_accept(counter) {
+            return Err(DropReason::Replayed);
+        }
+        let sealed = &mut datagram[transport::PAYLOAD_START..];
+        let n = crypto::open_in_place(&self.recv_key, counter, &[], sealed)
+            .map_err(|_| DropReason::DecryptFailed)?;
+        if !self.replay.check_and_update(counter) {
+            return Err(DropReason::Replayed);
+        }
+        Ok(transport::PAYLOAD_START..transport::PAYLOAD_START + n)
+    }
+}
+
+/// Which slot a keypair occupies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    Current,
+    Previous,
+    Next,
+}
+
+/// Local indices of keypairs that were dropped: the caller unregisters them from the index
+/// table.
+pub type Evicted = [Option<u32>; 3];
+
+/// A peer's keypairs (the kernel's `noise_keypairs`).
+#[derive(Debug, Default)]
+pub struct Keypairs {
+    current: Option<Keypair>,
+    previous: Option<Keypair>,
+    next: Option<Keypair>,
+}
+
+fn index_of(k: &Option<Keypair>) -> Option<u32> {
+    k.as_ref().map(|k| k.local_index)
+}
+
+impl Keypairs {
+    /// Install a freshly derived keypair (see the module docs for where it goes).
+    pub fn insert(&mut self, kp: Keypair) -> Evicted {
+        if kp.initiator {
+            let dropped_prev = match self.next.take() {
+                // An unconfirmed responder keypair is newer than current: keep it as previous
+                // so packets the other side already sent with it still decrypt.
+                Some(next) => {
+                    let old_current = index_of(&self.current);
+                    let old_prev = index_of(&self.previous);
+                    self.previous = Some(next);
+                    self.current = Some(kp);
+                    return [old_current, old_prev, None];
+                }
+                None => self.previous.take(),
+            };
+            self.previous = self.current.take();
+            self.current = Some(kp);
+            [dropped_prev.map(|k| k.local_index), None, None]
+        } else {
+            let old_next = index_of(&self.next);
+            let old_prev = index_of(&self.previous);
+            self.next = Some(kp);
+            self.previous = None;
+            [old_next, old_prev, None]
+        }
+    }
+
+    /// The keypair with this local index, and its slot.
+    pub fn find_mut(&mut self, local_index: u32) -> Option<(Slot, &mut Keypair)> {
+        for (slot, kp) in [
+            (Slot::Current, &mut self.current),
+            (Slot::Previous, &mut self.previous),
+            (Slot::Next, &mut self.next),
+        ] {
+            if let Some(kp) = kp.as_mut().filter(|k| k.local_index == local_index) {
+                return Some((slot, kp));
+            }
+        }
+        None
+    }
+
+    /// The initiator just used `next`: it becomes current (the kernel's
+    /// `noise_received_with_keypair`). Returns the evicted previous keypair's index.
+    pub fn confirm_next(&mut self) -> Option<u32> {
+        let next = self.next.take()?;
+        let dropped = self.previous.take().map(|k| k.local_index);
+        self.previous = self.current.take();
+        self.current = Some(next);
+        dropped
+    }
+
+    pub fn current(&self) -> Option<&Keypair> {
+        self.current.as_ref()
+    }
+
+    pub fn current_mut(&mut self) -> Option<&mut Keypair> {
+        self.current.as_mut()
+    }
+
+    pub fn has_next(&self) -> bool {
+        self.next.is_some()
+    }
+
+    /// Drop every keypair (keys are zeroized on drop).
+    pub fn clear(&mut self) -> Evicted {
+        [
+            self.current.take().map(|k| k.local_index),
+            self.previous.take().map(|k| k.local_index),
+            self.next.take().map(|k| k.local_index),
+        ]
+    }
+
+    /// Local indices of every keypair held.
+    pub fn indices(&self) -> impl Iterator<Item = u32> + '_ {
+        [&self.current, &self.previous, &self.next]
+            .into_iter()
+            .filter_map(index_of)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::time::Duration;
+
+    fn keys(local: u32, initiator: bool, swap: bool) -> SessionKeys {
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let (send, recv) = if swap { (b, a) } else { (a, b) };
+        SessionKeys {
+            send: Zeroizing::new(send),
+            recv: Zeroizing::new(recv),
+            local_index: local,
+            remote_index: local + 1000,
+            initiator,
+            created: Time::ZERO,
+        }
+    }
+
+    #[test]
+    fn encrypt_decrypt_pads_and_rejects_replays() {
+        let mut a = Keypair::new(keys(1, true, false));
+        let mut b = Keypair::new(keys(1001, false, true));
+        let mut buf = [0u8; 128];
+        let n = a.encrypt(Time::ZERO, b"hello", 1420, &mut buf).unwrap();
+        assert_eq!(n, transport::MIN_LEN + 16);
+        let mut copy = buf;
+        let r = b.decrypt(Time::ZERO, &mut copy[..n]).unwrap();
+        assert_eq!(&copy[r.clone()][..5], b"hello");
+        assert_eq!(&copy[r][5..], &[0u8; 11]);
+        let mut again = buf;
+        assert_eq!(
+            b.decrypt(Time::ZERO, &mut again[..n]),
+            Err(DropReason::Replayed)
+        );
+        // A forged message with a huge counter fails authentication and does not move the
+        // window: the genuine next message still decrypts.
+        let mut forged = buf;
+        forged[transport::COUNTER].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        assert_eq!(
+            b.decrypt(Time::ZERO, &mut forged[..n]),
+            Err(DropReason::DecryptFailed)
+        );
+        let n2 = a.encrypt(Time::ZERO, b"", 1420, &mut buf).unwrap();
+        assert_eq!(n2, transport::MIN_LEN);
+        let r = b.decrypt(Time::ZERO, &mut buf[..n2]).unwrap();
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn expiry_by_time_and_by_counter() {
+        let mut a = Keypair::new(keys(1, true, false));
+        let mut buf = [0u8; 64];
+        let late = Time::ZERO + REJECT_AFTER_TIME;
+        assert_eq!(
+            a.encrypt(late, b"x", 1420, &mut buf),
+            Err(DropReason::KeyExpired)
+        );
+        let ok = Time::ZERO + (REJECT_AFTER_TIME - Duration::from_millis(1));
+        assert!(a.encrypt(ok, b"x", 1420, &mut buf).is_ok());
+        a.send_counter = REJECT_AFTER_MESSAGES - 1;
+        assert!(a.encrypt(Time::ZERO, b"x", 1420, &mut buf).is_ok());
+        assert_eq!(
+            a.encrypt(Time::ZERO, b"x", 1420, &mut buf),
+            Err(DropReason::KeyExpired)
+        );
+        let mut b = Keypair::new(keys(2, false, true));
+        assert_eq!(b.decrypt(late, &mut buf[..32]), Err(DropReason::KeyExpired));
+    }
+
+    #[test]
+    fn output_buffer_too_small_is_an_error_not_a_panic() {
+        let mut a = Keypair::new(keys(1, true, false));
+        let mut small = [0u8; 40];
+        assert!(a
+            .encrypt(Time::ZERO, &[0u8; 100], 1420, &mut small)
+            .is_err());
+    }
+
+    #[test]
+    fn rotation_follows_the_kernel() {
+        let mut kps = Keypairs::default();
+        // Responder: new keypair waits in next.
+        assert_eq!(kps.insert(Keypair::new(keys(10, false, false))), [None; 3]);
+        assert!(kps.current().is_none() && kps.has_next());
+        // First data on next confirms it.
+        assert_eq!(kps.confirm_next(), None);
+        assert_eq!(kps.current().map(|k| k.local_index), Some(10));
+        // We initiate: the new keypair is current at once, the old one previous.
+        assert_eq!(kps.insert(Keypair::new(keys(20, true, false))), [None; 3]);
+        assert_eq!(kps.current().map(|k| k.local_index), Some(20));
+        assert!(matches!(kps.find_mut(10), Some((Slot::Previous, _))));
+        // Another initiator keypair evicts the oldest.
+        assert_eq!(
+            kps.insert(Keypair::new(keys(30, true, false))),
+            [Some(10), None, None]
+        );
+        // A responder keypair clears previous and replaces next.
+        assert_eq!(
+            kps.insert(Keypair::new(keys(40, false, false))),
+            [None, Some(20), None]
+        );
+        // Initiating while a responder keypair is unconfirmed: next becomes previous.
+        assert_eq!(
+            kps.insert(Keypair::new(keys(50, true, false))),
+            [Some(30), None, None]
+        );
+        assert!(matches!(kps.find_mut(40), Some((Slot::Previous, _))));
+        assert!(matches!(kps.find_mut(50), Some((Slot::Current, _))));
+        assert!(kps.find_mut(30).is_none());
+        let mut left: Vec<_> = kps.indices().collect();
+        left.sort_unstable();
+        assert_eq!(left, vec![40, 50]);
+        let mut cleared: Vec<_> = kps.clear().into_iter().flatten().collect();
+        cleared.sort_unstable();
+        assert_eq!(cleared, vec![40, 50]);
+        assert!(kps.current().is_none());
+    }
+}

@@ -1,1 +1,158 @@
-//! (in progress)
+//! One remote WireGuard peer: its handshake, cookie state, keypairs, timers, endpoint and the
+//! packets waiting for a session (the kernel's `struct wg_peer`).
+//!
+//! A peer owns no table entries itself; [`super::device::Device`] registers its indices and
+//! allowed IPs and keeps them consistent with the state here.
+
+use super::cookie::CookieGenerator;
+use super::messages::{KEY_LEN, MAX_STAGED_PACKETS};
+use super::noise::{Handshake, HandshakeState, Identity};
+use super::session::Keypairs;
+use super::timers::Timers;
+use super::WallTime;
+use crate::DropReason;
+use core::fmt;
+use core::time::Duration;
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use zeroize::Zeroizing;
+
+/// A peer's handle inside its [`super::device::Device`]. Handles of removed peers are reused.
+pub type PeerId = u32;
+
+/// How a peer is configured: the `[Peer]` section of a wg-quick file.
+#[derive(Clone, Default)]
+pub struct PeerConfig {
+    pub public_key: [u8; KEY_LEN],
+    pub preshared_key: Option<Zeroizing<[u8; KEY_LEN]>>,
+    pub endpoint: Option<SocketAddr>,
+    /// Seconds between keepalives sent regardless of traffic; `None` or 0 disables.
+    pub persistent_keepalive: Option<u16>,
+    pub allowed_ips: Vec<(IpAddr, u8)>,
+}
+
+impl fmt::Debug for PeerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerConfig")
+            .field("public_key", &crate::keys::encode_key(&self.public_key))
+            .field(
+                "preshared_key",
+                &self.preshared_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("endpoint", &self.endpoint)
+            .field("persistent_keepalive", &self.persistent_keepalive)
+            .field("allowed_ips", &self.allowed_ips)
+            .finish()
+    }
+}
+
+/// Counters a `wg show` user expects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    /// Bytes of authenticated WireGuard messages received (the kernel's rx_bytes).
+    pub rx_bytes: u64,
+    /// Bytes of WireGuard messages sent.
+    pub tx_bytes: u64,
+    /// Wall-clock time of the last completed handshake.
+    pub last_handshake: Option<WallTime>,
+    pub handshakes_completed: u64,
+}
+
+pub struct Peer {
+    pub(super) handshake: Handshake,
+    pub(super) cookie: CookieGenerator,
+    pub(super) keypairs: Keypairs,
+    pub(super) timers: Timers,
+    pub(super) endpoint: Option<SocketAddr>,
+    pub(super) staged: VecDeque<Vec<u8>>,
+    pub(super) stats: PeerStats,
+    /// The deadline this peer is filed under in the device's schedule.
+    pub(super) scheduled: Option<super::Time>,
+}
+
+impl fmt::Debug for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Peer")
+            .field("public_key", &crate::keys::encode_key(self.public_key()))
+            .field("endpoint", &self.endpoint)
+            .field("handshake", &self.handshake.state())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Peer {
+    /// Costs one DH (the precomputed static-static); load many peers in parallel.
+    pub fn new(identity: &Identity, cfg: &PeerConfig) -> Peer {
+        let keepalive = cfg
+            .persistent_keepalive
+            .filter(|&s| s > 0)
+            .map(|s| Duration::from_secs(u64::from(s)));
+        Peer {
+            handshake: Handshake::new(identity, cfg.public_key, cfg.preshared_key.as_deref()),
+            cookie: CookieGenerator::new(&cfg.public_key),
+            keypairs: Keypairs::default(),
+            timers: Timers::new(keepalive),
+            endpoint: cfg.endpoint,
+            staged: VecDeque::new(),
+            stats: PeerStats::default(),
+            scheduled: None,
+        }
+    }
+
+    pub fn public_key(&self) -> &[u8; KEY_LEN] {
+        self.handshake.remote_static()
+    }
+
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        self.endpoint
+    }
+
+    pub fn stats(&self) -> &PeerStats {
+        &self.stats
+    }
+
+    pub fn timers(&self) -> &Timers {
+        &self.timers
+    }
+
+    pub fn keypairs(&self) -> &Keypairs {
+        &self.keypairs
+    }
+
+    pub fn handshake_state(&self) -> HandshakeState {
+        self.handshake.state()
+    }
+
+    pub fn staged_len(&self) -> usize {
+        self.staged.len()
+    }
+
+    /// The index the in-flight initiation registered, which nobody else owns: it must be
+    /// unregistered when the handshake is replaced or wiped. (After `begin_session` the index
+    /// belongs to the keypair instead.)
+    pub(super) fn handshake_index(&self) -> Option<u32> {
+        (self.handshake.state() == HandshakeState::CreatedInitiation)
+            .then(|| self.handshake.local_index())
+    }
+
+    /// Remember a packet until a session exists, dropping the oldest when full (as the kernel
+    /// does: the newest packets are the ones still worth sending).
+    pub(super) fn stage(&mut self, packet: &[u8]) -> Result<(), DropReason> {
+        let dropped = if self.staged.len() >= MAX_STAGED_PACKETS {
+            self.staged.pop_front();
+            Err(DropReason::StagedQueueFull)
+        } else {
+            Ok(())
+        };
+        self.staged.push_back(packet.to_vec());
+        dropped
+    }
+
+    /// Update the endpoint from an authenticated packet; true if it changed (roaming).
+    pub(super) fn set_endpoint(&mut self, src: SocketAddr) -> bool {
+        let changed = self.endpoint != Some(src);
+        self.endpoint = Some(src);
+        changed
+    }
+}

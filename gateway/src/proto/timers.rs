@@ -234,10 +234,9 @@ impl Timers {
 
     /// Should receiving with `kp` trigger a last-minute handshake, so the initiator rekeys
     /// before the keys expire even when it has nothing to send? Only once per session.
-    pub fn rekey_due_on_receive(&mut self, now: Time, kp: &Keypair) -> bool {
+    pub fn rekey_due_on_receive(&mut self, now: Time, initiator: bool, created: Time) -> bool {
         let deadline = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT;
-        if self.sent_lastminute_handshake || !kp.initiator || !now.has_elapsed(kp.created, deadline)
-        {
+        if self.sent_lastminute_handshake || !initiator || !now.has_elapsed(created, deadline) {
             return false;
         }
         self.sent_lastminute_handshake = true;

@@ -4,6 +4,8 @@
 //! - [`keys`]: key generation and the base64 encoding shared with the `wg` tool.
 //! - [`drops`]: the one [`DropReason`] enum behind every counter.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod crypto;
 pub mod drops;
 pub mod keys;

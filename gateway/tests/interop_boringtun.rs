@@ -6,6 +6,8 @@
 //! boringtun reads its clock through `mock_instant` (the `mock-instant` feature), whose clock is
 //! per-thread; each test advances it in step with sluice's simulated clock.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 mod common;
 
 use boringtun::noise::rate_limiter::RateLimiter;
@@ -146,7 +148,7 @@ impl Lab {
     }
 
     /// Deliver boringtun's datagrams to sluice, and sluice's replies back, until quiet.
-    fn to_sluice(&mut self, datagrams: Vec<Vec<u8>>) -> Vec<Result<Received, DropReason>> {
+    fn deliver_to_sluice(&mut self, datagrams: Vec<Vec<u8>>) -> Vec<Result<Received, DropReason>> {
         let mut results = Vec::new();
         let mut pending = datagrams;
         for _ in 0..100 {
@@ -177,13 +179,13 @@ impl Lab {
             self.wire.push((true, t.data[0]));
             replies.extend(self.bt.receive(self.s.addr, &t.data));
         }
-        self.to_sluice(replies);
+        self.deliver_to_sluice(replies);
         Ok(())
     }
 
     fn bt_sends(&mut self, packet: &[u8]) -> Vec<Result<Received, DropReason>> {
         let out = self.bt.send(packet);
-        self.to_sluice(out)
+        self.deliver_to_sluice(out)
     }
 
     fn run_timers(&mut self) {
@@ -194,7 +196,7 @@ impl Lab {
             out.extend(self.bt.receive(self.s.addr, &t.data));
         }
         out.extend(self.bt.timers());
-        self.to_sluice(out);
+        self.deliver_to_sluice(out);
     }
 
     fn sluice_delivered(&self) -> Vec<Vec<u8>> {

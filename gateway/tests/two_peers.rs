@@ -1,6 +1,8 @@
 //! Two sluice devices talking through a simulated network on a simulated clock: handshakes,
 //! loss and retry, keepalives, rekeying, expiry, replay, roaming, cryptokey routing, cookies.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 mod common;
 
 use common::*;

@@ -14,6 +14,9 @@ use blake2::digest::{Digest, KeyInit, Mac};
 use blake2::{Blake2s256, Blake2sMac};
 use zeroize::Zeroizing;
 
+/// A derived key, wiped when dropped.
+pub type SecretKey = Zeroizing<[u8; KEY_LEN]>;
+
 type Blake2sMac128 = Blake2sMac<blake2::digest::consts::U16>;
 
 const BLOCK_LEN: usize = 64;
@@ -41,7 +44,7 @@ pub fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; MAC_LEN] {
 }
 
 /// HMAC-BLAKE2s(key, parts…).
-pub fn hmac(key: &[u8; KEY_LEN], parts: &[&[u8]]) -> Zeroizing<[u8; KEY_LEN]> {
+pub fn hmac(key: &[u8; KEY_LEN], parts: &[&[u8]]) -> SecretKey {
     let mut pad = Zeroizing::new([0u8; BLOCK_LEN]);
     pad[..KEY_LEN].copy_from_slice(key);
     for b in pad.iter_mut() {
@@ -65,16 +68,13 @@ pub fn hmac(key: &[u8; KEY_LEN], parts: &[&[u8]]) -> Zeroizing<[u8; KEY_LEN]> {
 }
 
 /// KDF1(key, input) = τ1.
-pub fn kdf1(key: &[u8; KEY_LEN], input: &[u8]) -> Zeroizing<[u8; KEY_LEN]> {
+pub fn kdf1(key: &[u8; KEY_LEN], input: &[u8]) -> SecretKey {
     let t0 = hmac(key, &[input]);
     hmac(&t0, &[&[1]])
 }
 
 /// KDF2(key, input) = (τ1, τ2).
-pub fn kdf2(
-    key: &[u8; KEY_LEN],
-    input: &[u8],
-) -> (Zeroizing<[u8; KEY_LEN]>, Zeroizing<[u8; KEY_LEN]>) {
+pub fn kdf2(key: &[u8; KEY_LEN], input: &[u8]) -> (SecretKey, SecretKey) {
     let t0 = hmac(key, &[input]);
     let t1 = hmac(&t0, &[&[1]]);
     let t2 = hmac(&t0, &[&t1[..], &[2]]);
@@ -82,14 +82,7 @@ pub fn kdf2(
 }
 
 /// KDF3(key, input) = (τ1, τ2, τ3).
-pub fn kdf3(
-    key: &[u8; KEY_LEN],
-    input: &[u8],
-) -> (
-    Zeroizing<[u8; KEY_LEN]>,
-    Zeroizing<[u8; KEY_LEN]>,
-    Zeroizing<[u8; KEY_LEN]>,
-) {
+pub fn kdf3(key: &[u8; KEY_LEN], input: &[u8]) -> (SecretKey, SecretKey, SecretKey) {
     let t0 = hmac(key, &[input]);
     let t1 = hmac(&t0, &[&[1]]);
     let t2 = hmac(&t0, &[&t1[..], &[2]]);

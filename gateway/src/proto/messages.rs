@@ -480,7 +480,7 @@ mod tests {
 
     #[test]
     fn transport_fields_round_trip() {
-        let mut buf = vec![0u8; 48];
+        let mut buf = [0u8; 48];
         let mut t = Transport::init(&mut buf[..]).unwrap();
         t.set_receiver(0xdead_beef);
         t.set_counter(0x0102_0304_0506_0708);

@@ -128,9 +128,8 @@ impl Timers {
         if !is_retry {
             self.handshake_attempts = 0;
         }
-        !self
-            .last_sent_handshake
-            .is_some_and(|last| !now.has_elapsed(last, REKEY_TIMEOUT))
+        self.last_sent_handshake
+            .is_none_or(|last| now.has_elapsed(last, REKEY_TIMEOUT))
     }
 
     /// What to do now that RetransmitHandshake fired.

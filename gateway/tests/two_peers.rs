@@ -458,3 +458,56 @@ fn unknown_peer_gets_no_answer() {
     );
     assert!(p.b.transmits().is_empty());
 }
+
+#[test]
+fn rate_limiter_entries_are_swept_even_with_no_peer_timers() {
+    // Under load, a source that presents a valid mac2 gets a rate-limiter entry. The device
+    // must ask to be woken to forget idle entries, or a spoofed flood would fill the table for
+    // good. A stranger (valid mac1, unknown key) earns a cookie and retries with mac2.
+    let (mut p, _, _) = Pair::new(17);
+    let mut stranger = Node::new(&key(77), addr("198.51.100.1:1"));
+    stranger.add_peer(&p.clock, public(&key(2)), Some(p.b.addr), &["10.0.0.2/32"]);
+    let now = p.clock.now;
+    p.b.dev.set_under_load(now, true);
+    assert!(stranger
+        .send(&mut p.clock, &ipv4([10, 9, 9, 9], B_IP, b"x"))
+        .unwrap()
+        .is_none());
+    let init = stranger.transmits().pop().unwrap();
+    assert_eq!(
+        p.b.receive(&mut p.clock, stranger.addr, &init.data),
+        Err(DropReason::CookieRequired)
+    );
+    assert_eq!(
+        p.b.dev.poll_timeout(),
+        None,
+        "no limiter entry yet, no peer timers"
+    );
+    let cookie = p.b.transmits().pop().unwrap();
+    assert!(matches!(
+        stranger.receive(&mut p.clock, p.b.addr, &cookie.data),
+        Ok(Received::CookieReply { .. })
+    ));
+    p.clock.advance(Duration::from_secs(6));
+    let now = p.clock.now;
+    p.b.dev.set_under_load(now, true);
+    stranger.dev.handle_timeout(&mut p.clock.cx());
+    let retry = stranger.transmits().pop().unwrap();
+    assert_eq!(
+        p.b.receive(&mut p.clock, stranger.addr, &retry.data),
+        Err(DropReason::UnknownPeer),
+        "mac2 and the limiter passed; only the unknown key stopped it"
+    );
+    let wake =
+        p.b.dev
+            .poll_timeout()
+            .expect("a limiter entry needs a sweep");
+    assert!(wake <= p.clock.now + Duration::from_secs(1));
+    // Waking at the deadline with the entry still fresh keeps it (and the wake-up) ...
+    p.b.dev.handle_timeout(&mut p.clock.cx());
+    assert!(p.b.dev.poll_timeout().is_some());
+    // ... and once it has been idle for a second, it is swept.
+    p.clock.advance(Duration::from_secs(2));
+    p.b.dev.handle_timeout(&mut p.clock.cx());
+    assert_eq!(p.b.dev.poll_timeout(), None, "the idle entry was swept");
+}

@@ -34,6 +34,8 @@ use std::net::{IpAddr, SocketAddr};
 pub const DEFAULT_MTU: usize = 1420;
 /// Sources the handshake rate limiter tracks at most.
 const RATELIMITER_ENTRIES: usize = 1 << 16;
+/// How often idle rate-limiter entries are swept.
+const RATELIMITER_GC_INTERVAL: Duration = Duration::from_secs(1);
 /// Stay under load this long after the last report of load, so the state doesn't flap.
 const UNDER_LOAD_HOLD: Duration = Duration::from_secs(1);
 
@@ -126,6 +128,7 @@ pub struct Device {
     ratelimiter: RateLimiter,
     schedule: BTreeSet<(Time, PeerId)>,
     last_under_load: Option<Time>,
+    last_ratelimiter_gc: Time,
     mtu: usize,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -155,6 +158,7 @@ impl Device {
             ratelimiter: RateLimiter::new(RATELIMITER_ENTRIES),
             schedule: BTreeSet::new(),
             last_under_load: None,
+            last_ratelimiter_gc: Time::ZERO,
             mtu: DEFAULT_MTU,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -292,7 +296,12 @@ impl Device {
 
     /// When [`Device::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Time> {
-        self.schedule.first().map(|&(t, _)| t)
+        let gc = (!self.ratelimiter.is_empty())
+            .then(|| self.last_ratelimiter_gc + RATELIMITER_GC_INTERVAL);
+        [self.schedule.first().map(|&(t, _)| t), gc]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// File the peer under its earliest timer deadline.
@@ -331,7 +340,15 @@ impl Device {
             }
             self.reschedule(id);
         }
-        self.ratelimiter.gc(cx.now);
+        // The rate limiter forgets sources idle for a second; sweeping more often than that
+        // would only cost time proportional to the number of sources.
+        if cx
+            .now
+            .has_elapsed(self.last_ratelimiter_gc, RATELIMITER_GC_INTERVAL)
+        {
+            self.ratelimiter.gc(cx.now);
+            self.last_ratelimiter_gc = cx.now;
+        }
     }
 
     fn fire(&mut self, cx: &mut Context, id: PeerId, timer: Timer) {

@@ -299,6 +299,26 @@ mod tests {
     }
 
     #[test]
+    fn rekey_is_due_by_messages_for_both_roles_and_by_time_for_the_initiator() {
+        use crate::proto::messages::{REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME};
+        use crate::proto::timers::Timers;
+        let mut init = Keypair::new(keys(1, true, false));
+        let mut resp = Keypair::new(keys(2, false, true));
+        let early = Time::ZERO + Duration::from_secs(1);
+        assert!(!Timers::rekey_due_on_send(early, &init));
+        let late = Time::ZERO + REKEY_AFTER_TIME;
+        assert!(Timers::rekey_due_on_send(late, &init));
+        // Time alone never makes the responder rekey: the initiator owns that.
+        assert!(!Timers::rekey_due_on_send(late, &resp));
+        for kp in [&mut init, &mut resp] {
+            kp.send_counter = REKEY_AFTER_MESSAGES;
+            assert!(!Timers::rekey_due_on_send(early, kp));
+            kp.send_counter = REKEY_AFTER_MESSAGES + 1;
+            assert!(Timers::rekey_due_on_send(early, kp));
+        }
+    }
+
+    #[test]
     fn output_buffer_too_small_is_an_error_not_a_panic() {
         let mut a = Keypair::new(keys(1, true, false));
         let mut small = [0u8; 40];

@@ -13,6 +13,7 @@
 pub mod allowedips;
 pub mod cookie;
 pub mod device;
+pub mod effects;
 pub mod index;
 pub mod ip;
 pub mod kdf;
@@ -20,8 +21,10 @@ pub mod messages;
 pub mod noise;
 pub mod peer;
 pub mod ratelimiter;
+pub mod receive;
 pub mod replay;
 pub mod rng;
+pub mod send;
 pub mod session;
 pub mod time;
 pub mod timers;

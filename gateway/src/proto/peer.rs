@@ -5,11 +5,12 @@
 //! allowed IPs and keeps them consistent with the state here.
 
 use super::cookie::CookieGenerator;
+use super::effects::{Env, Event};
 use super::messages::{KEY_LEN, MAX_STAGED_PACKETS};
 use super::noise::{Handshake, HandshakeState, Identity};
 use super::session::Keypairs;
-use super::timers::Timers;
-use super::WallTime;
+use super::timers::{Retransmit, Timer, Timers};
+use super::{Time, WallTime};
 use crate::DropReason;
 use core::fmt;
 use core::time::Duration;
@@ -59,6 +60,7 @@ pub struct PeerStats {
 }
 
 pub struct Peer {
+    pub(super) id: PeerId,
     pub(super) handshake: Handshake,
     pub(super) cookie: CookieGenerator,
     pub(super) keypairs: Keypairs,
@@ -67,7 +69,7 @@ pub struct Peer {
     pub(super) staged: VecDeque<Vec<u8>>,
     pub(super) stats: PeerStats,
     /// The deadline this peer is filed under in the device's schedule.
-    pub(super) scheduled: Option<super::Time>,
+    pub(super) scheduled: Option<Time>,
 }
 
 impl fmt::Debug for Peer {
@@ -82,13 +84,15 @@ impl fmt::Debug for Peer {
 }
 
 impl Peer {
-    /// Costs one DH (the precomputed static-static); load many peers in parallel.
-    pub fn new(identity: &Identity, cfg: &PeerConfig) -> Peer {
+    /// Costs one DH (the precomputed static-static); load many peers in parallel. `id` is the
+    /// handle its owner will know it by (it appears in events and index mappings).
+    pub fn new(identity: &Identity, cfg: &PeerConfig, id: PeerId) -> Peer {
         let keepalive = cfg
             .persistent_keepalive
             .filter(|&s| s > 0)
             .map(|s| Duration::from_secs(u64::from(s)));
         Peer {
+            id,
             handshake: Handshake::new(identity, cfg.public_key, cfg.preshared_key.as_deref()),
             cookie: CookieGenerator::new(&cfg.public_key),
             keypairs: Keypairs::default(),
@@ -98,6 +102,10 @@ impl Peer {
             stats: PeerStats::default(),
             scheduled: None,
         }
+    }
+
+    pub fn id(&self) -> PeerId {
+        self.id
     }
 
     pub fn public_key(&self) -> &[u8; KEY_LEN] {
@@ -154,5 +162,68 @@ impl Peer {
         let changed = self.endpoint != Some(src);
         self.endpoint = Some(src);
         changed
+    }
+
+    /// When this peer's timers next need [`Peer::handle_timers`].
+    pub fn next_deadline(&self) -> Option<Time> {
+        self.timers.next_deadline()
+    }
+
+    /// The deadline the owner filed this peer under, and the new one to file it under; the
+    /// owner keeps its schedule consistent with these.
+    pub fn reschedule(&mut self) -> (Option<Time>, Option<Time>) {
+        let old = self.scheduled;
+        self.scheduled = self.timers.next_deadline();
+        (old, self.scheduled)
+    }
+
+    /// Run every timer due now (whitepaper §6): retransmit or give up on a handshake, send
+    /// keepalives, rekey when the peer went quiet, wipe keys after 3 × REJECT_AFTER_TIME.
+    pub fn handle_timers(&mut self, env: &mut Env) {
+        while let Some(timer) = self.timers.take_expired(env.cx.now) {
+            match timer {
+                Timer::RetransmitHandshake => match self.timers.on_retransmit_fired(env.cx.now) {
+                    Retransmit::Resend(_) => self.send_initiation(env, true),
+                    Retransmit::GiveUp => {
+                        self.staged.clear();
+                        env.out
+                            .events
+                            .push_back(Event::HandshakeGaveUp { peer: self.id });
+                    }
+                },
+                Timer::SendKeepalive => {
+                    self.send_keepalive(env);
+                    self.timers.on_keepalive_fired(env.cx.now);
+                }
+                Timer::NewHandshake => self.send_initiation(env, false),
+                Timer::ZeroKeyMaterial => self.zero_keys(env),
+                Timer::PersistentKeepalive => self.send_keepalive(env),
+            }
+        }
+    }
+
+    /// Wipe every keypair and the handshake in flight, releasing their indices.
+    pub fn zero_keys(&mut self, env: &mut Env) {
+        let handshake_index = self.handshake_index();
+        for i in self
+            .keypairs
+            .clear()
+            .into_iter()
+            .flatten()
+            .chain(handshake_index)
+        {
+            env.indices.release(i);
+        }
+        self.handshake.clear();
+        self.timers.on_keys_zeroed();
+        env.out
+            .events
+            .push_back(Event::KeysZeroed { peer: self.id });
+    }
+
+    /// Every receiver index this peer holds (keypairs and the initiation in flight), for an
+    /// owner removing it.
+    pub fn indices(&self) -> impl Iterator<Item = u32> + '_ {
+        self.keypairs.indices().chain(self.handshake_index())
     }
 }

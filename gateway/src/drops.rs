@@ -51,11 +51,13 @@ pub enum DropReason {
     StagedQueueFull,
     /// A cookie reply that did not decrypt.
     BadCookieReply,
+    /// The inner interface (TUN queue) would not take the packet.
+    InnerQueueFull,
 }
 
 impl DropReason {
     /// Every reason, in discriminant order.
-    pub const ALL: [DropReason; 22] = [
+    pub const ALL: [DropReason; 23] = [
         DropReason::UnknownType,
         DropReason::BadLength,
         DropReason::ReservedNonZero,
@@ -78,6 +80,7 @@ impl DropReason {
         DropReason::NoEndpoint,
         DropReason::StagedQueueFull,
         DropReason::BadCookieReply,
+        DropReason::InnerQueueFull,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -106,6 +109,7 @@ impl DropReason {
             DropReason::NoEndpoint => "no_endpoint",
             DropReason::StagedQueueFull => "staged_queue_full",
             DropReason::BadCookieReply => "bad_cookie_reply",
+            DropReason::InnerQueueFull => "inner_queue_full",
         }
     }
 }

@@ -8,8 +8,10 @@
 
 pub mod config;
 pub mod crypto;
+pub mod datapath;
 pub mod drops;
 pub mod keys;
+pub mod log;
 pub mod proto;
 
 pub use drops::{DropCounters, DropReason};

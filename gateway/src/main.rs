@@ -1,9 +1,13 @@
 //! The `sluice` command: the gateway daemon and its key tools.
 
 use clap::{Parser, Subcommand};
+use sluice::config::{self, Config, Mode};
+use sluice::datapath::{self, RunOptions};
 use sluice::keys::{self, KEY_LEN};
+use sluice::log;
 use sluice::OsRng;
 use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use zeroize::Zeroizing;
 
@@ -16,6 +20,20 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the gateway in the foreground until SIGINT or SIGTERM.
+    Up {
+        /// The gateway configuration (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Rewrite a JSON status snapshot here about once a second.
+        #[arg(long)]
+        status_file: Option<PathBuf>,
+    },
+    /// Validate a configuration without starting anything.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Print a new private key (base64), as `wg genkey` does.
     Genkey,
     /// Read a private key on stdin, print its public key, as `wg pubkey` does.
@@ -27,6 +45,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Up {
+            config,
+            status_file,
+        } => up(&config, status_file),
+        Command::Check { config } => check(&config),
         Command::Genkey => print_key(&keys::generate_private(&mut OsRng)),
         Command::Genpsk => print_key(&keys::generate_psk(&mut OsRng)),
         Command::Pubkey => pubkey(),
@@ -54,4 +77,42 @@ fn pubkey() -> Result<(), String> {
     let private =
         keys::decode_key(&input).map_err(|e| format!("invalid private key on stdin: {e}"))?;
     print_key(&keys::public_from_private(&private))
+}
+
+fn load(path: &Path) -> Result<Config, String> {
+    config::load(path).map_err(|e| e.to_string())
+}
+
+fn check(path: &Path) -> Result<(), String> {
+    let cfg = load(path)?;
+    for note in &cfg.notes {
+        println!("note: {note}");
+    }
+    println!(
+        "{}: OK: interface {}, {} peers, listen port {}, mode {:?}, {} workers",
+        path.display(),
+        cfg.name,
+        cfg.peers.len(),
+        cfg.listen_port,
+        cfg.dataplane.mode,
+        cfg.dataplane.workers
+    );
+    Ok(())
+}
+
+fn up(path: &Path, status_file: Option<PathBuf>) -> Result<(), String> {
+    let cfg = load(path)?;
+    for note in &cfg.notes {
+        log::info(&format!("note: {note}"));
+    }
+    match cfg.dataplane.mode {
+        Mode::Socket => log::info("dataplane mode=socket: UDP sockets + TUN, as configured"),
+        Mode::Auto => log::info(
+            "dataplane mode=auto chose socket: this build has no XDP data path yet, so UDP sockets + TUN",
+        ),
+        Mode::Xdp => log::warn(
+            "dataplane mode=xdp requested, but this build has no XDP data path yet: falling back to socket (UDP sockets + TUN)",
+        ),
+    }
+    datapath::run(&cfg, &RunOptions { status_file }).map_err(|e| e.to_string())
 }

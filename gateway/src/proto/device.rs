@@ -165,11 +165,7 @@ impl Device {
             // another peer moves to this one.
             let _ = self.allowed_ips.insert(addr, cidr, id);
         }
-        if let Some(interval) = peer.timers().persistent_keepalive() {
-            // A persistent keepalive starts the session at once, as the kernel does when such
-            // a peer is added to an interface that is up.
-            peer.timers.set_persistent_keepalive(now, Some(interval));
-        }
+        peer.on_interface_up(now);
         self.by_key.insert(cfg.public_key, id);
         self.peers[id as usize] = Some(peer);
         self.reschedule(id);

@@ -164,6 +164,14 @@ impl Peer {
         changed
     }
 
+    /// The interface came up (or the peer was added to a running one): a configured
+    /// persistent keepalive starts the session at once, as the kernel does.
+    pub fn on_interface_up(&mut self, now: Time) {
+        if let Some(interval) = self.timers.persistent_keepalive() {
+            self.timers.set_persistent_keepalive(now, Some(interval));
+        }
+    }
+
     /// When this peer's timers next need [`Peer::handle_timers`].
     pub fn next_deadline(&self) -> Option<Time> {
         self.timers.next_deadline()

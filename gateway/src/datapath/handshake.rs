@@ -1,0 +1,149 @@
+//! Handshake threads: the slow path. Workers hand them handshake messages (mac1 already
+//! checked) through a bounded queue; they run the cookie layer (mac2 and the per-source rate
+//! limit under load), the Noise handshake under the peer's lock, and send the replies.
+
+use super::shared::{lock, Shared};
+use super::udp::UdpSocket;
+use super::worker::{log_event, HandshakeJob, WorkerStats};
+use crate::proto::cookie::CookieError;
+use crate::proto::effects::{Context, Outbox, Transmit};
+use crate::proto::messages::{self, Message};
+use crate::proto::noise;
+use crate::{DropCounters, DropReason, OsRng};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug)]
+pub struct HandshakeThread {
+    pub shared: Arc<Shared>,
+    pub udp: Arc<UdpSocket>,
+    pub jobs: Receiver<HandshakeJob>,
+    pub stop: Arc<AtomicBool>,
+    pub stats: Arc<WorkerStats>,
+}
+
+impl HandshakeThread {
+    pub fn run(self) {
+        let mut drops = DropCounters::default();
+        let mut handled = 0u64;
+        let mut sent = 0u64;
+        let mut out = Outbox::default();
+        let mut rng = OsRng;
+        while !self.stop.load(Ordering::Relaxed) {
+            self.stats
+                .heartbeat
+                .store(self.shared.clock.now().as_nanos(), Ordering::Relaxed);
+            let mut job = match self.jobs.recv_timeout(Duration::from_millis(100)) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut cx = Context {
+                now: self.shared.clock.now(),
+                wall: self.shared.clock.wall(),
+                rng: &mut rng,
+            };
+            match handle(&self.shared, &mut cx, &mut out, job.src, &mut job.data) {
+                Ok(()) => handled += 1,
+                Err(reason) => drops.count(reason),
+            }
+            if !out.transmits.is_empty() {
+                let items: Vec<(SocketAddr, &[u8])> = out
+                    .transmits
+                    .iter()
+                    .map(|t| (t.dst, t.data.as_slice()))
+                    .collect();
+                sent += self.udp.send_batch(&items) as u64;
+                out.transmits.clear();
+            }
+            for e in out.events.drain(..) {
+                log_event(&self.shared, &e);
+            }
+            self.stats.publish(&drops, handled, sent);
+        }
+    }
+}
+
+/// One handshake message, start to finish.
+fn handle(
+    shared: &Shared,
+    cx: &mut Context,
+    out: &mut Outbox,
+    src: SocketAddr,
+    data: &mut [u8],
+) -> Result<(), DropReason> {
+    match messages::parse(data)? {
+        Message::Initiation(m) => {
+            cookie_gate(shared, cx, out, src, m.as_bytes(), m.sender())?;
+            let consumed = noise::consume_initiation(&shared.identity, &m)?;
+            let id = *shared
+                .by_key
+                .get(&consumed.remote_static)
+                .ok_or(DropReason::UnknownPeer)?;
+            shared
+                .with_peer(id, cx, out, |peer, env| {
+                    peer.respond_to_initiation(env, consumed, src)
+                })
+                .unwrap_or(Err(DropReason::UnknownPeer))
+        }
+        Message::Response(m) => {
+            cookie_gate(shared, cx, out, src, m.as_bytes(), m.sender())?;
+            let id = shared
+                .index
+                .get(m.receiver())
+                .ok_or(DropReason::UnknownIndex)?;
+            shared
+                .with_peer(id, cx, out, |peer, env| peer.receive_response(env, &m, src))
+                .unwrap_or(Err(DropReason::UnknownIndex))
+        }
+        Message::CookieReply(m) => {
+            let id = shared
+                .index
+                .get(m.receiver())
+                .ok_or(DropReason::UnknownIndex)?;
+            shared
+                .with_peer(id, cx, out, |peer, env| peer.receive_cookie_reply(env, &m))
+                .unwrap_or(Err(DropReason::UnknownIndex))
+        }
+        Message::Transport(_) => Err(DropReason::UnknownType),
+    }
+}
+
+/// Under load a handshake must carry a valid mac2 (else it earns a cookie reply), and its
+/// source must be within its rate; mac1 was checked by the worker, and is again here because
+/// the validation is one call.
+fn cookie_gate(
+    shared: &Shared,
+    cx: &mut Context,
+    out: &mut Outbox,
+    src: SocketAddr,
+    msg: &[u8],
+    sender: u32,
+) -> Result<(), DropReason> {
+    let under_load = shared.is_under_load(cx.now);
+    let verdict = match shared.checker.read() {
+        Ok(c) => c.validate(cx.now, msg, src, under_load),
+        Err(poisoned) => poisoned.into_inner().validate(cx.now, msg, src, under_load),
+    };
+    match verdict {
+        Ok(()) => {}
+        Err(CookieError::CookieRequired) => {
+            let mut reply = [0u8; messages::cookie_reply::LEN];
+            let mut checker = shared.checker.write().unwrap_or_else(|p| p.into_inner());
+            checker.create_reply(cx.now, cx.rng, msg, sender, src, &mut reply);
+            out.transmits.push_back(Transmit {
+                dst: src,
+                data: reply.to_vec(),
+            });
+            return Err(DropReason::CookieRequired);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    if under_load && !lock(&shared.ratelimiter).allow(cx.now, src.ip()) {
+        return Err(DropReason::RateLimited);
+    }
+    Ok(())
+}

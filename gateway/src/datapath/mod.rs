@@ -1,0 +1,221 @@
+//! The portable data path: UDP sockets on the outside, a multi-queue TUN device on the inside,
+//! pinned worker threads in between, and handshake threads on the side.
+//!
+//! ```text
+//!           UDP :51820 (SO_REUSEPORT, one socket per worker)
+//!                 |  recvmmsg / sendmmsg batches
+//!   +-------------v-------------+      handshakes (mac1 ok)      +-------------------+
+//!   | worker 0 (core 0)         |-----> bounded queue ---------->| handshake thread  |
+//!   |  decrypt, cryptokey check |       depth -> under load      |  cookies, Noise   |
+//!   |  route, encrypt, timers   |                                +-------------------+
+//!   +-------------^-------------+
+//!                 |  read / write
+//!           TUN queue 0 (IFF_MULTI_QUEUE, one per worker)
+//! ```
+//!
+//! Start-up opens every TUN queue and socket before any thread starts, so a failure leaves
+//! nothing half-started. SIGINT/SIGTERM stop the threads, close the queues (which removes the
+//! TUN device) and return.
+
+pub mod handshake;
+pub mod icmp;
+pub mod shared;
+mod status;
+pub mod tun;
+pub mod udp;
+pub mod worker;
+
+use crate::config::Config;
+use crate::log;
+use handshake::HandshakeThread;
+use icmp::IcmpReplies;
+use shared::Shared;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tun::{TunError, TunQueue};
+use udp::UdpSocket;
+use worker::{Worker, WorkerStats};
+
+/// Handshake messages waiting for the handshake threads, at most.
+pub const HANDSHAKE_QUEUE: usize = 4096;
+/// A worker that has not gone round its loop for this long is reported stuck.
+const STUCK_AFTER: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    /// Rewrite a JSON status snapshot here about once a second.
+    pub status_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Tun(#[from] TunError),
+    #[error("binding UDP port {port}: {err}")]
+    Socket { port: u16, err: std::io::Error },
+    #[error("setting up signal handling: {0}")]
+    Signals(std::io::Error),
+    #[error("starting thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Block the signals the main thread waits for, in this thread and every thread it starts.
+fn block_signals() -> Result<libc::sigset_t, RunError> {
+    // SAFETY: sigemptyset/sigaddset initialise and fill a sigset_t we own; pthread_sigmask
+    // only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(RunError::Signals(std::io::Error::from_raw_os_error(rc)));
+        }
+        Ok(set)
+    }
+}
+
+/// Wait up to `timeout` for one of the blocked signals.
+fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<libc::c_int> {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as _,
+    };
+    // SAFETY: `set` is an initialised sigset_t; a null siginfo pointer is allowed.
+    let s = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+    (s > 0).then_some(s)
+}
+
+/// Run the gateway until SIGINT or SIGTERM.
+pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
+    let signals = block_signals()?;
+    let workers = cfg.dataplane.workers;
+    let tuns = (0..workers)
+        .map(|_| TunQueue::open(&cfg.name))
+        .collect::<Result<Vec<_>, _>>()?;
+    tun::configure(&cfg.name, cfg.mtu, &cfg.addresses)?;
+    let sockets = (0..workers)
+        .map(|_| UdpSocket::bind(cfg.listen_port).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| RunError::Socket {
+            port: cfg.listen_port,
+            err,
+        })?;
+    let shared = Arc::new(Shared::new(
+        &cfg.private_key,
+        &cfg.peers,
+        usize::from(cfg.mtu),
+        workers,
+    ));
+    shared.start_peers();
+    let (hs_tx, hs_rx) = crossbeam_channel::bounded(HANDSHAKE_QUEUE);
+    let stop = Arc::new(AtomicBool::new(false));
+    let v4 = cfg.addresses.iter().find_map(|c| match c.addr {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(_) => None,
+    });
+    let v6 = cfg.addresses.iter().find_map(|c| match c.addr {
+        IpAddr::V6(a) => Some(a),
+        IpAddr::V4(_) => None,
+    });
+
+    let mut stats = Vec::new();
+    let mut threads = Vec::new();
+    for (id, (tun, udp)) in tuns.into_iter().zip(&sockets).enumerate() {
+        let s = Arc::new(WorkerStats::default());
+        stats.push(s.clone());
+        let core = cfg.dataplane.cores.get(id).copied();
+        let w = Worker {
+            id,
+            shared: shared.clone(),
+            udp: udp.clone(),
+            tun,
+            handshakes: hs_tx.clone(),
+            handshake_capacity: HANDSHAKE_QUEUE,
+            stop: stop.clone(),
+            stats: s,
+            icmp: IcmpReplies::new(v4, v6),
+        };
+        let t = std::thread::Builder::new()
+            .name(format!("sluice-w{id}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                        log::warn(&format!("worker {id}: could not pin to core {core}"));
+                    }
+                }
+                w.run();
+            })
+            .map_err(RunError::Thread)?;
+        threads.push(t);
+    }
+    drop(hs_tx);
+    let hs_stats = Arc::new(WorkerStats::default());
+    let hs = HandshakeThread {
+        shared: shared.clone(),
+        udp: sockets[0].clone(),
+        jobs: hs_rx,
+        stop: stop.clone(),
+        stats: hs_stats.clone(),
+    };
+    threads.push(
+        std::thread::Builder::new()
+            .name("sluice-hs".into())
+            .spawn(move || hs.run())
+            .map_err(RunError::Thread)?,
+    );
+
+    log::info(&format!(
+        "up interface={} public_key={} listen_port={} peers={} workers={} mode=socket gro={}",
+        cfg.name,
+        crate::keys::encode_key(shared.identity.public_key()),
+        cfg.listen_port,
+        cfg.peers.len(),
+        workers,
+        sockets[0].gro()
+    ));
+    let status = status::Status {
+        cfg,
+        shared: &shared,
+        workers: &stats,
+        handshakes: &hs_stats,
+    };
+    loop {
+        match wait_signal(&signals, Duration::from_secs(1)) {
+            Some(libc::SIGINT) | Some(libc::SIGTERM) => break,
+            Some(libc::SIGHUP) => {
+                log::warn("SIGHUP: live reload is not implemented yet; configuration unchanged")
+            }
+            _ => {}
+        }
+        if let Some(path) = &opts.status_file {
+            if let Err(e) = status.write(path) {
+                log::warn(&format!("writing status file {}: {e}", path.display()));
+            }
+        }
+        let now = shared.clock.now();
+        for (i, s) in stats.iter().enumerate() {
+            let beat = s.heartbeat.load(Ordering::Relaxed);
+            if now.as_nanos().saturating_sub(beat) > STUCK_AFTER.as_nanos() as u64 {
+                log::error(&format!(
+                    "worker {i} has not run its loop for over {STUCK_AFTER:?}"
+                ));
+            }
+        }
+    }
+    log::info("stopping");
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    if let Some(path) = &opts.status_file {
+        let _ = status.write(path);
+    }
+    log::info(&format!("stopped interface={}", cfg.name));
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! A JSON snapshot of the running gateway, rewritten atomically about once a second for the
+//! lab, the tests and anyone who wants a quick look (the `wg` API and Prometheus come later).
+
+use super::shared::{lock, Shared};
+use super::worker::WorkerStats;
+use crate::config::Config;
+use crate::keys::encode_key;
+use crate::DropReason;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+pub struct Status<'a> {
+    pub cfg: &'a Config,
+    pub shared: &'a Shared,
+    pub workers: &'a [Arc<WorkerStats>],
+    pub handshakes: &'a WorkerStats,
+}
+
+impl Status<'_> {
+    pub fn snapshot(&self) -> Value {
+        let mut prefixes: HashMap<u32, Vec<String>> = HashMap::new();
+        for (addr, len, id) in self.shared.allowed_ips.entries() {
+            prefixes
+                .entry(id)
+                .or_default()
+                .push(format!("{addr}/{len}"));
+        }
+        let peers: Vec<Value> = self
+            .shared
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(id, p)| {
+                let p = lock(p);
+                let s = p.stats();
+                json!({
+                    "public_key": encode_key(p.public_key()),
+                    "endpoint": p.endpoint().map(|e| e.to_string()),
+                    "last_handshake_unix": s.last_handshake.map(|w| w.secs),
+                    "rx_bytes": s.rx_bytes,
+                    "tx_bytes": s.tx_bytes,
+                    "allowed_ips": prefixes.remove(&(id as u32)).unwrap_or_default(),
+                })
+            })
+            .collect();
+        let all = || {
+            self.workers
+                .iter()
+                .map(|w| &**w)
+                .chain(std::iter::once(self.handshakes))
+        };
+        let mut drops = Map::new();
+        for r in DropReason::ALL {
+            let n: u64 = all()
+                .map(|w| w.drops[r as usize].load(Ordering::Relaxed))
+                .sum();
+            drops.insert(r.label().to_string(), json!(n));
+        }
+        let sum = |f: fn(&WorkerStats) -> u64| -> u64 { self.workers.iter().map(|w| f(w)).sum() };
+        json!({
+            "interface": self.cfg.name,
+            "public_key": encode_key(self.shared.identity.public_key()),
+            "listen_port": self.cfg.listen_port,
+            "mode": "socket",
+            "workers": self.workers.len(),
+            "peers": peers,
+            "drops": drops,
+            "rx_packets": sum(|w| w.rx_packets.load(Ordering::Relaxed)),
+            "tx_packets": sum(|w| w.tx_packets.load(Ordering::Relaxed)),
+            "handshakes_handled": self.handshakes.rx_packets.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Write the snapshot to `path` via a temporary file and a rename, so readers never see a
+    /// partial file.
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(&self.snapshot()).unwrap_or_default(),
+        )?;
+        std::fs::rename(&tmp, path)
+    }
+}

@@ -1,0 +1,345 @@
+//! The outer side of the portable data path: one dual-stack UDP socket per worker, all bound to
+//! the listen port with `SO_REUSEPORT` so the kernel spreads flows over workers, read and
+//! written in batches with `recvmmsg`/`sendmmsg`.
+//!
+//! UDP GRO (`UDP_GRO`) is enabled where the kernel has it: one receive may then carry several
+//! datagrams of one flow back to back, with their size in a control message; [`RecvBatch`]
+//! splits them again. IPv4 peers appear as IPv4-mapped IPv6 on the socket and are converted
+//! back, so the protocol core only ever sees plain IPv4 and IPv6 addresses.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Datagrams per `recvmmsg`/`sendmmsg` call.
+pub const BATCH: usize = 32;
+/// Room per receive slot: a full GRO super-datagram, or one maximal datagram without GRO.
+const SLOT: usize = 65_536;
+/// Control-message room for one `UDP_GRO` integer.
+const CMSG_SPACE: usize = 64;
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn setsockopt(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: the option value is a c_int, passed by pointer with its exact size.
+    check(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(|_| ())
+}
+
+/// An IPv6 socket address for any peer (IPv4 as mapped).
+fn to_sockaddr(addr: SocketAddr) -> libc::sockaddr_in6 {
+    let (ip, port, flow, scope) = match addr {
+        SocketAddr::V4(a) => (a.ip().to_ipv6_mapped(), a.port(), 0, 0),
+        SocketAddr::V6(a) => (*a.ip(), a.port(), a.flowinfo(), a.scope_id()),
+    };
+    // SAFETY: sockaddr_in6 is a plain C struct for which zero bytes are valid.
+    let mut sa: libc::sockaddr_in6 = unsafe { zeroed() };
+    sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    sa.sin6_port = port.to_be();
+    sa.sin6_flowinfo = flow;
+    sa.sin6_addr.s6_addr = ip.octets();
+    sa.sin6_scope_id = scope;
+    sa
+}
+
+fn from_sockaddr(sa: &libc::sockaddr_in6) -> SocketAddr {
+    let ip = Ipv6Addr::from(sa.sin6_addr.s6_addr);
+    let port = u16::from_be(sa.sin6_port);
+    match ip.to_ipv4_mapped() {
+        Some(v4) => SocketAddr::new(IpAddr::V4(v4), port),
+        None => SocketAddr::V6(SocketAddrV6::new(
+            ip,
+            port,
+            sa.sin6_flowinfo,
+            sa.sin6_scope_id,
+        )),
+    }
+}
+
+/// A bound, non-blocking, dual-stack UDP socket.
+#[derive(Debug)]
+pub struct UdpSocket {
+    fd: OwnedFd,
+    gro: bool,
+}
+
+impl UdpSocket {
+    /// Bind `[::]:port` (IPv4 too), sharing the port with the other workers' sockets.
+    pub fn bind(port: u16) -> io::Result<UdpSocket> {
+        // SAFETY: plain socket(2) call; the result is checked.
+        let raw = check(unsafe {
+            libc::socket(
+                libc::AF_INET6,
+                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        })?;
+        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        setsockopt(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
+        setsockopt(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+        // Deep buffers absorb bursts between batches; the kernel caps them at rmem_max.
+        let _ = setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, 8 << 20);
+        let _ = setsockopt(raw, libc::SOL_SOCKET, libc::SO_SNDBUF, 8 << 20);
+        let sa = to_sockaddr(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port));
+        // SAFETY: `sa` is a sockaddr_in6 passed with its exact size.
+        check(unsafe {
+            libc::bind(
+                raw,
+                (&sa as *const libc::sockaddr_in6).cast(),
+                size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            )
+        })?;
+        let gro = setsockopt(raw, libc::SOL_UDP, libc::UDP_GRO, 1).is_ok();
+        Ok(UdpSocket { fd, gro })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    pub fn gro(&self) -> bool {
+        self.gro
+    }
+
+    /// Receive up to [`BATCH`] datagrams (more with GRO) without blocking.
+    pub fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {
+        batch.datagrams.clear();
+        // SAFETY: mmsghdr/iovec are plain C structs for which zero bytes are valid.
+        let mut iov: [libc::iovec; BATCH] = unsafe { zeroed() };
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+        for (i, slot) in batch.bufs.chunks_mut(SLOT).enumerate() {
+            iov[i] = libc::iovec {
+                iov_base: slot.as_mut_ptr().cast(),
+                iov_len: slot.len(),
+            };
+            let h = &mut msgs[i].msg_hdr;
+            h.msg_name = (&mut batch.addrs[i] as *mut libc::sockaddr_in6).cast();
+            h.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+            h.msg_iov = &mut iov[i];
+            h.msg_iovlen = 1;
+            h.msg_control = batch.cmsgs[i].as_mut_ptr().cast();
+            h.msg_controllen = CMSG_SPACE;
+        }
+        // SAFETY: every header points into buffers owned by `batch` (or the local `iov`) that
+        // outlive the call, with their true lengths.
+        let n = unsafe {
+            libc::recvmmsg(
+                self.fd.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::WouldBlock {
+                Ok(0)
+            } else {
+                Err(e)
+            };
+        }
+        for (i, msg) in msgs.iter().enumerate().take(n as usize) {
+            let len = msg.msg_len as usize;
+            let src = from_sockaddr(&batch.addrs[i]);
+            let segment = gro_segment(&msg.msg_hdr).unwrap_or(len).max(1);
+            let base = i * SLOT;
+            let mut off = 0;
+            while off < len {
+                let end = (off + segment).min(len);
+                batch.datagrams.push((src, base + off..base + end));
+                off = end;
+            }
+        }
+        Ok(batch.datagrams.len())
+    }
+
+    /// Send datagrams in batches of up to [`BATCH`]; returns how many the kernel took.
+    /// Datagrams the kernel refuses (e.g. no route) are skipped, not retried.
+    pub fn send_batch(&self, items: &[(SocketAddr, &[u8])]) -> usize {
+        let mut sent = 0;
+        for chunk in items.chunks(BATCH) {
+            let mut addrs: [libc::sockaddr_in6; BATCH] =
+                [to_sockaddr(SocketAddr::from(([0u8; 4], 0))); BATCH];
+            // SAFETY: plain C structs for which zero bytes are valid.
+            let mut iov: [libc::iovec; BATCH] = unsafe { zeroed() };
+            let mut msgs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+            for (i, (dst, data)) in chunk.iter().enumerate() {
+                addrs[i] = to_sockaddr(*dst);
+                iov[i] = libc::iovec {
+                    iov_base: data.as_ptr() as *mut libc::c_void,
+                    iov_len: data.len(),
+                };
+                let h = &mut msgs[i].msg_hdr;
+                h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in6).cast();
+                h.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+                h.msg_iov = &mut iov[i];
+                h.msg_iovlen = 1;
+            }
+            let mut done = 0;
+            while done < chunk.len() {
+                // SAFETY: headers point at `addrs`, `iov` and the caller's slices, all alive for
+                // the call; the kernel only reads the data.
+                let n = unsafe {
+                    libc::sendmmsg(
+                        self.fd.as_raw_fd(),
+                        msgs[done..].as_mut_ptr(),
+                        (chunk.len() - done) as libc::c_uint,
+                        0,
+                    )
+                };
+                if n <= 0 {
+                    // The first datagram failed (unreachable destination, buffer full): drop it
+                    // and go on with the rest rather than stall the worker.
+                    done += 1;
+                } else {
+                    done += n as usize;
+                    sent += n as usize;
+                }
+            }
+        }
+        sent
+    }
+}
+
+/// The GRO segment size, if the kernel coalesced datagrams into this receive.
+fn gro_segment(h: &libc::msghdr) -> Option<usize> {
+    // SAFETY: `h` was filled by recvmmsg; CMSG_FIRSTHDR/NXTHDR walk only within
+    // msg_control..msg_control + msg_controllen as the kernel wrote it.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                return usize::try_from(v).ok().filter(|&s| s > 0);
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    None
+}
+
+/// Receive buffers owned by one worker, and the datagrams the last receive produced.
+pub struct RecvBatch {
+    bufs: Vec<u8>,
+    addrs: Vec<libc::sockaddr_in6>,
+    cmsgs: Vec<[u64; CMSG_SPACE / 8]>,
+    /// (source, byte range in `bufs`) of each datagram, GRO segments split.
+    datagrams: Vec<(SocketAddr, std::ops::Range<usize>)>,
+}
+
+impl std::fmt::Debug for RecvBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBatch")
+            .field("datagrams", &self.datagrams.len())
+            .finish()
+    }
+}
+
+impl Default for RecvBatch {
+    fn default() -> Self {
+        RecvBatch {
+            bufs: vec![0u8; SLOT * BATCH],
+            addrs: vec![to_sockaddr(SocketAddr::from(([0u8; 4], 0))); BATCH],
+            cmsgs: vec![[0u64; CMSG_SPACE / 8]; BATCH],
+            datagrams: Vec::with_capacity(BATCH * 4),
+        }
+    }
+}
+
+impl RecvBatch {
+    pub fn len(&self) -> usize {
+        self.datagrams.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.datagrams.is_empty()
+    }
+
+    /// Datagram `i`: its source and its bytes, mutable so it can be decrypted in place.
+    pub fn get_mut(&mut self, i: usize) -> Option<(SocketAddr, &mut [u8])> {
+        let (src, r) = self.datagrams.get(i)?.clone();
+        Some((src, &mut self.bufs[r]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockaddr_round_trip_keeps_families_apart() {
+        for a in [
+            "192.0.2.1:51820",
+            "[2001:db8::1]:443",
+            "[::ffff:10.0.0.1]:1",
+        ] {
+            let a: SocketAddr = a.parse().unwrap();
+            let back = from_sockaddr(&to_sockaddr(a));
+            match a.ip() {
+                IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => assert!(back.is_ipv4()),
+                _ => assert_eq!(back, a),
+            }
+        }
+    }
+
+    #[test]
+    fn batch_round_trip_over_loopback() {
+        let rx = UdpSocket::bind(0).unwrap();
+        let port = {
+            // SAFETY: getsockname writes at most `len` bytes into `sa`.
+            let mut sa: libc::sockaddr_in6 = unsafe { zeroed() };
+            let mut len = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+            unsafe {
+                libc::getsockname(
+                    rx.fd(),
+                    (&mut sa as *mut libc::sockaddr_in6).cast(),
+                    &mut len,
+                )
+            };
+            u16::from_be(sa.sin6_port)
+        };
+        let tx = UdpSocket::bind(0).unwrap();
+        let dst: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
+        let payloads: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 100 + usize::from(i)]).collect();
+        let items: Vec<(SocketAddr, &[u8])> =
+            payloads.iter().map(|p| (dst, p.as_slice())).collect();
+        assert_eq!(tx.send_batch(&items), 40);
+        let mut batch = RecvBatch::default();
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            rx.recv_batch(&mut batch).unwrap();
+            for i in 0..batch.len() {
+                let (src, d) = batch.get_mut(i).unwrap();
+                assert!(src.is_ipv4());
+                got.push(d.to_vec());
+            }
+            if got.len() == 40 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(got, payloads);
+    }
+}

@@ -1,0 +1,374 @@
+//! A data-path worker: one thread pinned to one core, owning one UDP socket and one TUN queue,
+//! running to completion on batches.
+//!
+//! - **Outer → inner**: `recvmmsg` a batch; transport data is decrypted here under the peer's
+//!   lock, checked against the peer's allowed IPs and written to the TUN; handshake messages
+//!   get their (cheap) mac1 checked and go to the handshake threads through a bounded queue.
+//!   A full queue drops and counts; its depth drives the under-load state.
+//! - **Inner → outer**: read a batch from the TUN queue, route by destination through the
+//!   allowed-IPs table, encrypt, `sendmmsg`.
+//! - **Timers** for the peers this worker owns fire from its own deadline heap.
+
+use super::icmp::IcmpReplies;
+use super::shared::{lock, Deadline, Shared};
+use super::tun::TunQueue;
+use super::udp::{RecvBatch, UdpSocket, BATCH};
+use crate::proto::effects::{Context, Event, Outbox, Sent};
+use crate::proto::ip;
+use crate::proto::messages::{self, Transport, TYPE_COOKIE_REPLY, TYPE_TRANSPORT};
+use crate::proto::receive::check_source;
+use crate::{DropCounters, DropReason, OsRng};
+use crossbeam_channel::{Sender, TrySendError};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest a worker sleeps in `poll`, so it notices stop requests and deadlines other threads
+/// file for its peers without a dedicated wake-up channel.
+const MAX_SLEEP: Duration = Duration::from_millis(50);
+/// Batches taken from one side before looking at the other, so neither starves.
+const ROUNDS_PER_WAKE: usize = 8;
+/// Handshake queue depth (per gateway) beyond which handshakes count as under load.
+pub const UNDER_LOAD_DEPTH_DIVISOR: usize = 8;
+/// How long one sign of load keeps the under-load state on.
+pub const UNDER_LOAD_HOLD: Duration = Duration::from_secs(1);
+
+/// A handshake message on its way to a handshake thread.
+#[derive(Debug)]
+pub struct HandshakeJob {
+    pub src: SocketAddr,
+    pub data: Vec<u8>,
+}
+
+/// Counters a worker publishes for the status file and, later, metrics.
+#[derive(Debug)]
+pub struct WorkerStats {
+    pub rx_packets: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub drops: [AtomicU64; DropReason::COUNT],
+    /// Last time (clock ns) the worker went round its loop: a stuck worker stops moving it.
+    pub heartbeat: AtomicU64,
+}
+
+impl Default for WorkerStats {
+    fn default() -> Self {
+        WorkerStats {
+            rx_packets: AtomicU64::new(0),
+            tx_packets: AtomicU64::new(0),
+            drops: std::array::from_fn(|_| AtomicU64::new(0)),
+            heartbeat: AtomicU64::new(0),
+        }
+    }
+}
+
+impl WorkerStats {
+    /// Publish a thread's local counters (only that thread writes these atomics).
+    pub fn publish(&self, drops: &DropCounters, rx: u64, tx: u64) {
+        for r in DropReason::ALL {
+            self.drops[r as usize].store(drops.get(r), Ordering::Relaxed);
+        }
+        self.rx_packets.store(rx, Ordering::Relaxed);
+        self.tx_packets.store(tx, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+pub struct Worker {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    pub udp: Arc<UdpSocket>,
+    pub tun: TunQueue,
+    pub handshakes: Sender<HandshakeJob>,
+    pub handshake_capacity: usize,
+    pub stop: Arc<AtomicBool>,
+    pub stats: Arc<WorkerStats>,
+    pub icmp: IcmpReplies,
+}
+
+/// The worker's private, reused buffers and counters.
+struct Local {
+    rx: RecvBatch,
+    inner: Vec<u8>,
+    tx_bufs: Vec<Vec<u8>>,
+    tx: Vec<(SocketAddr, usize, usize)>,
+    out: Outbox,
+    heap: BinaryHeap<Reverse<Deadline>>,
+    drops: DropCounters,
+    rx_packets: u64,
+    tx_packets: u64,
+    rng: OsRng,
+}
+
+impl Worker {
+    pub fn run(self) {
+        let slot =
+            self.shared.mtu + messages::transport::MIN_LEN + messages::transport::PADDING_MULTIPLE;
+        let mut l = Local {
+            rx: RecvBatch::default(),
+            inner: vec![0u8; 65_536],
+            tx_bufs: (0..BATCH).map(|_| vec![0u8; slot]).collect(),
+            tx: Vec::with_capacity(BATCH),
+            out: Outbox::default(),
+            heap: BinaryHeap::new(),
+            drops: DropCounters::default(),
+            rx_packets: 0,
+            tx_packets: 0,
+            rng: OsRng,
+        };
+        let mut fds = [
+            libc::pollfd {
+                fd: self.udp.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.tun.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        while !self.stop.load(Ordering::Relaxed) {
+            let now = self.shared.clock.now();
+            self.stats
+                .heartbeat
+                .store(now.as_nanos(), Ordering::Relaxed);
+            let sleep = l.heap.peek().map_or(MAX_SLEEP, |Reverse((t, _))| {
+                t.saturating_since(now).min(MAX_SLEEP)
+            });
+            // SAFETY: `fds` is a valid array of two pollfd for the duration of the call.
+            unsafe {
+                libc::poll(
+                    fds.as_mut_ptr(),
+                    fds.len() as libc::nfds_t,
+                    sleep.as_millis() as libc::c_int,
+                )
+            };
+            for _ in 0..ROUNDS_PER_WAKE {
+                let a = self.outer_batch(&mut l);
+                let b = self.inner_batch(&mut l);
+                if a + b == 0 {
+                    break;
+                }
+            }
+            self.run_timers(&mut l);
+            self.flush_outbox(&mut l);
+            self.stats.publish(&l.drops, l.rx_packets, l.tx_packets);
+        }
+    }
+
+    fn context<'a>(&self, rng: &'a mut OsRng) -> Context<'a> {
+        Context {
+            now: self.shared.clock.now(),
+            wall: self.shared.clock.wall(),
+            rng,
+        }
+    }
+
+    /// Receive and handle one batch from the UDP socket; returns how many datagrams.
+    fn outer_batch(&self, l: &mut Local) -> usize {
+        let n = self.udp.recv_batch(&mut l.rx).unwrap_or(0);
+        for i in 0..n {
+            let Some((src, datagram)) = l.rx.get_mut(i) else {
+                break;
+            };
+            let mut cx = Context {
+                now: self.shared.clock.now(),
+                wall: self.shared.clock.wall(),
+                rng: &mut l.rng,
+            };
+            match handle_outer(self, &mut cx, &mut l.out, src, datagram) {
+                Ok(Some(range)) => match self.tun.write(&datagram[range]) {
+                    Ok(true) => l.rx_packets += 1,
+                    _ => l.drops.count(DropReason::InnerQueueFull),
+                },
+                Ok(None) => l.rx_packets += 1,
+                Err(reason) => l.drops.count(reason),
+            }
+        }
+        n
+    }
+
+    /// Read one batch from the TUN queue, encrypt it and send it; returns how many packets.
+    fn inner_batch(&self, l: &mut Local) -> usize {
+        l.tx.clear();
+        let mut read = 0;
+        while l.tx.len() < BATCH && read < BATCH {
+            let n = match self.tun.read(&mut l.inner) {
+                Ok(Some(n)) => n,
+                _ => break,
+            };
+            read += 1;
+            let packet = &l.inner[..n];
+            let slot = l.tx.len();
+            let mut cx = Context {
+                now: self.shared.clock.now(),
+                wall: self.shared.clock.wall(),
+                rng: &mut l.rng,
+            };
+            match route_and_encrypt(
+                &self.shared,
+                &mut cx,
+                &mut l.out,
+                packet,
+                &mut l.tx_bufs[slot],
+            ) {
+                Ok(Some((dst, len))) => l.tx.push((dst, slot, len)),
+                Ok(None) => {}
+                Err(reason) => {
+                    if reason == DropReason::NoRoute {
+                        self.icmp.unreachable(cx.now, &self.tun, packet);
+                    }
+                    l.drops.count(reason);
+                }
+            }
+        }
+        if !l.tx.is_empty() {
+            let items: Vec<(SocketAddr, &[u8])> =
+                l.tx.iter()
+                    .map(|&(dst, slot, len)| (dst, &l.tx_bufs[slot][..len]))
+                    .collect();
+            l.tx_packets += self.udp.send_batch(&items) as u64;
+        }
+        read
+    }
+
+    fn run_timers(&self, l: &mut Local) {
+        l.heap.extend(
+            lock(&self.shared.timer_inbox[self.id])
+                .drain(..)
+                .map(Reverse),
+        );
+        let now = self.shared.clock.now();
+        while let Some(&Reverse((at, id))) = l.heap.peek() {
+            if at > now {
+                break;
+            }
+            l.heap.pop();
+            let mut cx = self.context(&mut l.rng);
+            self.shared.with_peer(id, &mut cx, &mut l.out, |peer, env| {
+                if peer.next_deadline().is_some_and(|d| d <= env.cx.now) {
+                    peer.handle_timers(env);
+                }
+            });
+        }
+    }
+
+    fn flush_outbox(&self, l: &mut Local) {
+        if !l.out.transmits.is_empty() {
+            let items: Vec<(SocketAddr, &[u8])> = l
+                .out
+                .transmits
+                .iter()
+                .map(|t| (t.dst, t.data.as_slice()))
+                .collect();
+            l.tx_packets += self.udp.send_batch(&items) as u64;
+            l.out.transmits.clear();
+        }
+        for e in l.out.events.drain(..) {
+            log_event(&self.shared, &e);
+        }
+    }
+}
+
+/// Classify one datagram. Transport data is decrypted and checked, returning the inner
+/// packet's range (`None` for a keepalive or a message handed to the handshake threads).
+fn handle_outer(
+    w: &Worker,
+    cx: &mut Context,
+    out: &mut Outbox,
+    src: SocketAddr,
+    datagram: &mut [u8],
+) -> Result<Option<std::ops::Range<usize>>, DropReason> {
+    let kind = messages::message_type(datagram)?;
+    if kind == TYPE_TRANSPORT {
+        let receiver = Transport::new(&*datagram)?.receiver();
+        let id = w
+            .shared
+            .index
+            .get(receiver)
+            .ok_or(DropReason::UnknownIndex)?;
+        let payload = w
+            .shared
+            .with_peer(id, cx, out, |peer, env| {
+                peer.receive_transport(env, receiver, datagram, src)
+            })
+            .unwrap_or(Err(DropReason::UnknownIndex))?;
+        if payload.is_empty() {
+            return Ok(None);
+        }
+        return check_source(&w.shared.allowed_ips, id, datagram, payload).map(Some);
+    }
+    // Handshake messages: check the type's exact length, and mac1 (cheap: no DH) before
+    // spending a queue slot; cookie replies carry no mac1.
+    let message = messages::parse(datagram)?;
+    if kind != TYPE_COOKIE_REPLY
+        && !w
+            .shared
+            .checker
+            .read()
+            .map(|c| c.check_mac1(datagram))
+            .unwrap_or(false)
+    {
+        return Err(DropReason::BadMac1);
+    }
+    drop(message);
+    let depth = w.handshakes.len();
+    if depth >= w.handshake_capacity / UNDER_LOAD_DEPTH_DIVISOR {
+        w.shared.mark_under_load(cx.now, UNDER_LOAD_HOLD);
+    }
+    match w.handshakes.try_send(HandshakeJob {
+        src,
+        data: datagram.to_vec(),
+    }) {
+        Ok(()) => Ok(None),
+        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            Err(DropReason::HandshakeQueueFull)
+        }
+    }
+}
+
+/// Route an inner packet to its peer and encrypt it into `buf`. `Ok(None)`: staged until a
+/// handshake completes.
+fn route_and_encrypt(
+    shared: &Shared,
+    cx: &mut Context,
+    out: &mut Outbox,
+    packet: &[u8],
+    buf: &mut [u8],
+) -> Result<Option<(SocketAddr, usize)>, DropReason> {
+    let dst = ip::destination(packet)?;
+    let id = shared.allowed_ips.lookup(dst).ok_or(DropReason::NoRoute)?;
+    match shared.with_peer(id, cx, out, |peer, env| peer.send(env, packet, buf)) {
+        Some(Ok(Sent::Transmit { dst, len, .. })) => Ok(Some((dst, len))),
+        Some(Ok(Sent::Staged { .. })) => Ok(None),
+        Some(Err(e)) => Err(e),
+        None => Err(DropReason::NoRoute),
+    }
+}
+
+/// One line per operator-relevant event (never per packet).
+pub fn log_event(shared: &Shared, e: &Event) {
+    let key = |id: u32| {
+        shared
+            .peers
+            .get(id as usize)
+            .map(|p| crate::keys::encode_key(lock(p).public_key()))
+            .unwrap_or_default()
+    };
+    match e {
+        Event::HandshakeCompleted { peer } => {
+            crate::log::info(&format!("handshake completed peer={}", key(*peer)))
+        }
+        Event::EndpointChanged { peer, endpoint } => crate::log::info(&format!(
+            "endpoint changed peer={} endpoint={endpoint}",
+            key(*peer)
+        )),
+        Event::HandshakeGaveUp { peer } => {
+            crate::log::info(&format!("handshake gave up peer={}", key(*peer)))
+        }
+        Event::KeysZeroed { peer } => crate::log::info(&format!("keys zeroed peer={}", key(*peer))),
+    }
+}

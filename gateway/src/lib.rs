@@ -13,6 +13,7 @@ pub mod drops;
 pub mod keys;
 pub mod log;
 pub mod proto;
+pub mod testbed;
 
 pub use drops::{DropCounters, DropReason};
 pub use keys::OsRng;

@@ -171,13 +171,14 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
     );
 
     log::info(&format!(
-        "up interface={} public_key={} listen_port={} peers={} workers={} mode=socket gro={}",
+        "up interface={} public_key={} listen_port={} peers={} workers={} mode=socket gro={} gso={}",
         cfg.name,
         crate::keys::encode_key(shared.identity.public_key()),
         cfg.listen_port,
         cfg.peers.len(),
         workers,
-        sockets[0].gro()
+        sockets[0].gro(),
+        sockets[0].gso()
     ));
     let status = status::Status {
         cfg,

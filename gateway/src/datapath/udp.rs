@@ -81,7 +81,20 @@ fn from_sockaddr(sa: &libc::sockaddr_in6) -> SocketAddr {
 pub struct UdpSocket {
     fd: OwnedFd,
     gro: bool,
+    gso: bool,
 }
+
+/// A run of datagrams to one destination laid out back to back: with GSO, `segment` bytes
+/// each (the last may be shorter), sent as one message the kernel splits.
+#[derive(Clone, Copy, Debug)]
+pub struct Segments<'a> {
+    pub dst: SocketAddr,
+    pub data: &'a [u8],
+    pub segment: usize,
+}
+
+/// Most segments one GSO send may carry (the kernel's UDP_MAX_SEGMENTS).
+pub const MAX_SEGMENTS: usize = 64;
 
 impl UdpSocket {
     /// Bind `[::]:port` (IPv4 too), sharing the port with the other workers' sockets.
@@ -111,7 +124,9 @@ impl UdpSocket {
             )
         })?;
         let gro = setsockopt(raw, libc::SOL_UDP, libc::UDP_GRO, 1).is_ok();
-        Ok(UdpSocket { fd, gro })
+        // Setting a zero default segment size only probes that the kernel has UDP GSO.
+        let gso = setsockopt(raw, libc::SOL_UDP, libc::UDP_SEGMENT, 0).is_ok();
+        Ok(UdpSocket { fd, gro, gso })
     }
 
     pub fn fd(&self) -> RawFd {
@@ -120,6 +135,80 @@ impl UdpSocket {
 
     pub fn gro(&self) -> bool {
         self.gro
+    }
+
+    pub fn gso(&self) -> bool {
+        self.gso
+    }
+
+    /// Send runs of segments, each run as one GSO message where the kernel supports it (one
+    /// datagram per segment otherwise). Returns how many datagrams the kernel took.
+    pub fn send_segments(&self, runs: &[Segments<'_>]) -> usize {
+        if !self.gso {
+            let items: Vec<(SocketAddr, &[u8])> = runs
+                .iter()
+                .flat_map(|r| r.data.chunks(r.segment.max(1)).map(move |c| (r.dst, c)))
+                .collect();
+            return self.send_batch(&items);
+        }
+        let mut sent = 0;
+        for chunk in runs.chunks(BATCH) {
+            let mut addrs = [to_sockaddr(SocketAddr::from(([0u8; 4], 0))); BATCH];
+            let mut cmsgs = [[0u64; CMSG_SPACE / 8]; BATCH];
+            // SAFETY: plain C structs for which zero bytes are valid.
+            let mut iov: [libc::iovec; BATCH] = unsafe { zeroed() };
+            let mut msgs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+            for (i, r) in chunk.iter().enumerate() {
+                addrs[i] = to_sockaddr(r.dst);
+                iov[i] = libc::iovec {
+                    iov_base: r.data.as_ptr() as *mut libc::c_void,
+                    iov_len: r.data.len(),
+                };
+                let h = &mut msgs[i].msg_hdr;
+                h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in6).cast();
+                h.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+                h.msg_iov = &mut iov[i];
+                h.msg_iovlen = 1;
+                if r.data.len() > r.segment {
+                    // SAFETY: the control buffer is CMSG_SPACE bytes, room for one u16 cmsg;
+                    // CMSG_* compute offsets within it.
+                    unsafe {
+                        h.msg_control = cmsgs[i].as_mut_ptr().cast();
+                        h.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
+                        let c = libc::CMSG_FIRSTHDR(h);
+                        (*c).cmsg_level = libc::SOL_UDP;
+                        (*c).cmsg_type = libc::UDP_SEGMENT;
+                        (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+                        std::ptr::write_unaligned(
+                            libc::CMSG_DATA(c).cast::<u16>(),
+                            r.segment as u16,
+                        );
+                    }
+                }
+            }
+            let mut done = 0;
+            while done < chunk.len() {
+                // SAFETY: headers point at `addrs`, `cmsgs`, `iov` and the caller's slices,
+                // all alive for the call; the kernel only reads them.
+                let n = unsafe {
+                    libc::sendmmsg(
+                        self.fd.as_raw_fd(),
+                        msgs[done..].as_mut_ptr(),
+                        (chunk.len() - done) as libc::c_uint,
+                        0,
+                    )
+                };
+                let took = if n <= 0 { 1 } else { n as usize };
+                if n > 0 {
+                    sent += chunk[done..done + took]
+                        .iter()
+                        .map(|r| r.data.len().div_ceil(r.segment.max(1)))
+                        .sum::<usize>();
+                }
+                done += took;
+            }
+        }
+        sent
     }
 
     /// Receive up to [`BATCH`] datagrams (more with GRO) without blocking.
@@ -341,5 +430,51 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert_eq!(got, payloads);
+    }
+
+    #[test]
+    fn gso_runs_arrive_as_separate_datagrams() {
+        let rx = UdpSocket::bind(0).unwrap();
+        // SAFETY: getsockname writes at most `len` bytes into `sa`.
+        let mut sa: libc::sockaddr_in6 = unsafe { zeroed() };
+        let mut len = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+        unsafe {
+            libc::getsockname(
+                rx.fd(),
+                (&mut sa as *mut libc::sockaddr_in6).cast(),
+                &mut len,
+            )
+        };
+        let dst = SocketAddr::from(([127, 0, 0, 1], u16::from_be(sa.sin6_port)));
+        let tx = UdpSocket::bind(0).unwrap();
+        // Five 100-byte segments and a 40-byte tail, as one run; then a single datagram.
+        let run: Vec<u8> = (0..540u32).map(|i| (i / 100) as u8).collect();
+        let single = vec![9u8; 77];
+        let runs = [
+            Segments {
+                dst,
+                data: &run,
+                segment: 100,
+            },
+            Segments {
+                dst,
+                data: &single,
+                segment: 77,
+            },
+        ];
+        assert_eq!(tx.send_segments(&runs), 7);
+        let mut batch = RecvBatch::default();
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        for _ in 0..100 {
+            rx.recv_batch(&mut batch).unwrap();
+            got.extend((0..batch.len()).map(|i| batch.get_mut(i).unwrap().1.to_vec()));
+            if got.len() >= 7 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let mut want: Vec<Vec<u8>> = run.chunks(100).map(<[u8]>::to_vec).collect();
+        want.push(single);
+        assert_eq!(got, want);
     }
 }

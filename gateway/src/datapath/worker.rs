@@ -12,7 +12,7 @@
 use super::icmp::IcmpReplies;
 use super::shared::{lock, Deadline, Shared};
 use super::tun::TunQueue;
-use super::udp::{RecvBatch, UdpSocket, BATCH};
+use super::udp::{RecvBatch, Segments, UdpSocket, BATCH, MAX_SEGMENTS};
 use crate::proto::effects::{Context, Event, Outbox, Sent};
 use crate::proto::ip;
 use crate::proto::messages::{self, Transport, TYPE_COOKIE_REPLY, TYPE_TRANSPORT};
@@ -92,8 +92,11 @@ pub struct Worker {
 struct Local {
     rx: RecvBatch,
     inner: Vec<u8>,
-    tx_bufs: Vec<Vec<u8>>,
-    tx: Vec<(SocketAddr, usize, usize)>,
+    /// Encrypted datagrams of one batch, packed back to back so runs to one endpoint can go
+    /// out as single GSO sends.
+    tx_buf: Vec<u8>,
+    tx_used: usize,
+    runs: Vec<Run>,
     out: Outbox,
     heap: BinaryHeap<Reverse<Deadline>>,
     drops: DropCounters,
@@ -109,8 +112,9 @@ impl Worker {
         let mut l = Local {
             rx: RecvBatch::default(),
             inner: vec![0u8; 65_536],
-            tx_bufs: (0..BATCH).map(|_| vec![0u8; slot]).collect(),
-            tx: Vec::with_capacity(BATCH),
+            tx_buf: vec![0u8; slot * BATCH],
+            tx_used: 0,
+            runs: Vec::with_capacity(BATCH),
             out: Outbox::default(),
             heap: BinaryHeap::new(),
             drops: DropCounters::default(),
@@ -193,29 +197,29 @@ impl Worker {
 
     /// Read one batch from the TUN queue, encrypt it and send it; returns how many packets.
     fn inner_batch(&self, l: &mut Local) -> usize {
-        l.tx.clear();
+        l.tx_used = 0;
+        l.runs.clear();
+        let slot = l.tx_buf.len() / BATCH;
         let mut read = 0;
-        while l.tx.len() < BATCH && read < BATCH {
+        while read < BATCH {
             let n = match self.tun.read(&mut l.inner) {
                 Ok(Some(n)) => n,
                 _ => break,
             };
             read += 1;
             let packet = &l.inner[..n];
-            let slot = l.tx.len();
+            let off = l.tx_used;
+            let out = &mut l.tx_buf[off..off + slot];
             let mut cx = Context {
                 now: self.shared.clock.now(),
                 wall: self.shared.clock.wall(),
                 rng: &mut l.rng,
             };
-            match route_and_encrypt(
-                &self.shared,
-                &mut cx,
-                &mut l.out,
-                packet,
-                &mut l.tx_bufs[slot],
-            ) {
-                Ok(Some((dst, len))) => l.tx.push((dst, slot, len)),
+            match route_and_encrypt(&self.shared, &mut cx, &mut l.out, packet, out) {
+                Ok(Some((dst, len))) => {
+                    Run::extend(&mut l.runs, dst, off, len);
+                    l.tx_used += len;
+                }
                 Ok(None) => {}
                 Err(reason) => {
                     if reason == DropReason::NoRoute {
@@ -225,12 +229,17 @@ impl Worker {
                 }
             }
         }
-        if !l.tx.is_empty() {
-            let items: Vec<(SocketAddr, &[u8])> =
-                l.tx.iter()
-                    .map(|&(dst, slot, len)| (dst, &l.tx_bufs[slot][..len]))
-                    .collect();
-            l.tx_packets += self.udp.send_batch(&items) as u64;
+        if !l.runs.is_empty() {
+            let segs: Vec<Segments> = l
+                .runs
+                .iter()
+                .map(|r| Segments {
+                    dst: r.dst,
+                    data: &l.tx_buf[r.start..r.start + r.total],
+                    segment: r.segment,
+                })
+                .collect();
+            l.tx_packets += self.udp.send_segments(&segs) as u64;
         }
         read
     }
@@ -270,6 +279,46 @@ impl Worker {
         for e in l.out.events.drain(..) {
             log_event(&self.shared, &e);
         }
+    }
+}
+
+/// Consecutive encrypted datagrams to one endpoint, all `segment` bytes but a shorter last one:
+/// the shape one GSO send carries.
+#[derive(Debug)]
+struct Run {
+    dst: SocketAddr,
+    start: usize,
+    total: usize,
+    segment: usize,
+    count: usize,
+    closed: bool,
+}
+
+impl Run {
+    /// Append a datagram written at `off` (right after the previous one) to the last run if it
+    /// fits the run's shape, else start a new run.
+    fn extend(runs: &mut Vec<Run>, dst: SocketAddr, off: usize, len: usize) {
+        if let Some(r) = runs.last_mut() {
+            if !r.closed
+                && r.dst == dst
+                && r.start + r.total == off
+                && len <= r.segment
+                && r.count < MAX_SEGMENTS
+            {
+                r.total += len;
+                r.count += 1;
+                r.closed = len < r.segment;
+                return;
+            }
+        }
+        runs.push(Run {
+            dst,
+            start: off,
+            total: len,
+            segment: len,
+            count: 1,
+            closed: false,
+        });
     }
 }
 
@@ -370,5 +419,45 @@ pub fn log_event(shared: &Shared, e: &Event) {
             crate::log::info(&format!("handshake gave up peer={}", key(*peer)))
         }
         Event::KeysZeroed { peer } => crate::log::info(&format!("keys zeroed peer={}", key(*peer))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Run;
+    use std::net::SocketAddr;
+
+    #[test]
+    fn runs_group_equal_sizes_to_one_endpoint() {
+        let a: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let b: SocketAddr = "192.0.2.2:1".parse().unwrap();
+        let mut runs = Vec::new();
+        let mut off = 0;
+        for (dst, len) in [
+            (a, 100),
+            (a, 100),
+            (a, 60),
+            (a, 100),
+            (b, 100),
+            (b, 120),
+            (a, 100),
+        ] {
+            Run::extend(&mut runs, dst, off, len);
+            off += len;
+        }
+        let shape: Vec<(SocketAddr, usize, usize, usize)> = runs
+            .iter()
+            .map(|r| (r.dst, r.start, r.total, r.segment))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (a, 0, 260, 100),
+                (a, 260, 100, 100),
+                (b, 360, 100, 100),
+                (b, 460, 120, 120),
+                (a, 580, 100, 100)
+            ]
+        );
     }
 }

@@ -1,0 +1,486 @@
+//! The test topology: N user namespaces, each with its own WireGuard client and its own veth
+//! pair to the gateway namespace, and a sink namespace behind the gateway.
+//!
+//! ```text
+//!  user namespaces (N)             gateway namespace                     sink namespace
+//!  +---------------------+  veth   +---------------------------+  veth  +--------------+
+//!  | wg client (wg-go or |---------| to-uK: 198.18.K.1/24      |        |              |
+//!  |   boringtun-cli)    |  one    |        fd18:0:0:K::1/64   |        |              |
+//!  | wgIDuK:             |  per    |                           |        |              |
+//!  |   10.77.0.(K+1)/32  |  user   | gateway (sluice, TUN slID)|        | to-gw:       |
+//!  |   fd77::(K+1)/128   |         |   10.77.0.1/16 fd77::1/64 |--------| 10.88.0.2/24 |
+//!  | to-gw: 198.18.K.2/24|         | to-sink: 10.88.0.1/24     |        | fd88::2/64   |
+//!  |   fd18:0:0:K::2/64  |         |          fd88::1/64       |        | iperf3 -s    |
+//!  +---------------------+         +---------------------------+        +--------------+
+//! ```
+//!
+//! - Outer (WireGuard UDP): user K has subnet 198.18.K.0/24 and fd18:0:0:K::/64 (RFC 2544 /
+//!   ULA space), the gateway .1 / ::1, the user .2 / ::2 (roaming moves it to .3, .4, ...).
+//!   For K >= 256 the second octet goes up: 198.(18 + K/256).(K%256).0/24.
+//! - Tunnel: 10.77.0.0/16 and fd77::/64; the gateway is 10.77.0.1 / fd77::1 and user K is host
+//!   K+1. Each client routes the tunnel and sink subnets into its WireGuard interface (the
+//!   gateway peer's AllowedIPs); the gateway's peer for user K allows exactly its /32 and /128.
+//! - Sink: 10.88.0.0/24 and fd88::/64 behind the gateway, which forwards between its TUN and
+//!   the sink veth (ip_forward and IPv6 forwarding on); the sink routes the tunnel subnets back
+//!   via the gateway.
+//! - Names: namespaces `sl-ID-gw`, `sl-ID-sink`, `sl-ID-uK`; WireGuard interfaces `wgIDuK`
+//!   and the gateway's `slID`, unique machine-wide because UAPI sockets are shared.
+
+use super::gateway::{Gateway, GatewayKind, GatewayPeer, GatewaySpec, GatewayStatus};
+use super::netns::{veth, Netns};
+use super::wg::{WgImpl, WgInterface, WgPeer};
+use super::{registry, unique_id, wait_for, KeyPair, Result, RunDir};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const SINK_V4: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 2);
+pub const SINK_V6: Ipv6Addr = Ipv6Addr::new(0xfd88, 0, 0, 0, 0, 0, 0, 2);
+pub const GW_INNER_V4: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
+pub const GW_INNER_V6: Ipv6Addr = Ipv6Addr::new(0xfd88, 0, 0, 0, 0, 0, 0, 1);
+pub const GW_TUNNEL_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+pub const GW_TUNNEL_V6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 1);
+pub const TUNNEL_NET_V4: &str = "10.77.0.0/16";
+pub const TUNNEL_NET_V6: &str = "fd77::/64";
+pub const SINK_NET_V4: &str = "10.88.0.0/24";
+pub const SINK_NET_V6: &str = "fd88::/64";
+/// The gateway's WireGuard port.
+pub const LISTEN_PORT: u16 = 51820;
+/// Users are numbered 1..=MAX_USERS (the outer addressing runs out after that).
+pub const MAX_USERS: usize = 500;
+/// Names of the veth ends: the same in every namespace, as the namespaces are ours.
+pub const SINK_VETH_GW: &str = "to-sink";
+pub const SINK_VETH_SINK: &str = "to-gw";
+pub const USER_VETH: &str = "to-gw";
+
+/// The client's listen port for user `k` (fixed, so the gateway can be given its endpoint).
+pub fn client_listen_port(k: usize) -> u16 {
+    40000 + k as u16
+}
+
+/// User `k`'s tunnel addresses.
+pub fn tunnel_addrs(k: usize) -> (Ipv4Addr, Ipv6Addr) {
+    let h = (k + 1) as u32;
+    (
+        Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 77, 0, 0)) + h),
+        Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, h as u16),
+    )
+}
+
+/// User `k`'s outer address number `host` (1 = gateway side, 2 = user, 3.. = after roaming).
+pub fn outer_addrs(k: usize, host: u8) -> (Ipv4Addr, Ipv6Addr) {
+    (
+        Ipv4Addr::new(198, 18 + (k / 256) as u8, (k % 256) as u8, host),
+        Ipv6Addr::new(0xfd18, 0, 0, k as u16, 0, 0, 0, u16::from(host)),
+    )
+}
+
+/// One remote user.
+#[derive(Clone, Debug)]
+pub struct UserSpec {
+    pub client: WgImpl,
+    /// The gateway has this user's key as a peer (false: an unknown key, never answered).
+    pub known: bool,
+    /// The client knows the gateway's endpoint (so the client can start handshakes).
+    pub client_endpoint: bool,
+    /// The gateway's config has the client's endpoint (so the gateway can start them).
+    pub gateway_endpoint: bool,
+    /// Use IPv6 outer addresses for the endpoints instead of IPv4.
+    pub outer_v6: bool,
+    /// The client's persistent keepalive towards the gateway.
+    pub persistent_keepalive: Option<u16>,
+}
+
+impl UserSpec {
+    /// A known user whose client has the gateway's endpoint (the usual road warrior).
+    pub fn new(client: WgImpl) -> UserSpec {
+        UserSpec {
+            client,
+            known: true,
+            client_endpoint: true,
+            gateway_endpoint: false,
+            outer_v6: false,
+            persistent_keepalive: Some(25),
+        }
+    }
+}
+
+/// The whole topology to build.
+#[derive(Clone, Debug)]
+pub struct TopologySpec {
+    pub gateway: GatewayKind,
+    pub users: Vec<UserSpec>,
+    /// Required for [`GatewayKind::Sluice`].
+    pub sluice_bin: Option<PathBuf>,
+    pub workers: usize,
+    pub cores: Vec<usize>,
+    pub mtu: u16,
+}
+
+impl TopologySpec {
+    pub fn new(gateway: GatewayKind, sluice_bin: Option<PathBuf>, users: Vec<UserSpec>) -> Self {
+        TopologySpec {
+            gateway,
+            users,
+            sluice_bin,
+            workers: 1,
+            cores: vec![0],
+            mtu: 1420,
+        }
+    }
+}
+
+/// A user's namespace and client. Fields drop in order: the client process before the
+/// namespace.
+#[derive(Debug)]
+pub struct User {
+    pub wg: WgInterface,
+    pub ns: Netns,
+    /// 1-based.
+    pub index: usize,
+    pub spec: UserSpec,
+    pub key: KeyPair,
+    pub tunnel_v4: Ipv4Addr,
+    pub tunnel_v6: Ipv6Addr,
+    /// The client's current outer addresses (roaming changes them).
+    pub outer_v4: Ipv4Addr,
+    pub outer_v6: Ipv6Addr,
+    pub gw_outer_v4: Ipv4Addr,
+    pub gw_outer_v6: Ipv6Addr,
+    pub listen_port: u16,
+    outer_host: u8,
+}
+
+impl User {
+    /// The gateway's endpoint as this client sees it.
+    pub fn gateway_endpoint(&self) -> SocketAddr {
+        if self.spec.outer_v6 {
+            SocketAddr::new(IpAddr::V6(self.gw_outer_v6), LISTEN_PORT)
+        } else {
+            SocketAddr::new(IpAddr::V4(self.gw_outer_v4), LISTEN_PORT)
+        }
+    }
+
+    /// The client's current endpoint as the gateway should see it.
+    pub fn endpoint(&self) -> SocketAddr {
+        if self.spec.outer_v6 {
+            SocketAddr::new(IpAddr::V6(self.outer_v6), self.listen_port)
+        } else {
+            SocketAddr::new(IpAddr::V4(self.outer_v4), self.listen_port)
+        }
+    }
+
+    /// A label for summaries: "user 1 (wireguard-go)".
+    pub fn label(&self) -> String {
+        format!("user {} ({})", self.index, self.spec.client)
+    }
+
+    /// Send one small UDP datagram into the tunnel (to the sink's discard port), which makes
+    /// the client start a handshake if it has none.
+    pub fn kick(&self) -> Result<()> {
+        let sock = self
+            .ns
+            .udp_bind(SocketAddr::new(IpAddr::V4(self.tunnel_v4), 0))?;
+        let _ = sock.send_to(b"kick", SocketAddr::new(IpAddr::V4(SINK_V4), 9));
+        Ok(())
+    }
+
+    /// Move the client to its next outer address (IPv4 and IPv6) in the same subnet: add the
+    /// new one, delete the old one. Nothing is reconfigured in WireGuard: the client's next
+    /// packet simply comes from the new address. Returns the new endpoint.
+    pub fn roam(&mut self) -> Result<SocketAddr> {
+        let next = self
+            .outer_host
+            .checked_add(1)
+            .filter(|h| *h < 255)
+            .ok_or_else(|| err!("user {} has no outer addresses left", self.index))?;
+        let (new4, new6) = outer_addrs(self.index, next);
+        self.ns.add_addr(USER_VETH, &format!("{new4}/24"))?;
+        self.ns.add_addr(USER_VETH, &format!("{new6}/64"))?;
+        // promote_secondaries (set at build) keeps the new address when the old primary goes.
+        self.ns
+            .del_addr(USER_VETH, &format!("{}/24", self.outer_v4))?;
+        self.ns
+            .del_addr(USER_VETH, &format!("{}/64", self.outer_v6))?;
+        self.outer_v4 = new4;
+        self.outer_v6 = new6;
+        self.outer_host = next;
+        Ok(self.endpoint())
+    }
+}
+
+/// A built topology. Dropping it stops every process and deletes every namespace and file.
+#[derive(Debug)]
+pub struct Topology {
+    pub users: Vec<User>,
+    pub gateway: Gateway,
+    pub gw_ns: Netns,
+    pub sink_ns: Netns,
+    pub id: String,
+    pub gateway_key: KeyPair,
+    pub dir: RunDir,
+}
+
+impl Topology {
+    /// Build everything in `spec`, start the gateway and the clients. Does not wait for
+    /// handshakes (see [`Topology::wait_handshakes`]).
+    pub fn build(spec: &TopologySpec) -> Result<Topology> {
+        if spec.users.len() > MAX_USERS {
+            return Err(err!("at most {MAX_USERS} users"));
+        }
+        let id = unique_id();
+        let dir = RunDir::new(&id)?;
+        let gw_ns = Netns::new(&format!("sl-{id}-gw"))?;
+        let sink_ns = Netns::new(&format!("sl-{id}-sink"))?;
+        gw_ns.enable_forwarding()?;
+        veth(&gw_ns, SINK_VETH_GW, &sink_ns, SINK_VETH_SINK, None)?;
+        gw_ns.add_addr(SINK_VETH_GW, &format!("{GW_INNER_V4}/24"))?;
+        gw_ns.add_addr(SINK_VETH_GW, &format!("{GW_INNER_V6}/64"))?;
+        sink_ns.add_addr(SINK_VETH_SINK, &format!("{SINK_V4}/24"))?;
+        sink_ns.add_addr(SINK_VETH_SINK, &format!("{SINK_V6}/64"))?;
+        sink_ns.add_route(TUNNEL_NET_V4, Some(IpAddr::V4(GW_INNER_V4)), None)?;
+        sink_ns.add_route(TUNNEL_NET_V6, Some(IpAddr::V6(GW_INNER_V6)), None)?;
+
+        // Namespaces, veths and keys first: the gateway's config needs every client's key.
+        let mut pending = Vec::new();
+        for (i, us) in spec.users.iter().enumerate() {
+            let k = i + 1;
+            let ns = Netns::new(&format!("sl-{id}-u{k}"))?;
+            ns.sysctl("net.ipv4.conf.default.promote_secondaries", "1")?;
+            ns.sysctl("net.ipv4.conf.all.promote_secondaries", "1")?;
+            let gw_dev = format!("to-u{k}");
+            veth(&ns, USER_VETH, &gw_ns, &gw_dev, None)?;
+            ns.sysctl(
+                &format!("net.ipv4.conf.{USER_VETH}.promote_secondaries"),
+                "1",
+            )?;
+            let (g4, g6) = outer_addrs(k, 1);
+            let (u4, u6) = outer_addrs(k, 2);
+            gw_ns.add_addr(&gw_dev, &format!("{g4}/24"))?;
+            gw_ns.add_addr(&gw_dev, &format!("{g6}/64"))?;
+            ns.add_addr(USER_VETH, &format!("{u4}/24"))?;
+            ns.add_addr(USER_VETH, &format!("{u6}/64"))?;
+            let (t4, t6) = tunnel_addrs(k);
+            pending.push((
+                k,
+                us.clone(),
+                ns,
+                KeyPair::generate(),
+                t4,
+                t6,
+                u4,
+                u6,
+                g4,
+                g6,
+            ));
+        }
+
+        let gateway_key = KeyPair::generate();
+        let gw_spec = GatewaySpec {
+            kind: spec.gateway,
+            ifname: format!("sl{id}"),
+            key: gateway_key.clone(),
+            listen_port: LISTEN_PORT,
+            addresses: vec![format!("{GW_TUNNEL_V4}/16"), format!("{GW_TUNNEL_V6}/64")],
+            mtu: spec.mtu,
+            peers: pending
+                .iter()
+                .filter(|p| p.1.known)
+                .map(|(k, us, _, key, t4, t6, u4, u6, ..)| GatewayPeer {
+                    public_key: key.public.clone(),
+                    allowed_ips: vec![format!("{t4}/32"), format!("{t6}/128")],
+                    endpoint: us.gateway_endpoint.then(|| {
+                        let ip = if us.outer_v6 {
+                            IpAddr::V6(*u6)
+                        } else {
+                            IpAddr::V4(*u4)
+                        };
+                        SocketAddr::new(ip, client_listen_port(*k))
+                    }),
+                    persistent_keepalive: None,
+                })
+                .collect(),
+            sluice_bin: spec.sluice_bin.clone(),
+            workers: spec.workers,
+            cores: spec.cores.clone(),
+        };
+        let gateway = Gateway::start(&gw_ns, &gw_spec, &dir)?;
+
+        let mut users = Vec::new();
+        for (k, us, ns, key, t4, t6, u4, u6, g4, g6) in pending {
+            let ifname = format!("wg{id}u{k}");
+            let wg = WgInterface::start(&ns, us.client, &ifname, &dir)?;
+            let gw_endpoint = if us.outer_v6 {
+                SocketAddr::new(IpAddr::V6(g6), LISTEN_PORT)
+            } else {
+                SocketAddr::new(IpAddr::V4(g4), LISTEN_PORT)
+            };
+            wg.configure(
+                &key,
+                Some(client_listen_port(k)),
+                &[WgPeer {
+                    public_key: gateway_key.public.clone(),
+                    endpoint: us.client_endpoint.then_some(gw_endpoint),
+                    allowed_ips: [TUNNEL_NET_V4, TUNNEL_NET_V6, SINK_NET_V4, SINK_NET_V6]
+                        .map(String::from)
+                        .to_vec(),
+                    persistent_keepalive: if us.client_endpoint {
+                        us.persistent_keepalive
+                    } else {
+                        None
+                    },
+                }],
+            )?;
+            ns.add_addr(&ifname, &format!("{t4}/32"))?;
+            ns.add_addr(&ifname, &format!("{t6}/128"))?;
+            ns.link_up(&ifname, Some(spec.mtu))?;
+            for net in [TUNNEL_NET_V4, SINK_NET_V4, TUNNEL_NET_V6, SINK_NET_V6] {
+                ns.add_route(net, None, Some(&ifname))?;
+            }
+            users.push(User {
+                wg,
+                ns,
+                index: k,
+                spec: us,
+                key,
+                tunnel_v4: t4,
+                tunnel_v6: t6,
+                outer_v4: u4,
+                outer_v6: u6,
+                gw_outer_v4: g4,
+                gw_outer_v6: g6,
+                listen_port: client_listen_port(k),
+                outer_host: 2,
+            });
+        }
+        Ok(Topology {
+            users,
+            gateway,
+            gw_ns,
+            sink_ns,
+            id,
+            gateway_key,
+            dir,
+        })
+    }
+
+    /// User `k` (1-based).
+    pub fn user(&self, k: usize) -> &User {
+        &self.users[k - 1]
+    }
+
+    pub fn user_mut(&mut self, k: usize) -> &mut User {
+        &mut self.users[k - 1]
+    }
+
+    /// Wait until every known user whose client has the gateway's endpoint has a handshake,
+    /// seen from both sides (the client's `wg show` and the gateway's status). Kicks each
+    /// client with a datagram every second meanwhile.
+    pub fn wait_handshakes(&mut self, timeout: Duration) -> Result<GatewayStatus> {
+        let want: Vec<usize> = self
+            .users
+            .iter()
+            .filter(|u| u.spec.known && u.spec.client_endpoint)
+            .map(|u| u.index)
+            .collect();
+        self.wait_handshakes_of(&want, timeout)
+    }
+
+    /// [`Topology::wait_handshakes`] for the users in `which` (1-based).
+    pub fn wait_handshakes_of(
+        &mut self,
+        which: &[usize],
+        timeout: Duration,
+    ) -> Result<GatewayStatus> {
+        let gw_pub = self.gateway_key.public.clone();
+        let mut tick = 0u32;
+        let r = wait_for(
+            &format!("handshakes of users {which:?} with the gateway"),
+            timeout,
+            Duration::from_millis(100),
+            || {
+                self.gateway.ensure_running().map_err(|e| e.0)?;
+                let status = self.gateway.status().map_err(|e| e.0)?;
+                let mut waiting = Vec::new();
+                for &k in which {
+                    let u = &self.users[k - 1];
+                    let client = u.wg.peer(&gw_pub).map_err(|e| e.0)?;
+                    let gw_side = status.peer(&u.key.public).and_then(|p| p.handshake_age());
+                    if client.handshake_age.is_none() || gw_side.is_none() {
+                        waiting.push(format!(
+                            "user {k}: client {:?}, gateway {:?}",
+                            client.handshake_age, gw_side
+                        ));
+                        if tick % 10 == 0 {
+                            let _ = u.kick();
+                        }
+                    }
+                }
+                tick += 1;
+                if waiting.is_empty() {
+                    Ok(Some(status))
+                } else {
+                    Err(waiting.join("; "))
+                }
+            },
+        );
+        match r {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                let mut msg = format!("{e}\n{}", self.gateway.log_tail(30));
+                for &k in which {
+                    let u = &mut self.users[k - 1];
+                    let kind = u.spec.client;
+                    msg += &format!("\n{kind} (user {k}) log:\n{}", u.wg.daemon().log_tail(10));
+                }
+                Err(err!("{msg}"))
+            }
+        }
+    }
+
+    /// Leave everything running (for `--keep`) and return the commands that remove it.
+    pub fn keep(&mut self) -> Vec<String> {
+        let mut pids = Vec::new();
+        for u in &mut self.users {
+            pids.push(u.wg.daemon_pid());
+            u.wg.detach();
+            u.ns.keep();
+        }
+        if let Some(p) = self.gateway.pid() {
+            pids.push(p);
+        }
+        self.gateway.detach();
+        self.gw_ns.keep();
+        self.sink_ns.keep();
+        self.dir.keep();
+        let mut cmds = Vec::new();
+        if !pids.is_empty() {
+            let p: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+            cmds.push(format!("kill {}", p.join(" ")));
+        }
+        let mut names: Vec<&str> = self.users.iter().map(|u| u.ns.name()).collect();
+        names.push(self.gw_ns.name());
+        names.push(self.sink_ns.name());
+        for n in names {
+            cmds.push(format!("ip netns del {n}"));
+        }
+        cmds.push(format!("rm -rf {}", self.dir.path().display()));
+        cmds
+    }
+}
+
+/// A UDP socket bound inside user `u`'s namespace to its tunnel address (v4 or v6).
+pub fn user_udp(u: &User, v6: bool) -> Result<UdpSocket> {
+    let ip = if v6 {
+        IpAddr::V6(u.tunnel_v6)
+    } else {
+        IpAddr::V4(u.tunnel_v4)
+    };
+    u.ns.udp_bind(SocketAddr::new(ip, 0))
+}
+
+/// Everything the registry still holds, for messages after a failed cleanup.
+pub fn leftovers() -> String {
+    let (ns, pids, dirs) = registry::snapshot();
+    format!("namespaces {ns:?}, processes {pids:?}, folders {dirs:?}")
+}

@@ -352,7 +352,7 @@ fn handle_outer(
     }
     // Handshake messages: check the type's exact length, and mac1 (cheap: no DH) before
     // spending a queue slot; cookie replies carry no mac1.
-    let message = messages::parse(datagram)?;
+    messages::parse(datagram)?;
     if kind != TYPE_COOKIE_REPLY
         && !w
             .shared
@@ -363,7 +363,6 @@ fn handle_outer(
     {
         return Err(DropReason::BadMac1);
     }
-    drop(message);
     let depth = w.handshakes.len();
     if depth >= w.handshake_capacity / UNDER_LOAD_DEPTH_DIVISOR {
         w.shared.mark_under_load(cx.now, UNDER_LOAD_HOLD);

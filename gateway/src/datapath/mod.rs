@@ -155,20 +155,26 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
         threads.push(t);
     }
     drop(hs_tx);
-    let hs_stats = Arc::new(WorkerStats::default());
-    let hs = HandshakeThread {
-        shared: shared.clone(),
-        udp: sockets[0].clone(),
-        jobs: hs_rx,
-        stop: stop.clone(),
-        stats: hs_stats.clone(),
-    };
-    threads.push(
-        std::thread::Builder::new()
-            .name("sluice-hs".into())
-            .spawn(move || hs.run())
-            .map_err(RunError::Thread)?,
-    );
+    // Handshakes cost ~200 µs of CPU each; half as many handshake threads as workers keeps a
+    // flood from starving the data path while still using bigger machines.
+    let hs_threads = (workers / 2).max(1);
+    let hs_stats: Vec<Arc<WorkerStats>> = (0..hs_threads)
+        .map(|_| Arc::new(WorkerStats::default()))
+        .collect();
+    for (i, s) in hs_stats.iter().enumerate() {
+        let hs = HandshakeThread {
+            shared: shared.clone(),
+            udp: sockets[i % sockets.len()].clone(),
+            jobs: hs_rx.clone(),
+            stop: stop.clone(),
+            stats: s.clone(),
+        };
+        let t = std::thread::Builder::new()
+            .name(format!("sluice-hs{i}"))
+            .spawn(move || hs.run());
+        threads.push(t.map_err(RunError::Thread)?);
+    }
+    drop(hs_rx);
 
     log::info(&format!(
         "up interface={} public_key={} listen_port={} peers={} workers={} mode=socket gro={} gso={}",

@@ -16,7 +16,7 @@ pub struct Status<'a> {
     pub cfg: &'a Config,
     pub shared: &'a Shared,
     pub workers: &'a [Arc<WorkerStats>],
-    pub handshakes: &'a WorkerStats,
+    pub handshakes: &'a [Arc<WorkerStats>],
 }
 
 impl Status<'_> {
@@ -46,12 +46,7 @@ impl Status<'_> {
                 })
             })
             .collect();
-        let all = || {
-            self.workers
-                .iter()
-                .map(|w| &**w)
-                .chain(std::iter::once(self.handshakes))
-        };
+        let all = || self.workers.iter().chain(self.handshakes).map(|w| &**w);
         let mut drops = Map::new();
         for r in DropReason::ALL {
             let n: u64 = all()
@@ -70,7 +65,7 @@ impl Status<'_> {
             "drops": drops,
             "rx_packets": sum(|w| w.rx_packets.load(Ordering::Relaxed)),
             "tx_packets": sum(|w| w.tx_packets.load(Ordering::Relaxed)),
-            "handshakes_handled": self.handshakes.rx_packets.load(Ordering::Relaxed),
+            "handshakes_handled": self.handshakes.iter().map(|w| w.rx_packets.load(Ordering::Relaxed)).sum::<u64>(),
         })
     }
 

@@ -29,7 +29,7 @@ pub enum DropReason {
     ReplayedInitiation,
     /// Initiations from this peer arrive faster than allowed (flood protection).
     InitiationTooSoon,
-    /// A response or cookie reply for an index with no handshake in progress.
+    /// A response for an index whose handshake is not waiting for one.
     UnexpectedHandshake,
     /// Transport data for a receiver index we don't have.
     UnknownIndex,

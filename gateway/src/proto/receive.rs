@@ -68,7 +68,7 @@ impl Peer {
         self.handshake_completed(env);
         self.stats.rx_bytes += messages::response::LEN as u64;
         self.on_authenticated_receive(env, src);
-        self.flush_staged(env);
+        self.flush_staged(env, true);
         Ok(())
     }
 
@@ -106,7 +106,7 @@ impl Peer {
         }
         self.on_authenticated_receive(env, src);
         if confirmed {
-            self.flush_staged(env);
+            self.flush_staged(env, false);
         }
         self.keep_key_fresh_on_receive(env);
         if !payload.is_empty() {

@@ -69,10 +69,13 @@ impl Peer {
         let _ = self.queue_encrypted(env, &[]);
     }
 
-    /// Send what waited for a session; if nothing did, a keepalive confirms the session.
-    pub(super) fn flush_staged(&mut self, env: &mut Env) {
+    /// Send what waited for a session. The initiator, having just consumed the response,
+    /// confirms the session with a keepalive if nothing waited (`confirm`); the responder,
+    /// confirmed by the initiator's first message, has nothing to prove (the kernel's
+    /// `send_keepalive` versus `send_staged_packets`).
+    pub(super) fn flush_staged(&mut self, env: &mut Env, confirm: bool) {
         let staged: Vec<Vec<u8>> = self.staged.drain(..).collect();
-        if staged.is_empty() {
+        if staged.is_empty() && confirm {
             self.send_keepalive(env);
         }
         for p in staged {

@@ -4,19 +4,25 @@
 //! ```text
 //!  user namespaces (N)             gateway namespace                     sink namespace
 //!  +---------------------+  veth   +---------------------------+  veth  +--------------+
-//!  | wg client (wg-go or |---------| to-uK: 198.18.K.1/24      |        |              |
-//!  |   boringtun-cli)    |  one    |        fd18:0:0:K::1/64   |        |              |
+//!  | wg client (wg-go or |---------| to-uK: 198.18.K.1/25      |        |              |
+//!  |   boringtun-cli)    |  one    |        fd18:0:0:K::1/80   |        |              |
 //!  | wgIDuK:             |  per    |                           |        |              |
 //!  |   10.77.0.(K+1)/32  |  user   | gateway (sluice, TUN slID)|        | to-gw:       |
 //!  |   fd77::(K+1)/128   |         |   10.77.0.1/16 fd77::1/64 |--------| 10.88.0.2/24 |
-//!  | to-gw: 198.18.K.2/24|         | to-sink: 10.88.0.1/24     |        | fd88::2/64   |
-//!  |   fd18:0:0:K::2/64  |         |          fd88::1/64       |        | iperf3 -s    |
+//!  | to-gw: 198.18.K.2/25|         | to-sink: 10.88.0.1/24     |        | fd88::2/64   |
+//!  |   fd18:0:0:K::2/80  |         |          fd88::1/64       |        | iperf3 -s    |
 //!  +---------------------+         +---------------------------+        +--------------+
 //! ```
 //!
-//! - Outer (WireGuard UDP): user K has subnet 198.18.K.0/24 and fd18:0:0:K::/64 (RFC 2544 /
-//!   ULA space), the gateway .1 / ::1, the user .2 / ::2 (roaming moves it to .3, .4, ...).
-//!   For K >= 256 the second octet goes up: 198.(18 + K/256).(K%256).0/24.
+//! - Outer (WireGuard UDP): user K's link has 198.18.K.0/25 and fd18:0:0:K::/80 (RFC 2544 and
+//!   ULA space), the gateway .1 / ::1, the user .2 / ::2. For K >= 256 the second octet goes
+//!   up: 198.(18 + K/256).(K%256).0/25.
+//! - Roaming ([`Topology::roam`]) moves user K to a new link, as a laptop moves from one
+//!   network to another: roam number R adds veth `to-gwR` / `to-uKrR` with 198.18.K.(128+4R)/30
+//!   and fd18:0:0:K:R::/80, removes the client's old address, and routes the gateway's
+//!   unchanged endpoint (198.18.K.1, fd18:0:0:K::1) over the new link. Changing the interface
+//!   matters: wireguard-go keeps a "sticky" source address per peer and only drops it when
+//!   the route to the peer moves to another interface.
 //! - Tunnel: 10.77.0.0/16 and fd77::/64; the gateway is 10.77.0.1 / fd77::1 and user K is host
 //!   K+1. Each client routes the tunnel and sink subnets into its WireGuard interface (the
 //!   gateway peer's AllowedIPs); the gateway's peer for user K allows exactly its /32 and /128.
@@ -32,6 +38,7 @@ use super::wg::{WgImpl, WgInterface, WgPeer};
 use super::{registry, unique_id, wait_for, KeyPair, Result, RunDir};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 pub const SINK_V4: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 2);
@@ -67,11 +74,24 @@ pub fn tunnel_addrs(k: usize) -> (Ipv4Addr, Ipv6Addr) {
     )
 }
 
-/// User `k`'s outer address number `host` (1 = gateway side, 2 = user, 3.. = after roaming).
-pub fn outer_addrs(k: usize, host: u8) -> (Ipv4Addr, Ipv6Addr) {
+/// How many times one user can roam.
+pub const MAX_ROAMS: u8 = 31;
+
+/// User `k`'s outer addresses on link `link` (0 = the first, R = after roam R): the gateway's
+/// side when `gw`, else the user's. Returns (IPv4, its prefix length, IPv6, its prefix length).
+pub fn outer_addrs(k: usize, link: u8, gw: bool) -> (Ipv4Addr, u8, Ipv6Addr, u8) {
+    let (b, c) = (18 + (k / 256) as u8, (k % 256) as u8);
+    let host = if gw { 1 } else { 2 };
+    let (d, len4) = if link == 0 {
+        (host, 25)
+    } else {
+        (128 + 4 * link + host, 30)
+    };
     (
-        Ipv4Addr::new(198, 18 + (k / 256) as u8, (k % 256) as u8, host),
-        Ipv6Addr::new(0xfd18, 0, 0, k as u16, 0, 0, 0, u16::from(host)),
+        Ipv4Addr::new(198, b, c, d),
+        len4,
+        Ipv6Addr::new(0xfd18, 0, 0, k as u16, u16::from(link), 0, 0, u16::from(host)),
+        80,
     )
 }
 
@@ -142,16 +162,33 @@ pub struct User {
     pub key: KeyPair,
     pub tunnel_v4: Ipv4Addr,
     pub tunnel_v6: Ipv6Addr,
-    /// The client's current outer addresses (roaming changes them).
-    pub outer_v4: Ipv4Addr,
-    pub outer_v6: Ipv6Addr,
     pub gw_outer_v4: Ipv4Addr,
     pub gw_outer_v6: Ipv6Addr,
     pub listen_port: u16,
-    outer_host: u8,
+    /// The client's current outer link: 0 at first, R after roam R.
+    link: AtomicU8,
 }
 
 impl User {
+    /// The client's current outer IPv4 address (roaming changes it).
+    pub fn outer_v4(&self) -> Ipv4Addr {
+        outer_addrs(self.index, self.link.load(Ordering::Relaxed), false).0
+    }
+
+    /// The client's current outer IPv6 address (roaming changes it).
+    pub fn outer_v6(&self) -> Ipv6Addr {
+        outer_addrs(self.index, self.link.load(Ordering::Relaxed), false).2
+    }
+
+    /// The user-side name of outer link `link`.
+    fn link_name(link: u8) -> String {
+        if link == 0 {
+            USER_VETH.to_string()
+        } else {
+            format!("{USER_VETH}{link}")
+        }
+    }
+
     /// The gateway's endpoint as this client sees it.
     pub fn gateway_endpoint(&self) -> SocketAddr {
         if self.spec.outer_v6 {
@@ -164,9 +201,9 @@ impl User {
     /// The client's current endpoint as the gateway should see it.
     pub fn endpoint(&self) -> SocketAddr {
         if self.spec.outer_v6 {
-            SocketAddr::new(IpAddr::V6(self.outer_v6), self.listen_port)
+            SocketAddr::new(IpAddr::V6(self.outer_v6()), self.listen_port)
         } else {
-            SocketAddr::new(IpAddr::V4(self.outer_v4), self.listen_port)
+            SocketAddr::new(IpAddr::V4(self.outer_v4()), self.listen_port)
         }
     }
 
@@ -183,29 +220,6 @@ impl User {
             .udp_bind(SocketAddr::new(IpAddr::V4(self.tunnel_v4), 0))?;
         let _ = sock.send_to(b"kick", SocketAddr::new(IpAddr::V4(SINK_V4), 9));
         Ok(())
-    }
-
-    /// Move the client to its next outer address (IPv4 and IPv6) in the same subnet: add the
-    /// new one, delete the old one. Nothing is reconfigured in WireGuard: the client's next
-    /// packet simply comes from the new address. Returns the new endpoint.
-    pub fn roam(&mut self) -> Result<SocketAddr> {
-        let next = self
-            .outer_host
-            .checked_add(1)
-            .filter(|h| *h < 255)
-            .ok_or_else(|| err!("user {} has no outer addresses left", self.index))?;
-        let (new4, new6) = outer_addrs(self.index, next);
-        self.ns.add_addr(USER_VETH, &format!("{new4}/24"))?;
-        self.ns.add_addr(USER_VETH, &format!("{new6}/64"))?;
-        // promote_secondaries (set at build) keeps the new address when the old primary goes.
-        self.ns
-            .del_addr(USER_VETH, &format!("{}/24", self.outer_v4))?;
-        self.ns
-            .del_addr(USER_VETH, &format!("{}/64", self.outer_v6))?;
-        self.outer_v4 = new4;
-        self.outer_v6 = new6;
-        self.outer_host = next;
-        Ok(self.endpoint())
     }
 }
 
@@ -307,7 +321,7 @@ impl Topology {
         let gateway = Gateway::start(&gw_ns, &gw_spec, &dir)?;
 
         let mut users = Vec::new();
-        for (k, us, ns, key, t4, t6, u4, u6, g4, g6) in pending {
+        for (k, us, ns, key, t4, t6, _, _, g4, g6) in pending {
             let ifname = format!("wg{id}u{k}");
             let wg = WgInterface::start(&ns, us.client, &ifname, &dir)?;
             let gw_endpoint = if us.outer_v6 {
@@ -345,12 +359,10 @@ impl Topology {
                 key,
                 tunnel_v4: t4,
                 tunnel_v6: t6,
-                outer_v4: u4,
-                outer_v6: u6,
                 gw_outer_v4: g4,
                 gw_outer_v6: g6,
                 listen_port: client_listen_port(k),
-                outer_host: 2,
+                link: AtomicU8::new(0),
             });
         }
         Ok(Topology {
@@ -362,6 +374,44 @@ impl Topology {
             gateway_key,
             dir,
         })
+    }
+
+    /// Roam user `k` (1-based) to a new network: a new veth pair to the gateway namespace
+    /// with new addresses, the client's old address removed, and the gateway's endpoint (the
+    /// same address as before) routed over the new link. Nothing in WireGuard is
+    /// reconfigured: the client's next packet simply comes from elsewhere. Returns the new
+    /// endpoint. Takes `&self`, so it can run while a transfer uses the namespaces.
+    pub fn roam(&self, k: usize) -> Result<SocketAddr> {
+        let u = &self.users[k - 1];
+        let old = u.link.load(Ordering::Relaxed);
+        let new = old + 1;
+        if new > MAX_ROAMS {
+            return Err(err!("user {k} has roamed {MAX_ROAMS} times already"));
+        }
+        let user_dev = User::link_name(new);
+        let gw_dev = format!("to-u{k}r{new}");
+        veth(&u.ns, &user_dev, &self.gw_ns, &gw_dev, None)?;
+        let (g4, g4len, g6, g6len) = outer_addrs(k, new, true);
+        let (u4, u4len, u6, u6len) = outer_addrs(k, new, false);
+        self.gw_ns.add_addr(&gw_dev, &format!("{g4}/{g4len}"))?;
+        self.gw_ns.add_addr(&gw_dev, &format!("{g6}/{g6len}"))?;
+        u.ns.add_addr(&user_dev, &format!("{u4}/{u4len}"))?;
+        u.ns.add_addr(&user_dev, &format!("{u6}/{u6len}"))?;
+        // Leave the old network: its address (and so its routes) go.
+        let (o4, o4len, o6, o6len) = outer_addrs(k, old, false);
+        let old_dev = User::link_name(old);
+        u.ns.del_addr(&old_dev, &format!("{o4}/{o4len}"))?;
+        u.ns.del_addr(&old_dev, &format!("{o6}/{o6len}"))?;
+        // The gateway's endpoint is now reached over the new link.
+        for (dest, via) in [
+            (format!("{}/32", u.gw_outer_v4), IpAddr::V4(g4)),
+            (format!("{}/128", u.gw_outer_v6), IpAddr::V6(g6)),
+        ] {
+            let fam = if via.is_ipv6() { "-6" } else { "-4" };
+            u.ns.ip(&[fam, "route", "replace", &dest, "via", &via.to_string(), "dev", &user_dev])?;
+        }
+        u.link.store(new, Ordering::Relaxed);
+        Ok(u.endpoint())
     }
 
     /// User `k` (1-based).
@@ -411,7 +461,7 @@ impl Topology {
                             "user {k}: client {:?}, gateway {:?}",
                             client.handshake_age, gw_side
                         ));
-                        if tick % 10 == 0 {
+                        if tick.is_multiple_of(10) {
                             let _ = u.kick();
                         }
                     }

@@ -410,9 +410,19 @@ pub fn tcp_send_file(
         let received = receiver
             .join()
             .unwrap_or_else(|_| Err(err!("receiver panicked")));
-        sent?;
-        if let Some(r) = side_result {
-            r?;
+        // Report every side's failure: one side's error is often caused by the other's.
+        let mut errors = Vec::new();
+        if let Err(e) = &sent {
+            errors.push(format!("sender: {e}"));
+        }
+        if let Err(e) = &received {
+            errors.push(format!("receiver: {e}"));
+        }
+        if let Some(Err(e)) = &side_result {
+            errors.push(format!("meanwhile: {e}"));
+        }
+        if !errors.is_empty() {
+            return Err(err!("TCP transfer to {to_addr}: {}", errors.join("; ")));
         }
         let bytes = received?;
         Ok(Transfer {

@@ -2,8 +2,8 @@
 //! checked) through a bounded queue; they run the cookie layer (mac2 and the per-source rate
 //! limit under load), the Noise handshake under the peer's lock, and send the replies.
 
+use super::io::{send_transmits, Outer};
 use super::shared::{lock, Shared};
-use super::udp::UdpSocket;
 use super::worker::{log_event, HandshakeJob, WorkerStats};
 use crate::proto::cookie::CookieError;
 use crate::proto::effects::{Context, Outbox, Transmit};
@@ -17,15 +17,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug)]
-pub struct HandshakeThread {
+pub struct HandshakeThread<O> {
     pub shared: Arc<Shared>,
-    pub udp: Arc<UdpSocket>,
+    pub udp: Arc<O>,
     pub jobs: Receiver<HandshakeJob>,
     pub stop: Arc<AtomicBool>,
     pub stats: Arc<WorkerStats>,
 }
 
-impl HandshakeThread {
+impl<O: Outer> HandshakeThread<O> {
     pub fn run(self) {
         let mut drops = DropCounters::default();
         let mut handled = 0u64;
@@ -50,15 +50,7 @@ impl HandshakeThread {
                 Ok(()) => handled += 1,
                 Err(reason) => drops.count(reason),
             }
-            if !out.transmits.is_empty() {
-                let items: Vec<(SocketAddr, &[u8])> = out
-                    .transmits
-                    .iter()
-                    .map(|t| (t.dst, t.data.as_slice()))
-                    .collect();
-                sent += self.udp.send_batch(&items) as u64;
-                out.transmits.clear();
-            }
+            sent += send_transmits(&*self.udp, &mut out.transmits) as u64;
             for e in out.events.drain(..) {
                 log_event(&self.shared, &e);
             }

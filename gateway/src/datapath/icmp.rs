@@ -3,7 +3,7 @@
 //! instead of timing out. Never in answer to an ICMP error or a non-unicast source, and rate
 //! limited per worker.
 
-use super::tun::TunQueue;
+use super::io::Inner;
 use crate::proto::Time;
 use std::cell::Cell;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -149,10 +149,10 @@ impl IcmpReplies {
         true
     }
 
-    pub fn unreachable(&self, now: Time, tun: &TunQueue, packet: &[u8]) {
+    pub fn unreachable(&self, now: Time, tun: &impl Inner, packet: &[u8]) {
         if let Some(reply) = build_unreachable(packet, self.v4, self.v6) {
             if self.allow(now) {
-                let _ = tun.write(&reply);
+                tun.write(&reply);
             }
         }
     }

@@ -19,6 +19,7 @@
 
 pub mod handshake;
 pub mod icmp;
+pub mod io;
 pub mod shared;
 mod status;
 pub mod tun;

@@ -358,6 +358,23 @@ impl Default for RecvBatch {
 }
 
 impl RecvBatch {
+    pub fn clear(&mut self) {
+        self.datagrams.clear();
+    }
+
+    /// Add a datagram by copy (for in-memory sources); false if the batch is full or the
+    /// datagram too large for a slot.
+    pub fn push(&mut self, src: SocketAddr, data: &[u8]) -> bool {
+        let i = self.datagrams.len();
+        if i >= BATCH || data.len() > SLOT {
+            return false;
+        }
+        let start = i * SLOT;
+        self.bufs[start..start + data.len()].copy_from_slice(data);
+        self.datagrams.push((src, start..start + data.len()));
+        true
+    }
+
     pub fn len(&self) -> usize {
         self.datagrams.len()
     }

@@ -10,9 +10,9 @@
 //! - **Timers** for the peers this worker owns fire from its own deadline heap.
 
 use super::icmp::IcmpReplies;
+use super::io::{send_transmits, Inner, Outer};
 use super::shared::{lock, Deadline, Shared};
-use super::tun::TunQueue;
-use super::udp::{RecvBatch, Segments, UdpSocket, BATCH, MAX_SEGMENTS};
+use super::udp::{RecvBatch, Segments, BATCH, MAX_SEGMENTS};
 use crate::proto::effects::{Context, Event, Outbox, Sent};
 use crate::proto::ip;
 use crate::proto::messages::{self, Transport, TYPE_COOKIE_REPLY, TYPE_TRANSPORT};
@@ -76,11 +76,11 @@ impl WorkerStats {
 }
 
 #[derive(Debug)]
-pub struct Worker {
+pub struct Worker<O, I> {
     pub id: usize,
     pub shared: Arc<Shared>,
-    pub udp: Arc<UdpSocket>,
-    pub tun: TunQueue,
+    pub udp: Arc<O>,
+    pub tun: I,
     pub handshakes: Sender<HandshakeJob>,
     pub handshake_capacity: usize,
     pub stop: Arc<AtomicBool>,
@@ -105,7 +105,7 @@ struct Local {
     rng: OsRng,
 }
 
-impl Worker {
+impl<O: Outer, I: Inner> Worker<O, I> {
     pub fn run(self) {
         let slot =
             self.shared.mtu + messages::transport::MIN_LEN + messages::transport::PADDING_MULTIPLE;
@@ -122,27 +122,30 @@ impl Worker {
             tx_packets: 0,
             rng: OsRng,
         };
-        let mut fds = [
-            libc::pollfd {
-                fd: self.udp.fd(),
+        let mut fds: Vec<libc::pollfd> = [self.udp.readiness_fd(), self.tun.readiness_fd()]
+            .into_iter()
+            .flatten()
+            .map(|fd| libc::pollfd {
+                fd,
                 events: libc::POLLIN,
                 revents: 0,
-            },
-            libc::pollfd {
-                fd: self.tun.fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
+            })
+            .collect();
+        // Without descriptors to wait on (in-memory I/O), poll only sleeps: keep it short.
+        let max_sleep = if fds.len() == 2 {
+            MAX_SLEEP
+        } else {
+            Duration::from_millis(1)
+        };
         while !self.stop.load(Ordering::Relaxed) {
             let now = self.shared.clock.now();
             self.stats
                 .heartbeat
                 .store(now.as_nanos(), Ordering::Relaxed);
-            let sleep = l.heap.peek().map_or(MAX_SLEEP, |Reverse((t, _))| {
-                t.saturating_since(now).min(MAX_SLEEP)
+            let sleep = l.heap.peek().map_or(max_sleep, |Reverse((t, _))| {
+                t.saturating_since(now).min(max_sleep)
             });
-            // SAFETY: `fds` is a valid array of two pollfd for the duration of the call.
+            // SAFETY: `fds` is a valid array of `fds.len()` pollfd for the duration of the call.
             unsafe {
                 libc::poll(
                     fds.as_mut_ptr(),
@@ -173,7 +176,7 @@ impl Worker {
 
     /// Receive and handle one batch from the UDP socket; returns how many datagrams.
     fn outer_batch(&self, l: &mut Local) -> usize {
-        let n = self.udp.recv_batch(&mut l.rx).unwrap_or(0);
+        let n = self.udp.recv_batch(&mut l.rx);
         for i in 0..n {
             let Some((src, datagram)) = l.rx.get_mut(i) else {
                 break;
@@ -184,10 +187,13 @@ impl Worker {
                 rng: &mut l.rng,
             };
             match handle_outer(self, &mut cx, &mut l.out, src, datagram) {
-                Ok(Some(range)) => match self.tun.write(&datagram[range]) {
-                    Ok(true) => l.rx_packets += 1,
-                    _ => l.drops.count(DropReason::InnerQueueFull),
-                },
+                Ok(Some(range)) => {
+                    if self.tun.write(&datagram[range]) {
+                        l.rx_packets += 1;
+                    } else {
+                        l.drops.count(DropReason::InnerQueueFull);
+                    }
+                }
                 Ok(None) => l.rx_packets += 1,
                 Err(reason) => l.drops.count(reason),
             }
@@ -202,9 +208,8 @@ impl Worker {
         let slot = l.tx_buf.len() / BATCH;
         let mut read = 0;
         while read < BATCH {
-            let n = match self.tun.read(&mut l.inner) {
-                Ok(Some(n)) => n,
-                _ => break,
+            let Some(n) = self.tun.read(&mut l.inner) else {
+                break;
             };
             read += 1;
             let packet = &l.inner[..n];
@@ -239,7 +244,7 @@ impl Worker {
                     segment: r.segment,
                 })
                 .collect();
-            l.tx_packets += self.udp.send_segments(&segs) as u64;
+            l.tx_packets += self.udp.send(&segs) as u64;
         }
         read
     }
@@ -266,16 +271,7 @@ impl Worker {
     }
 
     fn flush_outbox(&self, l: &mut Local) {
-        if !l.out.transmits.is_empty() {
-            let items: Vec<(SocketAddr, &[u8])> = l
-                .out
-                .transmits
-                .iter()
-                .map(|t| (t.dst, t.data.as_slice()))
-                .collect();
-            l.tx_packets += self.udp.send_batch(&items) as u64;
-            l.out.transmits.clear();
-        }
+        l.tx_packets += send_transmits(&*self.udp, &mut l.out.transmits) as u64;
         for e in l.out.events.drain(..) {
             log_event(&self.shared, &e);
         }
@@ -324,8 +320,8 @@ impl Run {
 
 /// Classify one datagram. Transport data is decrypted and checked, returning the inner
 /// packet's range (`None` for a keepalive or a message handed to the handshake threads).
-fn handle_outer(
-    w: &Worker,
+fn handle_outer<O: Outer, I: Inner>(
+    w: &Worker<O, I>,
     cx: &mut Context,
     out: &mut Outbox,
     src: SocketAddr,
@@ -363,7 +359,8 @@ fn handle_outer(
     {
         return Err(DropReason::BadMac1);
     }
-    let depth = w.handshakes.len();
+    // Like the kernel's handshake_queue_len, the depth counts the message now arriving.
+    let depth = w.handshakes.len() + 1;
     if depth >= w.handshake_capacity / UNDER_LOAD_DEPTH_DIVISOR {
         w.shared.mark_under_load(cx.now, UNDER_LOAD_HOLD);
     }

@@ -1,0 +1,129 @@
+//! The packet-I/O seam. Workers and handshake threads are generic over where datagrams and
+//! inner packets come from: [`Outer`] (the WireGuard side: UDP sockets today, AF_XDP rings
+//! next) and [`Inner`] (the tunnel side: a TUN queue, or a second NIC). The in-memory
+//! implementations here let tests drive the real worker and handshake code with no root, no
+//! sockets and no kernel.
+
+use super::tun::TunQueue;
+use super::udp::{RecvBatch, Segments, UdpSocket, BATCH};
+use crate::proto::effects::Transmit;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::sync::Mutex;
+
+/// The outer (WireGuard) side of a worker.
+pub trait Outer: Send + Sync {
+    /// Receive what is waiting, without blocking, into `batch` (cleared first).
+    fn recv_batch(&self, batch: &mut RecvBatch) -> usize;
+    /// Send runs of datagrams; returns how many datagrams went out.
+    fn send(&self, runs: &[Segments<'_>]) -> usize;
+    /// A descriptor that polls readable when datagrams wait, if there is one.
+    fn readiness_fd(&self) -> Option<RawFd>;
+}
+
+/// The inner (tunnel) side of a worker.
+pub trait Inner: Send {
+    /// Read one packet without blocking; `None` when nothing waits.
+    fn read(&self, buf: &mut [u8]) -> Option<usize>;
+    /// Write one packet; false if it was dropped (queue full, device gone).
+    fn write(&self, packet: &[u8]) -> bool;
+    fn readiness_fd(&self) -> Option<RawFd>;
+}
+
+impl Outer for UdpSocket {
+    fn recv_batch(&self, batch: &mut RecvBatch) -> usize {
+        UdpSocket::recv_batch(self, batch).unwrap_or(0)
+    }
+    fn send(&self, runs: &[Segments<'_>]) -> usize {
+        self.send_segments(runs)
+    }
+    fn readiness_fd(&self) -> Option<RawFd> {
+        Some(self.fd())
+    }
+}
+
+impl Inner for TunQueue {
+    fn read(&self, buf: &mut [u8]) -> Option<usize> {
+        TunQueue::read(self, buf).ok().flatten()
+    }
+    fn write(&self, packet: &[u8]) -> bool {
+        TunQueue::write(self, packet).unwrap_or(false)
+    }
+    fn readiness_fd(&self) -> Option<RawFd> {
+        Some(self.fd())
+    }
+}
+
+/// An in-memory outer side: tests push datagrams into `inbox` and read what was sent.
+#[derive(Debug, Default)]
+pub struct MemOuter {
+    pub inbox: Mutex<VecDeque<(SocketAddr, Vec<u8>)>>,
+    pub sent: Mutex<Vec<(SocketAddr, Vec<u8>)>>,
+}
+
+impl Outer for MemOuter {
+    fn recv_batch(&self, batch: &mut RecvBatch) -> usize {
+        batch.clear();
+        let mut inbox = super::shared::lock(&self.inbox);
+        while batch.len() < BATCH {
+            let Some((src, d)) = inbox.pop_front() else {
+                break;
+            };
+            batch.push(src, &d);
+        }
+        batch.len()
+    }
+    fn send(&self, runs: &[Segments<'_>]) -> usize {
+        let mut sent = super::shared::lock(&self.sent);
+        let before = sent.len();
+        for r in runs {
+            sent.extend(r.data.chunks(r.segment.max(1)).map(|c| (r.dst, c.to_vec())));
+        }
+        sent.len() - before
+    }
+    fn readiness_fd(&self) -> Option<RawFd> {
+        None
+    }
+}
+
+/// An in-memory inner side: tests push packets "from the tunnel" and read what was delivered.
+#[derive(Debug, Default)]
+pub struct MemInner {
+    pub inbox: Mutex<VecDeque<Vec<u8>>>,
+    pub written: Mutex<Vec<Vec<u8>>>,
+}
+
+impl Inner for std::sync::Arc<MemInner> {
+    fn read(&self, buf: &mut [u8]) -> Option<usize> {
+        let p = super::shared::lock(&self.inbox).pop_front()?;
+        let n = p.len().min(buf.len());
+        buf[..n].copy_from_slice(&p[..n]);
+        Some(n)
+    }
+    fn write(&self, packet: &[u8]) -> bool {
+        super::shared::lock(&self.written).push(packet.to_vec());
+        true
+    }
+    fn readiness_fd(&self) -> Option<RawFd> {
+        None
+    }
+}
+
+/// Send (and clear) the messages the protocol core queued; returns how many went out.
+pub fn send_transmits<O: Outer + ?Sized>(outer: &O, transmits: &mut VecDeque<Transmit>) -> usize {
+    if transmits.is_empty() {
+        return 0;
+    }
+    let runs: Vec<Segments> = transmits
+        .iter()
+        .map(|t| Segments {
+            dst: t.dst,
+            data: &t.data,
+            segment: t.data.len(),
+        })
+        .collect();
+    let sent = outer.send(&runs);
+    transmits.clear();
+    sent
+}

@@ -181,7 +181,7 @@ impl Shared {
         for (id, slot) in self.peers.iter().enumerate() {
             let mut peer = lock(slot);
             peer.on_interface_up(now);
-            if let (_, Some(at)) = peer.reschedule() {
+            if let Some(at) = peer.deadline_to_file() {
                 lock(&self.timer_inbox[self.timer_owner(id as PeerId)]).push((at, id as PeerId));
             }
         }
@@ -222,9 +222,9 @@ impl Shared {
             mtu: self.mtu,
         };
         let r = f(&mut peer, &mut env);
-        let (old, new) = peer.reschedule();
+        let file = peer.deadline_to_file();
         drop(peer);
-        if let Some(at) = new.filter(|&n| Some(n) != old) {
+        if let Some(at) = file {
             lock(&self.timer_inbox[self.timer_owner(id)]).push((at, id));
         }
         Some(r)

@@ -263,9 +263,8 @@ impl<O: Outer, I: Inner> Worker<O, I> {
             l.heap.pop();
             let mut cx = self.context(&mut l.rng);
             self.shared.with_peer(id, &mut cx, &mut l.out, |peer, env| {
-                if peer.next_deadline().is_some_and(|d| d <= env.cx.now) {
-                    peer.handle_timers(env);
-                }
+                peer.filed_deadline_fired(at);
+                peer.handle_timers(env);
             });
         }
     }

@@ -177,12 +177,32 @@ impl Peer {
         self.timers.next_deadline()
     }
 
-    /// The deadline the owner filed this peer under, and the new one to file it under; the
-    /// owner keeps its schedule consistent with these.
+    /// For owners with an exact schedule (one entry per peer): the deadline this peer was
+    /// filed under and the one to file it under now.
     pub fn reschedule(&mut self) -> (Option<Time>, Option<Time>) {
         let old = self.scheduled;
         self.scheduled = self.timers.next_deadline();
         (old, self.scheduled)
+    }
+
+    /// For owners with a lazy deadline queue (entries are never removed, only outdated): the
+    /// deadline to file now, if it is earlier than what is already filed. A deadline that moves
+    /// later is not refiled (that would add an entry per packet); the earlier entry fires,
+    /// finds nothing due, and [`Peer::filed_deadline_fired`] lets the real one be filed.
+    pub fn deadline_to_file(&mut self) -> Option<Time> {
+        let next = self.timers.next_deadline()?;
+        if self.scheduled.is_some_and(|filed| filed <= next) {
+            return None;
+        }
+        self.scheduled = Some(next);
+        Some(next)
+    }
+
+    /// A lazy-queue entry at `at` came due.
+    pub fn filed_deadline_fired(&mut self, at: Time) {
+        if self.scheduled == Some(at) {
+            self.scheduled = None;
+        }
     }
 
     /// Run every timer due now (whitepaper §6): retransmit or give up on a handshake, send
@@ -233,5 +253,41 @@ impl Peer {
     /// owner removing it.
     pub fn indices(&self) -> impl Iterator<Item = u32> + '_ {
         self.keypairs.indices().chain(self.handshake_index())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lazy_filing_files_only_earlier_deadlines() {
+        let identity = Identity::new(&[1; 32]);
+        let cfg = PeerConfig {
+            public_key: [9; 32],
+            persistent_keepalive: Some(25),
+            ..PeerConfig::default()
+        };
+        let mut p = Peer::new(&identity, &cfg, 0);
+        let t0 = Time::ZERO + Duration::from_secs(1);
+        p.on_interface_up(t0);
+        let first = t0 + Duration::from_secs(25);
+        assert_eq!(p.deadline_to_file(), Some(first));
+        // Every packet pushes the keepalive later: nothing new is filed, however many.
+        let mut last = t0;
+        for ms in 1..1000 {
+            last = t0 + Duration::from_millis(ms);
+            p.timers.on_authenticated_packet_traversal(last);
+            assert_eq!(p.deadline_to_file(), None);
+        }
+        // The filed entry comes due early; the real deadline is filed then.
+        p.filed_deadline_fired(first);
+        assert_eq!(p.deadline_to_file(), Some(last + Duration::from_secs(25)));
+        // An earlier deadline is filed at once.
+        p.timers.on_data_received(last);
+        assert_eq!(p.deadline_to_file(), Some(last + Duration::from_secs(10)));
+        // An unrelated entry firing does not forget what is filed.
+        p.filed_deadline_fired(first);
+        assert_eq!(p.deadline_to_file(), None);
     }
 }

@@ -10,6 +10,8 @@
 
 use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
 
+pub mod batch;
+
 pub const KEY_LEN: usize = 32;
 pub const TAG_LEN: usize = 16;
 

@@ -1,0 +1,281 @@
+//! The AVX-512 path: sixteen packets side by side. ChaCha20 keeps word `i` of all sixteen
+//! states in one 512-bit register (one packet per 32-bit lane) and transposes the finished
+//! blocks back to one register per packet; Poly1305 runs one packet per 64-bit lane, two
+//! registers of eight packets per limb, as two independent dependency chains.
+//!
+//! No AVX-512 IFMA Poly1305 is implemented (the development machine lacks IFMA, so it could
+//! not be tested); Poly1305 uses `vpmuludq` in radix 2^26 on every AVX-512 CPU.
+
+use super::engine::{Blocks, ChachaLanes, Engine, PolyLanes, MAX_LANES};
+use super::poly1305::{HIBIT, MASK26};
+use super::portable::SIGMA;
+use std::arch::x86_64::*;
+
+#[derive(Debug)]
+pub(crate) struct Avx512;
+
+impl Engine for Avx512 {
+    const LANES: usize = 16;
+
+    unsafe fn chacha_blocks(st: &ChachaLanes, out: &mut Blocks) {
+        // SAFETY: the caller guarantees AVX-512F/BW (see `Path::is_available`).
+        unsafe { chacha16(st, out) }
+    }
+
+    unsafe fn poly_blocks(st: &mut PolyLanes, msgs: &[&[u8]; MAX_LANES], hibit: bool) {
+        // SAFETY: as above.
+        unsafe { poly16(st, msgs, hibit) }
+    }
+}
+
+macro_rules! quarter {
+    ($x:ident, $a:literal, $b:literal, $c:literal, $d:literal) => {
+        $x[$a] = _mm512_add_epi32($x[$a], $x[$b]);
+        $x[$d] = _mm512_rol_epi32::<16>(_mm512_xor_si512($x[$d], $x[$a]));
+        $x[$c] = _mm512_add_epi32($x[$c], $x[$d]);
+        $x[$b] = _mm512_rol_epi32::<12>(_mm512_xor_si512($x[$b], $x[$c]));
+        $x[$a] = _mm512_add_epi32($x[$a], $x[$b]);
+        $x[$d] = _mm512_rol_epi32::<8>(_mm512_xor_si512($x[$d], $x[$a]));
+        $x[$c] = _mm512_add_epi32($x[$c], $x[$d]);
+        $x[$b] = _mm512_rol_epi32::<7>(_mm512_xor_si512($x[$b], $x[$c]));
+    };
+}
+
+#[target_feature(enable = "avx512f,avx512bw")]
+fn load16(words: &[u32; MAX_LANES]) -> __m512i {
+    // SAFETY: `words` is 64 readable bytes; the load is unaligned.
+    unsafe { _mm512_loadu_si512(words.as_ptr().cast()) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw")]
+fn chacha16(st: &ChachaLanes, out: &mut Blocks) {
+    let mut x = [_mm512_setzero_si512(); 16];
+    for (w, c) in SIGMA.iter().enumerate() {
+        x[w] = _mm512_set1_epi32(*c as i32);
+    }
+    for w in 0..8 {
+        x[4 + w] = load16(&st.key[w]);
+    }
+    x[12] = load16(&st.counter);
+    for w in 0..3 {
+        x[13 + w] = load16(&st.nonce[w]);
+    }
+    let init = x;
+    for _ in 0..10 {
+        quarter!(x, 0, 4, 8, 12);
+        quarter!(x, 1, 5, 9, 13);
+        quarter!(x, 2, 6, 10, 14);
+        quarter!(x, 3, 7, 11, 15);
+        quarter!(x, 0, 5, 10, 15);
+        quarter!(x, 1, 6, 11, 12);
+        quarter!(x, 2, 7, 8, 13);
+        quarter!(x, 3, 4, 9, 14);
+    }
+    for (v, i) in x.iter_mut().zip(init) {
+        *v = _mm512_add_epi32(*v, i);
+    }
+    transpose_store(&x, out);
+}
+
+/// `out[p]` = word 0..16 of packet `p`, from `x[w]` = word `w` of packets 0..16.
+// `j` picks both the source registers and the destination packets.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn transpose_store(x: &[__m512i; 16], out: &mut Blocks) {
+    // u[g][j], 128-bit lane k: words 4g..4g+4 of packet 4k+j.
+    let mut u = [[_mm512_setzero_si512(); 4]; 4];
+    for (g, ug) in u.iter_mut().enumerate() {
+        let a = 4 * g;
+        let t0 = _mm512_unpacklo_epi32(x[a], x[a + 1]);
+        let t1 = _mm512_unpackhi_epi32(x[a], x[a + 1]);
+        let t2 = _mm512_unpacklo_epi32(x[a + 2], x[a + 3]);
+        let t3 = _mm512_unpackhi_epi32(x[a + 2], x[a + 3]);
+        *ug = [
+            _mm512_unpacklo_epi64(t0, t2),
+            _mm512_unpackhi_epi64(t0, t2),
+            _mm512_unpacklo_epi64(t1, t3),
+            _mm512_unpackhi_epi64(t1, t3),
+        ];
+    }
+    for j in 0..4 {
+        // A 4×4 transpose of 128-bit blocks: packet 4k+j gets lane k of u[0..4][j].
+        let v0 = _mm512_shuffle_i32x4::<0x44>(u[0][j], u[1][j]);
+        let v1 = _mm512_shuffle_i32x4::<0xee>(u[0][j], u[1][j]);
+        let v2 = _mm512_shuffle_i32x4::<0x44>(u[2][j], u[3][j]);
+        let v3 = _mm512_shuffle_i32x4::<0xee>(u[2][j], u[3][j]);
+        let rows = [
+            _mm512_shuffle_i32x4::<0x88>(v0, v2),
+            _mm512_shuffle_i32x4::<0xdd>(v0, v2),
+            _mm512_shuffle_i32x4::<0x88>(v1, v3),
+            _mm512_shuffle_i32x4::<0xdd>(v1, v3),
+        ];
+        for (k, row) in rows.into_iter().enumerate() {
+            // SAFETY: `out[4k+j]` is 64 writable bytes; the store is unaligned.
+            unsafe { _mm512_storeu_si512(out[4 * k + j].as_mut_ptr().cast(), row) };
+        }
+    }
+}
+
+/// Eight lanes' worth of one Poly1305 limb array.
+#[target_feature(enable = "avx512f,avx512bw")]
+fn load8(limb: &[u64; MAX_LANES], half: usize) -> __m512i {
+    // SAFETY: `limb[8*half..8*half+8]` is in bounds (half < 2): 64 readable bytes.
+    unsafe { _mm512_loadu_si512(limb[8 * half..8 * half + 8].as_ptr().cast()) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw")]
+fn store8(limb: &mut [u64; MAX_LANES], half: usize, v: __m512i) {
+    // SAFETY: as for `load8`, writable.
+    unsafe { _mm512_storeu_si512(limb[8 * half..8 * half + 8].as_mut_ptr().cast(), v) }
+}
+
+/// Per-half Poly1305 registers: accumulator, key limbs, and 5·key limbs.
+struct Half {
+    h: [__m512i; 5],
+    r: [__m512i; 5],
+    s: [__m512i; 5],
+    addr: __m512i,
+    count: __m512i,
+}
+
+#[target_feature(enable = "avx512f,avx512bw")]
+fn poly16(st: &mut PolyLanes, msgs: &[&[u8]; MAX_LANES], hibit: bool) {
+    let hib = _mm512_set1_epi64(if hibit { HIBIT as i64 } else { 0 });
+    let blocks = (*msgs).map(|m| (m.len() / 16) as i64);
+    let addrs = (*msgs).map(|m| m.as_ptr() as i64);
+    let max = blocks.iter().copied().max().unwrap_or(0);
+    if max == 0 {
+        return;
+    }
+    let mut halves = [0, 1].map(|half| Half {
+        h: [0, 1, 2, 3, 4].map(|i| load8(&st.h[i], half)),
+        r: [0, 1, 2, 3, 4].map(|i| load8(&st.r[i], half)),
+        s: [0, 1, 2, 3, 4].map(|i| load8(&st.s[i], half)),
+        // SAFETY: in bounds (half < 2): 64 readable bytes each.
+        addr: unsafe { _mm512_loadu_si512(addrs[8 * half..].as_ptr().cast()) },
+        count: unsafe { _mm512_loadu_si512(blocks[8 * half..].as_ptr().cast()) },
+    });
+    // Gathers are slow to complete, so each block's loads are issued one block ahead.
+    let gather = |half: &Half, b: i64| {
+        let active = _mm512_cmpgt_epi64_mask(half.count, _mm512_set1_epi64(b));
+        let addr = _mm512_add_epi64(half.addr, _mm512_set1_epi64(16 * b));
+        // SAFETY: for each active lane (block b < that lane's block count), `addr` and
+        // `addr + 8` point at 8 readable bytes of its message; inactive lanes load nothing.
+        unsafe {
+            let base = std::ptr::null::<i64>();
+            let z = _mm512_setzero_si512();
+            let hi_addr = _mm512_add_epi64(addr, _mm512_set1_epi64(8));
+            (
+                _mm512_mask_i64gather_epi64::<1>(z, active, addr, base),
+                _mm512_mask_i64gather_epi64::<1>(z, active, hi_addr, base),
+                active,
+            )
+        }
+    };
+    let mut next = [gather(&halves[0], 0), gather(&halves[1], 0)];
+    for b in 0..max {
+        let cur = next;
+        if b + 1 < max {
+            next = [gather(&halves[0], b + 1), gather(&halves[1], b + 1)];
+        }
+        for (half, (lo, hi, active)) in halves.iter_mut().zip(cur) {
+            let m = split_limbs(lo, hi, hib);
+            let n = mul_block(&half.h, &m, &half.r, &half.s);
+            for (h, n) in half.h.iter_mut().zip(n) {
+                *h = _mm512_mask_mov_epi64(*h, active, n);
+            }
+        }
+    }
+    for (half, regs) in halves.iter().enumerate() {
+        for (i, h) in regs.h.iter().enumerate() {
+            store8(&mut st.h[i], half, *h);
+        }
+    }
+}
+
+/// A 16-byte block (low and high 64 bits per lane) as five 26-bit limbs.
+#[target_feature(enable = "avx512f,avx512bw")]
+fn split_limbs(lo: __m512i, hi: __m512i, hib: __m512i) -> [__m512i; 5] {
+    let m26 = _mm512_set1_epi64(MASK26 as i64);
+    [
+        _mm512_and_si512(lo, m26),
+        _mm512_and_si512(_mm512_srli_epi64::<26>(lo), m26),
+        _mm512_and_si512(
+            _mm512_or_si512(_mm512_srli_epi64::<52>(lo), _mm512_slli_epi64::<12>(hi)),
+            m26,
+        ),
+        _mm512_and_si512(_mm512_srli_epi64::<14>(hi), m26),
+        _mm512_or_si512(_mm512_srli_epi64::<40>(hi), hib),
+    ]
+}
+
+/// `(h + m) · r`, partially reduced; the vector form of `poly1305::mul_block`.
+#[target_feature(enable = "avx512f,avx512bw")]
+fn mul_block(
+    h: &[__m512i; 5],
+    m: &[__m512i; 5],
+    r: &[__m512i; 5],
+    s: &[__m512i; 5],
+) -> [__m512i; 5] {
+    let a = [0, 1, 2, 3, 4].map(|i| _mm512_add_epi64(h[i], m[i]));
+    let mul = |x: __m512i, y: __m512i| _mm512_mul_epu32(x, y);
+    let sum = |t: [__m512i; 5]| {
+        _mm512_add_epi64(
+            _mm512_add_epi64(_mm512_add_epi64(t[0], t[1]), _mm512_add_epi64(t[2], t[3])),
+            t[4],
+        )
+    };
+    let d0 = sum([
+        mul(a[0], r[0]),
+        mul(a[1], s[4]),
+        mul(a[2], s[3]),
+        mul(a[3], s[2]),
+        mul(a[4], s[1]),
+    ]);
+    let d1 = sum([
+        mul(a[0], r[1]),
+        mul(a[1], r[0]),
+        mul(a[2], s[4]),
+        mul(a[3], s[3]),
+        mul(a[4], s[2]),
+    ]);
+    let d2 = sum([
+        mul(a[0], r[2]),
+        mul(a[1], r[1]),
+        mul(a[2], r[0]),
+        mul(a[3], s[4]),
+        mul(a[4], s[3]),
+    ]);
+    let d3 = sum([
+        mul(a[0], r[3]),
+        mul(a[1], r[2]),
+        mul(a[2], r[1]),
+        mul(a[3], r[0]),
+        mul(a[4], s[4]),
+    ]);
+    let d4 = sum([
+        mul(a[0], r[4]),
+        mul(a[1], r[3]),
+        mul(a[2], r[2]),
+        mul(a[3], r[1]),
+        mul(a[4], r[0]),
+    ]);
+    let m26 = _mm512_set1_epi64(MASK26 as i64);
+    let d1 = _mm512_add_epi64(d1, _mm512_srli_epi64::<26>(d0));
+    let d2 = _mm512_add_epi64(d2, _mm512_srli_epi64::<26>(d1));
+    let d3 = _mm512_add_epi64(d3, _mm512_srli_epi64::<26>(d2));
+    let d4 = _mm512_add_epi64(d4, _mm512_srli_epi64::<26>(d3));
+    let c = _mm512_srli_epi64::<26>(d4);
+    let n0 = _mm512_add_epi64(
+        _mm512_and_si512(d0, m26),
+        _mm512_add_epi64(c, _mm512_slli_epi64::<2>(c)),
+    );
+    let n1 = _mm512_add_epi64(_mm512_and_si512(d1, m26), _mm512_srli_epi64::<26>(n0));
+    [
+        _mm512_and_si512(n0, m26),
+        n1,
+        _mm512_and_si512(d2, m26),
+        _mm512_and_si512(d3, m26),
+        _mm512_and_si512(d4, m26),
+    ]
+}

@@ -1,0 +1,320 @@
+//! Batched ChaCha20-Poly1305 (RFC 8439) for WireGuard transport data: many independent packets,
+//! each with its own key and counter, sealed or opened side by side in SIMD lanes.
+//!
+//! A worker describes each packet as a job (key, counter, input, output) and hands the whole
+//! batch over in one call:
+//!
+//! ```
+//! use sluice::crypto::batch::{open_batch, seal_batch, OpenJob, SealJob, TAG_LEN};
+//! let key = [7u8; 32];
+//! let plain = *b"one packet";
+//! let mut wire = [0u8; 10 + TAG_LEN];
+//! seal_batch(&mut [SealJob::new(&key, 1, &plain, &mut wire)]).unwrap();
+//! let mut out = [0u8; 10];
+//! let mut jobs = [OpenJob::new(&key, 1, &wire, &mut out)];
+//! assert_eq!(open_batch(&mut jobs).unwrap(), 0);
+//! assert_eq!(jobs[0].result(), Ok(10));
+//! # drop(jobs);
+//! assert_eq!(out, plain);
+//! ```
+//!
+//! - The nonce is WireGuard's (four zero bytes, then the counter little-endian), the AAD empty
+//!   and the tag 16 bytes, as in [`crate::crypto::seal_in_place`]. The general form (any 96-bit
+//!   nonce, any AAD) is [`AeadJob`], used by the known-answer tests.
+//! - Out of place (RX frame straight into a TX frame) or in place; lengths may differ freely
+//!   within a batch.
+//! - Opening verifies every tag, in constant time, before decrypting: a packet whose tag fails
+//!   is reported in its job's [`OpenJob::result`] and its output is zeroed, never decrypted.
+//!   The other packets of the batch are unaffected.
+//! - Paths: AVX-512 (16 lanes), AVX2 (8 lanes) and portable Rust, chosen at run time
+//!   ([`Path::Auto`]) or forced. Under `Auto`, lane groups too small to pay for the vector setup
+//!   go through ring one packet at a time, so a batch of one is never slower than ring.
+//!
+//! All `unsafe` and intrinsics of the batched AEAD live in `avx2.rs` and `avx512.rs`.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod engine;
+mod jobs;
+mod poly1305;
+mod portable;
+mod ring_fallback;
+
+pub use super::{OpenError, KEY_LEN, TAG_LEN};
+pub use jobs::{AeadJob, OpenInPlaceJob, OpenJob, SealInPlaceJob, SealJob};
+
+use engine::{CoreJob, Engine, CHUNK};
+use jobs::Job;
+
+/// Which implementation runs a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Path {
+    /// The fastest available path; small lane groups go through ring.
+    Auto,
+    /// Plain Rust, eight packets per group; runs everywhere.
+    Portable,
+    /// AVX2, eight packets per group.
+    Avx2,
+    /// AVX-512F/BW, sixteen packets per group. Poly1305 uses 32×32-bit multiplies (no IFMA
+    /// path is implemented).
+    Avx512,
+}
+
+impl Path {
+    /// The paths that can be forced, slowest first.
+    pub const FORCED: [Path; 3] = [Path::Portable, Path::Avx2, Path::Avx512];
+
+    /// Whether this CPU can run the path.
+    pub fn is_available(self) -> bool {
+        match self {
+            Path::Auto | Path::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512 => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Path::Avx2 | Path::Avx512 => false,
+        }
+    }
+
+    /// The path `Auto` runs lane groups on, on this CPU (`Portable` means: everything goes
+    /// through ring).
+    pub fn detect() -> Path {
+        [Path::Avx512, Path::Avx2]
+            .into_iter()
+            .find(|p| p.is_available())
+            .unwrap_or(Path::Portable)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Auto => "auto",
+            Path::Portable => "portable",
+            Path::Avx2 => "avx2",
+            Path::Avx512 => "avx512",
+        }
+    }
+}
+
+/// Under [`Path::Auto`], lane groups with fewer packets than this go through ring instead
+/// (measured with `sluice-bench crypto`: below it, ring's per-packet cost is lower than the
+/// group's fixed cost).
+const AUTO_RING_BELOW_AVX512: usize = 8;
+const AUTO_RING_BELOW_AVX2: usize = 4;
+
+/// Longest text (plaintext or ciphertext without tag) per packet: ChaCha20's 32-bit block
+/// counter starts at 1 for data.
+pub const MAX_TEXT_LEN: usize = (u32::MAX as usize - 1) * 64;
+
+/// A batch was malformed; nothing in it was processed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("job {index}: output is {got} bytes, needs at least {need}")]
+    OutputTooShort {
+        index: usize,
+        need: usize,
+        got: usize,
+    },
+    #[error("job {index}: text longer than {MAX_TEXT_LEN} bytes")]
+    TooLong { index: usize },
+    #[error("path {} is not available on this CPU", .0.name())]
+    Unavailable(Path),
+}
+
+/// Seal every job (plaintext `input` → ciphertext and tag in `output`) on the best path.
+pub fn seal_batch(jobs: &mut [SealJob<'_>]) -> Result<(), BatchError> {
+    drive(Path::Auto, jobs).map(drop)
+}
+
+/// [`seal_batch`] on a chosen path.
+pub fn seal_batch_on(path: Path, jobs: &mut [SealJob<'_>]) -> Result<(), BatchError> {
+    drive(path, jobs).map(drop)
+}
+
+/// Seal every job in place (plaintext then `TAG_LEN` bytes of room for the tag).
+pub fn seal_batch_in_place(jobs: &mut [SealInPlaceJob<'_>]) -> Result<(), BatchError> {
+    drive(Path::Auto, jobs).map(drop)
+}
+
+/// [`seal_batch_in_place`] on a chosen path.
+pub fn seal_batch_in_place_on(
+    path: Path,
+    jobs: &mut [SealInPlaceJob<'_>],
+) -> Result<(), BatchError> {
+    drive(path, jobs).map(drop)
+}
+
+/// Open every job (ciphertext and tag in `input` → plaintext in `output`); returns how many
+/// failed. Each job's verdict is in [`OpenJob::result`].
+pub fn open_batch(jobs: &mut [OpenJob<'_>]) -> Result<usize, BatchError> {
+    drive(Path::Auto, jobs)
+}
+
+/// [`open_batch`] on a chosen path.
+pub fn open_batch_on(path: Path, jobs: &mut [OpenJob<'_>]) -> Result<usize, BatchError> {
+    drive(path, jobs)
+}
+
+/// Open every job in place; returns how many failed. On success the plaintext is the first
+/// [`OpenInPlaceJob::result`] bytes of the buffer.
+pub fn open_batch_in_place(jobs: &mut [OpenInPlaceJob<'_>]) -> Result<usize, BatchError> {
+    drive(Path::Auto, jobs)
+}
+
+/// [`open_batch_in_place`] on a chosen path.
+pub fn open_batch_in_place_on(
+    path: Path,
+    jobs: &mut [OpenInPlaceJob<'_>],
+) -> Result<usize, BatchError> {
+    drive(path, jobs)
+}
+
+/// Seal general RFC 8439 jobs (any nonce and AAD) on a chosen path.
+pub fn seal_aead_on(path: Path, jobs: &mut [AeadJob<'_>]) -> Result<(), BatchError> {
+    jobs.iter_mut().for_each(|j| j.sealing = true);
+    drive(path, jobs).map(drop)
+}
+
+/// Open general RFC 8439 jobs on a chosen path; returns how many failed.
+pub fn open_aead_on(path: Path, jobs: &mut [AeadJob<'_>]) -> Result<usize, BatchError> {
+    jobs.iter_mut().for_each(|j| j.sealing = false);
+    drive(path, jobs)
+}
+
+/// Raw ChaCha20 (RFC 8439 §2.4) of `data` in place from block `counter`, in lane `lane` of a
+/// forced path: a known-answer-test hook for the kernels themselves. Lanes the path does not
+/// have are refused as [`BatchError::Unavailable`].
+pub fn chacha20_xor_on(
+    path: Path,
+    lane: usize,
+    key: &[u8; 32],
+    nonce: &[u8; 12],
+    counter: u32,
+    data: &mut [u8],
+) -> Result<(), BatchError> {
+    let kernel = kernel(path, lane)?;
+    // SAFETY: `kernel` only returns paths whose CPU features were detected.
+    unsafe {
+        match kernel {
+            Path::Avx512 => engine::chacha20_xor::<avx512::Avx512>(lane, key, nonce, counter, data),
+            Path::Avx2 => engine::chacha20_xor::<avx2::Avx2>(lane, key, nonce, counter, data),
+            _ => engine::chacha20_xor::<portable::Portable>(lane, key, nonce, counter, data),
+        }
+    }
+    Ok(())
+}
+
+/// Raw Poly1305 (RFC 8439 §2.5) of `msg` under the one-time `key`, in lane `lane` of a forced
+/// path; a known-answer-test hook like [`chacha20_xor_on`].
+pub fn poly1305_on(
+    path: Path,
+    lane: usize,
+    key: &[u8; 32],
+    msg: &[u8],
+) -> Result<[u8; 16], BatchError> {
+    let kernel = kernel(path, lane)?;
+    // SAFETY: `kernel` only returns paths whose CPU features were detected.
+    Ok(unsafe {
+        match kernel {
+            Path::Avx512 => engine::poly1305_mac::<avx512::Avx512>(lane, key, msg),
+            Path::Avx2 => engine::poly1305_mac::<avx2::Avx2>(lane, key, msg),
+            _ => engine::poly1305_mac::<portable::Portable>(lane, key, msg),
+        }
+    })
+}
+
+/// The concrete path for a raw kernel call in `lane`.
+fn kernel(path: Path, lane: usize) -> Result<Path, BatchError> {
+    let p = if path == Path::Auto {
+        Path::detect()
+    } else {
+        path
+    };
+    let lanes = match p {
+        Path::Avx512 => avx512::Avx512::LANES,
+        Path::Avx2 => avx2::Avx2::LANES,
+        _ => portable::Portable::LANES,
+    };
+    if !p.is_available() || lane >= lanes {
+        return Err(BatchError::Unavailable(path));
+    }
+    Ok(p)
+}
+
+/// Validate the whole batch, then run it chunk by chunk; returns how many jobs failed.
+fn drive<J: Job>(path: Path, jobs: &mut [J]) -> Result<usize, BatchError> {
+    if !path.is_available() {
+        return Err(BatchError::Unavailable(path));
+    }
+    for (index, j) in jobs.iter().enumerate() {
+        j.check(index)?;
+    }
+    if path == Path::Auto && jobs.len() < auto_ring_below() {
+        // Too few packets to fill a lane group: skip the batch bookkeeping entirely.
+        return Ok(jobs.iter_mut().map(|j| usize::from(!ring_one(j))).sum());
+    }
+    let mut failed = 0;
+    for chunk in jobs.chunks_mut(CHUNK) {
+        let n = chunk.len();
+        let mut oks = [false; CHUNK];
+        let mut core: [Option<CoreJob<'_>>; CHUNK] = [const { None }; CHUNK];
+        for (c, j) in core.iter_mut().zip(chunk.iter_mut()) {
+            *c = j.core();
+        }
+        run(path, &mut core[..n]);
+        for (ok, c) in oks.iter_mut().zip(&core) {
+            *ok = c.as_ref().is_some_and(|c| c.ok);
+        }
+        for (j, ok) in chunk.iter_mut().zip(oks) {
+            j.finish(ok);
+            failed += usize::from(!ok);
+        }
+    }
+    Ok(failed)
+}
+
+/// The lane-group size below which `Auto` uses ring.
+fn auto_ring_below() -> usize {
+    match Path::detect() {
+        Path::Avx512 => AUTO_RING_BELOW_AVX512,
+        Path::Avx2 => AUTO_RING_BELOW_AVX2,
+        _ => usize::MAX,
+    }
+}
+
+/// One job through ring; whether it succeeded.
+fn ring_one<J: Job>(j: &mut J) -> bool {
+    let ok = match j.core() {
+        Some(mut c) => {
+            ring_fallback::process(&mut c);
+            c.ok
+        }
+        None => false,
+    };
+    j.finish(ok);
+    ok
+}
+
+/// Dispatch one chunk to an available path.
+fn run(path: Path, core: &mut [Option<CoreJob<'_>>]) {
+    let (path, ring_below) = match path {
+        Path::Auto => (Path::detect(), auto_ring_below()),
+        forced => (forced, 0),
+    };
+    // SAFETY: `drive` checked `is_available` for forced paths and `detect` only returns
+    // available ones, so the engine's target features are present.
+    unsafe {
+        match path {
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512 => engine::run::<avx512::Avx512>(core, ring_below),
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => engine::run::<avx2::Avx2>(core, ring_below),
+            _ => engine::run::<portable::Portable>(core, ring_below),
+        }
+    }
+}

@@ -2,6 +2,7 @@
 
 use super::{Context, Result};
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -33,9 +34,19 @@ pub fn describe(cmd: &Command) -> String {
         .join(" ")
 }
 
-/// Run to completion (killing it after `timeout`), capturing stdout and stderr.
+/// Run to completion (killing it after `timeout`), capturing stdout and stderr. The command
+/// also dies if the thread waiting for it does (say, the test process is SIGKILLed), so a
+/// hung iperf3 client can't outlive its run.
 pub fn output(mut cmd: Command, timeout: Duration) -> Result<Output> {
     let what = describe(&cmd);
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which
+    // is async-signal-safe and touches no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -4,7 +4,7 @@
 //! the implementations compared side by side.
 
 use super::wg::{WgImpl, WgInterface, WgPeer};
-use super::{cmd, unix_now, wait_for, Context, Daemon, KeyPair, Netns, Result, RunDir};
+use super::{cmd, fatal, unix_now, wait_for, Context, Daemon, KeyPair, Netns, Result, RunDir};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -315,11 +315,15 @@ impl Gateway {
             Duration::from_secs(20),
             Duration::from_millis(50),
             || {
-                daemon.ensure_running().map_err(|e| e.0)?;
+                daemon.ensure_running().map_err(fatal)?;
                 Ok((ns.link_exists(&spec.ifname) && status.exists()).then_some(()))
             },
         );
         if let Err(e) = ready {
+            // An early exit's message carries the log already; a timeout's does not.
+            if daemon.try_exit().is_some() {
+                return Err(e);
+            }
             return Err(err!(
                 "{e}\nsluice log {}:\n{}",
                 log.display(),
@@ -441,12 +445,12 @@ impl Gateway {
         mut pred: impl FnMut(&GatewayStatus) -> bool,
     ) -> Result<GatewayStatus> {
         let r = wait_for(what, timeout, Duration::from_millis(200), || {
-            self.ensure_running().map_err(|e| e.0)?;
-            let s = self.status().map_err(|e| e.0)?;
+            self.ensure_running().map_err(fatal)?;
+            let s = self.status()?;
             if pred(&s) {
                 Ok(Some(s))
             } else {
-                Err(format!("{s:?}"))
+                Err(format!("{s:?}").into())
             }
         });
         match r {
@@ -458,8 +462,13 @@ impl Gateway {
     /// Stop with SIGTERM (SIGKILL after `grace`). Returns the exit status and whether the
     /// SIGKILL was needed.
     pub fn stop(&mut self, grace: Duration) -> (Option<ExitStatus>, bool) {
+        self.stop_with(libc::SIGTERM, grace)
+    }
+
+    /// [`Gateway::stop`] with another first signal (e.g. `libc::SIGINT`).
+    pub fn stop_with(&mut self, sig: libc::c_int, grace: Duration) -> (Option<ExitStatus>, bool) {
         match self.daemon_mut() {
-            Some(d) => d.stop(grace),
+            Some(d) => d.stop_with(sig, grace),
             None => (None, false),
         }
     }

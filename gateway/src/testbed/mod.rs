@@ -9,12 +9,13 @@
 //! ```text
 //!  user namespaces (N)             gateway namespace                     sink namespace
 //!  +---------------------+  veth   +---------------------------+  veth  +--------------+
-//!  | wg client (wg-go or |---------| 198.18.k.1  fd18:0:0:k::1 |        |              |
-//!  |   boringtun-cli)    |  one    |  (one outer veth per user)|        |              |
-//!  | 10.77.x.y/32        |  per    | gateway: sluice (TUN sl..)|--------| 10.88.0.2/24 |
-//!  | fd77::n/128         |  user   |   10.77.0.1/16 fd77::1/64 |        | fd88::2/64   |
-//!  | 198.18.k.2/24       |         | inner: 10.88.0.1/24       |        | iperf3 -s    |
-//!  | fd18:0:0:k::2/64    |         |        fd88::1/64         |        |              |
+//!  | wg client (wg-go or |---------| to-uK: 198.18.K.1/25      |        |              |
+//!  |   boringtun-cli)    |  one    |        fd18:0:0:K::1/80   |        |              |
+//!  | wgIDuK:             |  per    |                           |        |              |
+//!  |   10.77.0.(K+1)/32  |  user   | gateway (sluice, TUN slID)|        | to-gw:       |
+//!  |   fd77::(K+1)/128   |         |   10.77.0.1/16 fd77::1/64 |--------| 10.88.0.2/24 |
+//!  | to-gw: 198.18.K.2/25|         | to-sink: 10.88.0.1/24     |        | fd88::2/64   |
+//!  |   fd18:0:0:K::2/80  |         |          fd88::1/64       |        | iperf3 -s    |
 //!  +---------------------+         +---------------------------+        +--------------+
 //! ```
 //!
@@ -137,13 +138,51 @@ pub fn in_ci() -> bool {
     )
 }
 
+/// Why a poll in [`wait_for`] has no answer yet: a detail worth reporting if time runs out,
+/// or (with `fatal`) a reason to stop waiting at once, e.g. the process we wait on exited.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotYet {
+    pub detail: String,
+    pub fatal: bool,
+}
+
+impl From<String> for NotYet {
+    fn from(detail: String) -> NotYet {
+        NotYet {
+            detail,
+            fatal: false,
+        }
+    }
+}
+
+impl From<&str> for NotYet {
+    fn from(detail: &str) -> NotYet {
+        NotYet::from(detail.to_string())
+    }
+}
+
+impl From<Error> for NotYet {
+    fn from(e: Error) -> NotYet {
+        NotYet::from(e.0)
+    }
+}
+
+/// A [`NotYet`] that ends the wait at once: `daemon.ensure_running().map_err(fatal)?`.
+pub fn fatal(e: impl fmt::Display) -> NotYet {
+    NotYet {
+        detail: e.to_string(),
+        fatal: true,
+    }
+}
+
 /// Poll `check` every `every` until it returns `Some`, or fail after `timeout` with `what`
-/// (what we were waiting for) and the last detail `check` reported.
+/// (what we were waiting for) and the last detail `check` reported; fail at once on a
+/// [`fatal`] one.
 pub fn wait_for<T>(
     what: &str,
     timeout: Duration,
     every: Duration,
-    mut check: impl FnMut() -> std::result::Result<Option<T>, String>,
+    mut check: impl FnMut() -> std::result::Result<Option<T>, NotYet>,
 ) -> Result<T> {
     let start = Instant::now();
     let mut last = String::new();
@@ -151,7 +190,10 @@ pub fn wait_for<T>(
         match check() {
             Ok(Some(v)) => return Ok(v),
             Ok(None) => {}
-            Err(detail) => last = detail,
+            Err(e) if e.fatal => {
+                return Err(err!("gave up waiting for {what}: {}", e.detail));
+            }
+            Err(e) => last = e.detail,
         }
         if start.elapsed() >= timeout {
             let detail = if last.is_empty() {
@@ -185,6 +227,7 @@ impl RunDir {
             .create(&path)
             .ctx(|| format!("creating {}", path.display()))?;
         registry::add_dir(&path);
+        registry::record_owner(&path);
         Ok(RunDir { path, keep: false })
     }
 
@@ -200,6 +243,7 @@ impl RunDir {
     pub fn keep(&mut self) {
         self.keep = true;
         registry::forget_dir(&self.path);
+        registry::record_kept(&self.path);
     }
 
     /// Write a file readable only by its owner (keys, configs with keys).
@@ -277,6 +321,14 @@ mod tests {
             e.0.contains("nothing") && e.0.contains("still nothing"),
             "{e}"
         );
+        let e = wait_for::<()>(
+            "a dead process",
+            Duration::from_secs(60),
+            Duration::from_millis(10),
+            || Err(fatal("it exited")),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("gave up") && e.0.contains("it exited"), "{e}");
         let mut n = 0;
         let v = wait_for(
             "three",

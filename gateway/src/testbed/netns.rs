@@ -1,7 +1,7 @@
 //! Network namespaces, veth pairs, addresses, routes and sysctls, and sockets opened inside a
 //! namespace by this very process.
 
-use super::{cmd, registry, Context, Result};
+use super::{cmd, registry, Context, Daemon, Result};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -55,6 +55,12 @@ impl Netns {
     /// `ip netns exec NAME program`, ready for arguments.
     pub fn command(&self, program: &str) -> Command {
         cmd::command(Some(&self.name), &[program])
+    }
+
+    /// Start a long-running `argv` inside the namespace, output to `log`; it is stopped
+    /// (SIGTERM, then SIGKILL) when the returned [`Daemon`] is dropped.
+    pub fn spawn(&self, name: &str, argv: &[&str], log: &std::path::Path) -> Result<Daemon> {
+        Daemon::spawn(name, cmd::command(Some(&self.name), argv), log, Vec::new())
     }
 
     /// Run `argv` inside the namespace; returns stdout, fails with stderr.

@@ -40,6 +40,9 @@ impl Daemon {
             .ctx(|| format!("starting {name}: `{what}`"))?;
         let pid = child.id();
         registry::add_pid(pid, files.clone());
+        if let Some(dir) = log.parent() {
+            registry::record_process(dir, pid, &files);
+        }
         Ok(Daemon {
             name: name.to_string(),
             child: Some(child),
@@ -122,6 +125,11 @@ impl Daemon {
     /// SIGTERM, wait up to `grace`, then SIGKILL. Returns the exit status and whether it
     /// needed the SIGKILL.
     pub fn stop(&mut self, grace: Duration) -> (Option<ExitStatus>, bool) {
+        self.stop_with(libc::SIGTERM, grace)
+    }
+
+    /// [`Daemon::stop`] with another first signal (e.g. `libc::SIGINT`).
+    pub fn stop_with(&mut self, sig: libc::c_int, grace: Duration) -> (Option<ExitStatus>, bool) {
         if let Some(s) = self.try_exit() {
             self.remove_files();
             return (Some(s), false);
@@ -129,7 +137,7 @@ impl Daemon {
         if self.child.is_none() {
             return (None, false);
         }
-        registry::signal(self.pid, libc::SIGTERM);
+        registry::signal(self.pid, sig);
         if let Some(s) = self.wait_timeout(grace) {
             self.remove_files();
             return (Some(s), false);

@@ -5,7 +5,13 @@
 //! panics. A signal ends a process without unwinding, so a program that wants Ctrl-C to clean
 //! up too (the lab) calls [`cleanup_all`] from its signal handler thread; the guards then find
 //! nothing left to do. Every operation here is idempotent.
+//!
+//! A SIGKILL (a CI timeout, a killed `cargo test`) runs neither guards nor handlers. For that,
+//! every run folder records its owner and the processes started for it (`record_owner`,
+//! `record_process`), and [`cleanup_stale`] removes what runs whose owner is gone left
+//! behind: processes, namespaces `sl-ID-*`, UAPI sockets, the folder.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -134,4 +140,116 @@ pub fn alive(pid: u32) -> bool {
             .is_some_and(|state| state != "Z" && state != "X"),
         Err(_) => false,
     }
+}
+
+/// A process's start time (clock ticks since boot, field 22 of `/proc/PID/stat`), which
+/// together with the pid names a process even after the pid is reused.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    // After "pid (comm)": state is field 3, so starttime (22) is the 20th here.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// True if `pid` is alive and is still the process that started at `start`.
+fn same_process(pid: u32, start: u64) -> bool {
+    alive(pid) && start_time(pid) == Some(start)
+}
+
+/// Record this process as the owner of run folder `dir` (file `owner`).
+pub(crate) fn record_owner(dir: &Path) {
+    let me = std::process::id();
+    let line = format!("{me} {}\n", start_time(me).unwrap_or(0));
+    let _ = std::fs::write(dir.join("owner"), line);
+}
+
+/// Record a process started for run folder `dir`, and files to remove once it is gone.
+pub(crate) fn record_process(dir: &Path, pid: u32, files: &[PathBuf]) {
+    if !dir.join("owner").exists() {
+        return;
+    }
+    let mut text = format!("pid {pid} {}\n", start_time(pid).unwrap_or(0));
+    for f in files {
+        text += &format!("file {}\n", f.display());
+    }
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("processes"))
+    {
+        let _ = f.write_all(text.as_bytes());
+    }
+}
+
+/// Mark run folder `dir` as deliberately kept (`--keep`): [`cleanup_stale`] leaves it alone.
+pub(crate) fn record_kept(dir: &Path) {
+    let _ = std::fs::write(dir.join("kept"), "");
+}
+
+/// Remove what earlier runs left behind when they were killed outright: for every
+/// `sluice-testbed-ID` folder in the temp directory whose owner process is gone (and which was
+/// not kept on purpose), kill the processes it recorded, delete the namespaces `sl-ID-*`,
+/// remove the recorded files and the folder. Runs whose owner is alive are never touched.
+/// Returns one line per thing removed.
+pub fn cleanup_stale() -> Vec<String> {
+    let mut done = Vec::new();
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return done;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_prefix("sluice-testbed-") else {
+            continue;
+        };
+        let dir = e.path();
+        let Ok(owner) = std::fs::read_to_string(dir.join("owner")) else {
+            continue; // not ours, or too old to say
+        };
+        let mut it = owner
+            .split_whitespace()
+            .map(|x| x.parse::<u64>().unwrap_or(0));
+        let (pid, start) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+        if dir.join("kept").exists() || same_process(pid as u32, start) {
+            continue;
+        }
+        let procs = std::fs::read_to_string(dir.join("processes")).unwrap_or_default();
+        let mut files = Vec::new();
+        for line in procs.lines() {
+            let mut f = line.split_whitespace();
+            match (f.next(), f.next(), f.next()) {
+                (Some("pid"), Some(p), Some(st)) => {
+                    let (p, st) = (p.parse().unwrap_or(0), st.parse().unwrap_or(u64::MAX));
+                    if p > 0 && same_process(p, st) {
+                        signal(p, libc::SIGKILL);
+                        done.push(format!("killed leftover process {p}"));
+                    }
+                }
+                (Some("file"), Some(path), _) => files.push(PathBuf::from(path)),
+                _ => {}
+            }
+        }
+        if let Ok(nss) = std::fs::read_dir("/var/run/netns") {
+            let prefix = format!("sl-{id}-");
+            for ns in nss.flatten() {
+                let n = ns.file_name().to_string_lossy().into_owned();
+                if n.starts_with(&prefix) {
+                    let ok = std::process::Command::new("ip")
+                        .args(["netns", "del", &n])
+                        .stderr(std::process::Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success());
+                    if ok {
+                        done.push(format!("deleted leftover namespace {n}"));
+                    }
+                }
+            }
+        }
+        for f in files {
+            let _ = std::fs::remove_file(f);
+        }
+        if std::fs::remove_dir_all(&dir).is_ok() {
+            done.push(format!("removed leftover {}", dir.display()));
+        }
+    }
+    done
 }

@@ -19,10 +19,11 @@
 //!   up: 198.(18 + K/256).(K%256).0/25.
 //! - Roaming ([`Topology::roam`]) moves user K to a new link, as a laptop moves from one
 //!   network to another: roam number R adds veth `to-gwR` / `to-uKrR` with 198.18.K.(128+4R)/30
-//!   and fd18:0:0:K:R::/80, removes the client's old address, and routes the gateway's
-//!   unchanged endpoint (198.18.K.1, fd18:0:0:K::1) over the new link. Changing the interface
-//!   matters: wireguard-go keeps a "sticky" source address per peer and only drops it when
-//!   the route to the peer moves to another interface.
+//!   and fd18:0:0:K:R::/80 and routes the gateway's unchanged endpoint (198.18.K.1,
+//!   fd18:0:0:K::1) over the new link from the new address; [`Topology::retire_old_links`]
+//!   then removes the old address. Changing the interface matters: wireguard-go keeps a
+//!   "sticky" source address per peer and drops it only when the route to the peer moves to
+//!   another interface.
 //! - Tunnel: 10.77.0.0/16 and fd77::/64; the gateway is 10.77.0.1 / fd77::1 and user K is host
 //!   K+1. Each client routes the tunnel and sink subnets into its WireGuard interface (the
 //!   gateway peer's AllowedIPs); the gateway's peer for user K allows exactly its /32 and /128.
@@ -35,7 +36,7 @@
 use super::gateway::{Gateway, GatewayKind, GatewayPeer, GatewaySpec, GatewayStatus};
 use super::netns::{veth, Netns};
 use super::wg::{WgImpl, WgInterface, WgPeer};
-use super::{registry, unique_id, wait_for, KeyPair, Result, RunDir};
+use super::{fatal, registry, unique_id, wait_for, KeyPair, Result, RunDir};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -90,9 +91,27 @@ pub fn outer_addrs(k: usize, link: u8, gw: bool) -> (Ipv4Addr, u8, Ipv6Addr, u8)
     (
         Ipv4Addr::new(198, b, c, d),
         len4,
-        Ipv6Addr::new(0xfd18, 0, 0, k as u16, u16::from(link), 0, 0, u16::from(host)),
+        Ipv6Addr::new(
+            0xfd18,
+            0,
+            0,
+            k as u16,
+            u16::from(link),
+            0,
+            0,
+            u16::from(host),
+        ),
         80,
     )
+}
+
+/// The gateway-side name of user `k`'s outer link `link`.
+fn gw_link_name(k: usize, link: u8) -> String {
+    if link == 0 {
+        format!("to-u{k}")
+    } else {
+        format!("to-u{k}r{link}")
+    }
 }
 
 /// One remote user.
@@ -260,33 +279,15 @@ impl Topology {
         for (i, us) in spec.users.iter().enumerate() {
             let k = i + 1;
             let ns = Netns::new(&format!("sl-{id}-u{k}"))?;
-            ns.sysctl("net.ipv4.conf.default.promote_secondaries", "1")?;
-            ns.sysctl("net.ipv4.conf.all.promote_secondaries", "1")?;
-            let gw_dev = format!("to-u{k}");
+            let gw_dev = gw_link_name(k, 0);
             veth(&ns, USER_VETH, &gw_ns, &gw_dev, None)?;
-            ns.sysctl(
-                &format!("net.ipv4.conf.{USER_VETH}.promote_secondaries"),
-                "1",
-            )?;
-            let (g4, g6) = outer_addrs(k, 1);
-            let (u4, u6) = outer_addrs(k, 2);
-            gw_ns.add_addr(&gw_dev, &format!("{g4}/24"))?;
-            gw_ns.add_addr(&gw_dev, &format!("{g6}/64"))?;
-            ns.add_addr(USER_VETH, &format!("{u4}/24"))?;
-            ns.add_addr(USER_VETH, &format!("{u6}/64"))?;
-            let (t4, t6) = tunnel_addrs(k);
-            pending.push((
-                k,
-                us.clone(),
-                ns,
-                KeyPair::generate(),
-                t4,
-                t6,
-                u4,
-                u6,
-                g4,
-                g6,
-            ));
+            let (g4, g4len, g6, g6len) = outer_addrs(k, 0, true);
+            let (u4, u4len, u6, u6len) = outer_addrs(k, 0, false);
+            gw_ns.add_addr(&gw_dev, &format!("{g4}/{g4len}"))?;
+            gw_ns.add_addr(&gw_dev, &format!("{g6}/{g6len}"))?;
+            ns.add_addr(USER_VETH, &format!("{u4}/{u4len}"))?;
+            ns.add_addr(USER_VETH, &format!("{u6}/{u6len}"))?;
+            pending.push((k, us.clone(), ns, KeyPair::generate()));
         }
 
         let gateway_key = KeyPair::generate();
@@ -299,19 +300,23 @@ impl Topology {
             mtu: spec.mtu,
             peers: pending
                 .iter()
-                .filter(|p| p.1.known)
-                .map(|(k, us, _, key, t4, t6, u4, u6, ..)| GatewayPeer {
-                    public_key: key.public.clone(),
-                    allowed_ips: vec![format!("{t4}/32"), format!("{t6}/128")],
-                    endpoint: us.gateway_endpoint.then(|| {
-                        let ip = if us.outer_v6 {
-                            IpAddr::V6(*u6)
-                        } else {
-                            IpAddr::V4(*u4)
-                        };
-                        SocketAddr::new(ip, client_listen_port(*k))
-                    }),
-                    persistent_keepalive: None,
+                .filter(|(_, us, ..)| us.known)
+                .map(|(k, us, _, key)| {
+                    let (t4, t6) = tunnel_addrs(*k);
+                    let (u4, _, u6, _) = outer_addrs(*k, 0, false);
+                    let ip = if us.outer_v6 {
+                        IpAddr::V6(u6)
+                    } else {
+                        IpAddr::V4(u4)
+                    };
+                    GatewayPeer {
+                        public_key: key.public.clone(),
+                        allowed_ips: vec![format!("{t4}/32"), format!("{t6}/128")],
+                        endpoint: us
+                            .gateway_endpoint
+                            .then(|| SocketAddr::new(ip, client_listen_port(*k))),
+                        persistent_keepalive: None,
+                    }
                 })
                 .collect(),
             sluice_bin: spec.sluice_bin.clone(),
@@ -321,7 +326,9 @@ impl Topology {
         let gateway = Gateway::start(&gw_ns, &gw_spec, &dir)?;
 
         let mut users = Vec::new();
-        for (k, us, ns, key, t4, t6, _, _, g4, g6) in pending {
+        for (k, us, ns, key) in pending {
+            let (t4, t6) = tunnel_addrs(k);
+            let (g4, _, g6, _) = outer_addrs(k, 0, true);
             let ifname = format!("wg{id}u{k}");
             let wg = WgInterface::start(&ns, us.client, &ifname, &dir)?;
             let gw_endpoint = if us.outer_v6 {
@@ -377,19 +384,27 @@ impl Topology {
     }
 
     /// Roam user `k` (1-based) to a new network: a new veth pair to the gateway namespace
-    /// with new addresses, the client's old address removed, and the gateway's endpoint (the
-    /// same address as before) routed over the new link. Nothing in WireGuard is
-    /// reconfigured: the client's next packet simply comes from elsewhere. Returns the new
-    /// endpoint. Takes `&self`, so it can run while a transfer uses the namespaces.
+    /// with new addresses, the old link's gateway end taken down (the old network is gone),
+    /// and the route to the gateway's endpoint (the same address as before) moved onto the
+    /// new link with the new address as its source. Nothing in WireGuard is
+    /// reconfigured: the client's next packet simply comes from the new address. The old
+    /// address stays until [`Topology::retire_old_links`]. Returns the new endpoint. Takes
+    /// `&self`, so it can run while a transfer uses the namespaces.
+    ///
+    /// Why the old address is kept for now: wireguard-go sends from a "sticky" source
+    /// address and drops it only when a route lookup *from that address* to the peer picks
+    /// another interface; if the address vanished first, that lookup fails and wireguard-go
+    /// (as packaged in Debian 12) keeps trying the vanished address, with ENETUNREACH. And
+    /// the old network goes down before the route moves because a packet still arriving at
+    /// the old address would make wireguard-go stick to it again.
     pub fn roam(&self, k: usize) -> Result<SocketAddr> {
         let u = &self.users[k - 1];
-        let old = u.link.load(Ordering::Relaxed);
-        let new = old + 1;
+        let new = u.link.load(Ordering::Relaxed) + 1;
         if new > MAX_ROAMS {
             return Err(err!("user {k} has roamed {MAX_ROAMS} times already"));
         }
         let user_dev = User::link_name(new);
-        let gw_dev = format!("to-u{k}r{new}");
+        let gw_dev = gw_link_name(k, new);
         veth(&u.ns, &user_dev, &self.gw_ns, &gw_dev, None)?;
         let (g4, g4len, g6, g6len) = outer_addrs(k, new, true);
         let (u4, u4len, u6, u6len) = outer_addrs(k, new, false);
@@ -397,21 +412,45 @@ impl Topology {
         self.gw_ns.add_addr(&gw_dev, &format!("{g6}/{g6len}"))?;
         u.ns.add_addr(&user_dev, &format!("{u4}/{u4len}"))?;
         u.ns.add_addr(&user_dev, &format!("{u6}/{u6len}"))?;
-        // Leave the old network: its address (and so its routes) go.
-        let (o4, o4len, o6, o6len) = outer_addrs(k, old, false);
-        let old_dev = User::link_name(old);
-        u.ns.del_addr(&old_dev, &format!("{o4}/{o4len}"))?;
-        u.ns.del_addr(&old_dev, &format!("{o6}/{o6len}"))?;
-        // The gateway's endpoint is now reached over the new link.
-        for (dest, via) in [
-            (format!("{}/32", u.gw_outer_v4), IpAddr::V4(g4)),
-            (format!("{}/128", u.gw_outer_v6), IpAddr::V6(g6)),
+        // The old network goes away first (its far end goes down), so nothing more arrives
+        // at the old address; then the route to the gateway moves to the new network.
+        let old_gw_dev = gw_link_name(k, new - 1);
+        self.gw_ns.ip(&["link", "set", &old_gw_dev, "down"])?;
+        for (dest, via, src) in [
+            (
+                format!("{}/32", u.gw_outer_v4),
+                IpAddr::V4(g4),
+                IpAddr::V4(u4),
+            ),
+            (
+                format!("{}/128", u.gw_outer_v6),
+                IpAddr::V6(g6),
+                IpAddr::V6(u6),
+            ),
         ] {
             let fam = if via.is_ipv6() { "-6" } else { "-4" };
-            u.ns.ip(&[fam, "route", "replace", &dest, "via", &via.to_string(), "dev", &user_dev])?;
+            let (via, src) = (via.to_string(), src.to_string());
+            u.ns.ip(&[
+                fam, "route", "replace", &dest, "via", &via, "dev", &user_dev, "src", &src,
+            ])?;
         }
         u.link.store(new, Ordering::Relaxed);
         Ok(u.endpoint())
+    }
+
+    /// After [`Topology::roam`]: remove user `k`'s addresses on every link but the current
+    /// one, so nothing can still be using them.
+    pub fn retire_old_links(&self, k: usize) -> Result<()> {
+        let u = &self.users[k - 1];
+        let current = u.link.load(Ordering::Relaxed);
+        for link in 0..current {
+            let (o4, o4len, o6, o6len) = outer_addrs(k, link, false);
+            let dev = User::link_name(link);
+            // Already gone after an earlier call: fine.
+            let _ = u.ns.del_addr(&dev, &format!("{o4}/{o4len}"));
+            let _ = u.ns.del_addr(&dev, &format!("{o6}/{o6len}"));
+        }
+        Ok(())
     }
 
     /// User `k` (1-based).
@@ -449,12 +488,12 @@ impl Topology {
             timeout,
             Duration::from_millis(100),
             || {
-                self.gateway.ensure_running().map_err(|e| e.0)?;
-                let status = self.gateway.status().map_err(|e| e.0)?;
+                self.gateway.ensure_running().map_err(fatal)?;
+                let status = self.gateway.status()?;
                 let mut waiting = Vec::new();
                 for &k in which {
                     let u = &self.users[k - 1];
-                    let client = u.wg.peer(&gw_pub).map_err(|e| e.0)?;
+                    let client = u.wg.peer(&gw_pub)?;
                     let gw_side = status.peer(&u.key.public).and_then(|p| p.handshake_age());
                     if client.handshake_age.is_none() || gw_side.is_none() {
                         waiting.push(format!(
@@ -470,7 +509,7 @@ impl Topology {
                 if waiting.is_empty() {
                     Ok(Some(status))
                 } else {
-                    Err(waiting.join("; "))
+                    Err(waiting.join("; ").into())
                 }
             },
         );

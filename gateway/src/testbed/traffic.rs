@@ -3,7 +3,7 @@
 //! compared by SHA-256, and raw capture of WireGuard datagrams for replaying them.
 
 use super::tools::Tool;
-use super::{cmd, wait_for, Context, Daemon, Netns, Result, RunDir};
+use super::{cmd, fatal, wait_for, Context, Daemon, Netns, Result, RunDir};
 use serde::Serialize;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -21,18 +21,21 @@ pub struct Iperf3Server {
 impl Iperf3Server {
     /// Start the server and wait until it listens.
     pub fn start(ns: &Netns, port: u16, dir: &RunDir) -> Result<Iperf3Server> {
-        let mut c = ns.command(&Tool::Iperf3.path().to_string_lossy());
-        c.args(["-s", "-p", &port.to_string()]);
+        let bin = Tool::Iperf3.path().to_string_lossy().into_owned();
         let log = dir.join(&format!("iperf3-server-{port}.log"));
-        let mut daemon = Daemon::spawn(&format!("iperf3 server :{port}"), c, &log, vec![])?;
+        let mut daemon = ns.spawn(
+            &format!("iperf3 server :{port}"),
+            &[&bin, "-s", "-p", &port.to_string()],
+            &log,
+        )?;
         let filter = format!("sport = :{port}");
         wait_for(
             &format!("iperf3 to listen on port {port} in {}", ns.name()),
             Duration::from_secs(10),
             Duration::from_millis(20),
             || {
-                daemon.ensure_running().map_err(|e| e.0)?;
-                let out = ns.run(&["ss", "-H", "-tln", &filter]).map_err(|e| e.0)?;
+                daemon.ensure_running().map_err(fatal)?;
+                let out = ns.run(&["ss", "-H", "-tln", &filter])?;
                 Ok((!out.trim().is_empty()).then_some(()))
             },
         )?;

@@ -2,7 +2,7 @@
 //! with the stock `wg` tool exactly as an administrator would.
 
 use super::tools::Tool;
-use super::{cmd, unix_now, wait_for, Daemon, Netns, Result, RunDir};
+use super::{cmd, fatal, unix_now, wait_for, Daemon, Netns, NotYet, Result, RunDir};
 use crate::keys;
 use crate::OsRng;
 use std::fmt;
@@ -130,7 +130,7 @@ pub struct WgPeer {
     pub persistent_keepalive: Option<u16>,
 }
 
-/// One peer line of `wg show IF dump`.
+/// One peer as the implementation reports it (the fields of `wg show IF dump`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WgPeerState {
     pub public_key: String,
@@ -144,32 +144,99 @@ pub struct WgPeerState {
     pub tx_bytes: u64,
 }
 
-/// Parse the peer lines of `wg show IF dump` (the first line is the interface).
-pub fn parse_dump(kind: WgImpl, text: &str) -> Vec<WgPeerState> {
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            if f.len() < 8 {
-                return None;
-            }
-            let num = |s: &str| s.trim().parse::<u64>().unwrap_or(0);
-            let latest = num(f[4]);
-            Some(WgPeerState {
-                public_key: f[0].to_string(),
-                endpoint: (f[2] != "(none)").then(|| f[2].to_string()),
-                allowed_ips: if f[3] == "(none)" {
-                    Vec::new()
-                } else {
-                    f[3].split(',').map(|s| s.to_string()).collect()
-                },
-                latest_handshake: latest,
-                handshake_age: kind.handshake_age(latest),
-                rx_bytes: num(f[5]),
-                tx_bytes: num(f[6]),
-            })
-        })
-        .collect()
+/// Ask a userspace WireGuard implementation for its state over its UAPI socket (`get=1`),
+/// which is what `wg show` does. Read directly because `wg show` drops the nanoseconds of the
+/// last handshake, and boringtun-cli reports the handshake's *age* there, so a handshake less
+/// than a second old would look like none.
+pub fn uapi_get(ifname: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let path = uapi_socket(ifname);
+    let mut s = std::os::unix::net::UnixStream::connect(&path)
+        .map_err(|e| err!("connecting to {}: {e}", path.display()))?;
+    let t = Some(Duration::from_secs(5));
+    s.set_read_timeout(t)
+        .and_then(|_| s.set_write_timeout(t))
+        .and_then(|_| s.write_all(b"get=1\n\n"))
+        .map_err(|e| err!("asking {}: {e}", path.display()))?;
+    // The answer ends with "errno=N" and a blank line; the daemon may keep the socket open.
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s
+            .read(&mut buf)
+            .map_err(|e| err!("reading {}: {e}", path.display()))?;
+        out.extend_from_slice(&buf[..n]);
+        if n == 0 || out.ends_with(b"\n\n") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&out).into_owned();
+    match text.lines().find_map(|l| l.strip_prefix("errno=")) {
+        Some("0") => Ok(text),
+        Some(e) => Err(err!("{}: errno={e}", path.display())),
+        None => Err(err!("{}: incomplete answer {text:?}", path.display())),
+    }
+}
+
+/// Parse the peers out of a UAPI `get` answer (keys are hex there; base64 here).
+pub fn parse_uapi(kind: WgImpl, text: &str) -> Vec<WgPeerState> {
+    let mut peers: Vec<WgPeerState> = Vec::new();
+    let mut nsec = Vec::new();
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        if k == "public_key" {
+            let key = hex_key(v).map_or_else(|| v.to_string(), |b| keys::encode_key(&b));
+            peers.push(WgPeerState {
+                public_key: key,
+                endpoint: None,
+                allowed_ips: Vec::new(),
+                latest_handshake: 0,
+                handshake_age: None,
+                rx_bytes: 0,
+                tx_bytes: 0,
+            });
+            nsec.push(0u64);
+            continue;
+        }
+        let (Some(p), Some(ns)) = (peers.last_mut(), nsec.last_mut()) else {
+            continue; // interface-level keys
+        };
+        let num = || v.parse::<u64>().unwrap_or(0);
+        match k {
+            "endpoint" => p.endpoint = Some(v.to_string()),
+            "allowed_ip" => p.allowed_ips.push(v.to_string()),
+            "last_handshake_time_sec" => p.latest_handshake = num(),
+            "last_handshake_time_nsec" => *ns = num(),
+            "rx_bytes" => p.rx_bytes = num(),
+            "tx_bytes" => p.tx_bytes = num(),
+            _ => {}
+        }
+    }
+    for (p, ns) in peers.iter_mut().zip(nsec) {
+        p.handshake_age = match kind {
+            WgImpl::WireguardGo => kind.handshake_age(p.latest_handshake),
+            // Seconds *and* nanoseconds since the handshake; both zero means none.
+            WgImpl::Boringtun => (p.latest_handshake > 0 || ns > 0)
+                .then(|| Duration::from_secs(p.latest_handshake) + Duration::from_nanos(ns)),
+        };
+    }
+    peers
+}
+
+fn hex_key(s: &str) -> Option<[u8; 32]> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        let hi = (b[2 * i] as char).to_digit(16)?;
+        let lo = (b[2 * i + 1] as char).to_digit(16)?;
+        *o = (hi * 16 + lo) as u8;
+    }
+    Some(out)
 }
 
 /// A running userspace WireGuard interface. Dropping it stops the process (which removes the
@@ -211,14 +278,14 @@ impl WgInterface {
             Duration::from_secs(15),
             Duration::from_millis(20),
             || {
-                daemon.ensure_running().map_err(|e| e.0)?;
+                daemon.ensure_running().map_err(fatal)?;
                 if !sock.exists() {
                     return Ok(None);
                 }
                 // The socket file appears just before it listens: ask until `wg` gets an answer.
                 cmd::run(Some(&ns_name), &["wg", "show", ifname, "listen-port"])
                     .map(|_| Some(()))
-                    .map_err(|e| e.0)
+                    .map_err(NotYet::from)
             },
         )
         .map_err(|e| err!("{e}\nlog {}:\n{}", log.display(), daemon.log_tail(20)))?;
@@ -304,10 +371,10 @@ impl WgInterface {
         self.wg_set(&args)
     }
 
-    /// The peers as `wg show IF dump` reports them.
+    /// The peers, as `wg show IF dump` would report them (read over the UAPI socket, see
+    /// [`uapi_get`]).
     pub fn peers(&self) -> Result<Vec<WgPeerState>> {
-        let out = cmd::run(Some(&self.ns), &["wg", "show", &self.ifname, "dump"])?;
-        Ok(parse_dump(self.kind, &out))
+        Ok(parse_uapi(self.kind, &uapi_get(&self.ifname)?))
     }
 
     /// The state of peer `public_key`.
@@ -318,22 +385,21 @@ impl WgInterface {
             .ok_or_else(|| err!("{}: no peer {public_key} in `wg show`", self.ifname))
     }
 
-    /// Poll `wg show IF dump` until peer `public_key` shows a handshake; returns its age.
+    /// Poll the interface until peer `public_key` shows a handshake; returns its age.
     pub fn wait_handshake(&mut self, public_key: &str, timeout: Duration) -> Result<Duration> {
         let ifname = self.ifname.clone();
         let kind = self.kind;
-        let ns = self.ns.clone();
         let r = wait_for(
             &format!("a handshake on {kind} {ifname} with peer {public_key}"),
             timeout,
             Duration::from_millis(100),
             || {
-                self.daemon.ensure_running().map_err(|e| e.0)?;
-                let out = cmd::run(Some(&ns), &["wg", "show", &ifname, "dump"]).map_err(|e| e.0)?;
-                let p = parse_dump(kind, &out)
+                self.daemon.ensure_running().map_err(fatal)?;
+                let text = uapi_get(&ifname)?;
+                let p = parse_uapi(kind, &text)
                     .into_iter()
                     .find(|p| p.public_key == public_key)
-                    .ok_or_else(|| format!("no such peer in {out}"))?;
+                    .ok_or_else(|| format!("no such peer in {text}"))?;
                 Ok(p.handshake_age)
             },
         );
@@ -356,29 +422,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dump_parses_both_implementations() {
-        let text = "(none)\t(none)\t50503\toff\n\
-                    dyvw=\t(none)\t198.18.0.1:51820\t10.9.0.0/24,fd77::/64\t8\t0\t92\t1\n\
-                    abcd=\t(none)\t(none)\t(none)\t0\t0\t0\toff\n";
-        let p = parse_dump(WgImpl::Boringtun, text);
+    fn uapi_answers_parse_for_both_implementations() {
+        let k1 = "772bf0bc203f31c26b94d45760a8a6d4b7864a80d5118483cc3f22846e900018";
+        let text = format!(
+            "own_public_key=0671d9aa715d68c2562558b7c0b0da628cdcb05cb27c5a9ba6546f7b7d5ab44c\n\
+             listen_port=50503\npublic_key={k1}\npersistent_keepalive_interval=1\n\
+             endpoint=198.18.0.1:51820\nallowed_ip=10.9.0.0/24\nallowed_ip=fd77::/64\n\
+             last_handshake_time_sec=0\nlast_handshake_time_nsec=672324399\n\
+             rx_bytes=5\ntx_bytes=92\npublic_key={}\nerrno=0\n\n",
+            "00".repeat(32)
+        );
+        let p = parse_uapi(WgImpl::Boringtun, &text);
         assert_eq!(p.len(), 2);
+        assert_eq!(
+            p[0].public_key,
+            "dyvwvCA/McJrlNRXYKim1LeGSoDVEYSDzD8ihG6QABg="
+        );
         assert_eq!(p[0].endpoint.as_deref(), Some("198.18.0.1:51820"));
         assert_eq!(p[0].allowed_ips, vec!["10.9.0.0/24", "fd77::/64"]);
-        assert_eq!(p[0].handshake_age, Some(Duration::from_secs(8)));
-        assert_eq!(p[0].tx_bytes, 92);
+        // boringtun: an age, here under a second.
+        assert_eq!(p[0].handshake_age, Some(Duration::from_nanos(672_324_399)));
+        assert_eq!((p[0].rx_bytes, p[0].tx_bytes), (5, 92));
         assert_eq!(p[1].endpoint, None);
-        assert!(p[1].allowed_ips.is_empty());
         assert_eq!(p[1].handshake_age, None);
+        // wireguard-go: a Unix time.
         let now = unix_now();
-        let go = parse_dump(
+        let go = parse_uapi(
             WgImpl::WireguardGo,
             &format!(
-                "k\tp\t1\toff\nx=\t(none)\t(none)\t(none)\t{}\t1\t2\toff\n",
+                "public_key={k1}\nlast_handshake_time_sec={}\nerrno=0\n",
                 now - 3
             ),
         );
         let age = go[0].handshake_age.unwrap();
         assert!(age >= Duration::from_secs(3) && age < Duration::from_secs(60));
+        let none = parse_uapi(
+            WgImpl::WireguardGo,
+            &format!("public_key={k1}\nlast_handshake_time_sec=0\nlast_handshake_time_nsec=0\n"),
+        );
+        assert_eq!(none[0].handshake_age, None);
     }
 
     #[test]

@@ -1,0 +1,333 @@
+//! `sluice-bench crypto`: batched ChaCha20-Poly1305 (`sluice::crypto::batch`) against ring and
+//! RustCrypto's `chacha20poly1305`, on one pinned core, in the same run.
+//!
+//! Each measurement seals or opens a batch of packets (64 by default, each with its own key and
+//! counter, WireGuard nonce, empty AAD), plus a batch of one at 64 and 1420 B. All three
+//! implementations work in place: sealing re-seals the same buffers; opening first copies the
+//! sealed packet into the work buffer (the same copy for every implementation, since an open
+//! in place consumes its input), then opens it. ring and RustCrypto go packet by packet, with
+//! the key set up per packet as a worker with many peers would.
+//!
+//! Nothing asserts on speed; a run fails only if an open it timed did not verify.
+
+use crate::harness::{self, Timing};
+use crate::report::{fmt_num, Machine, Report};
+use chacha20poly1305::aead::AeadInOut;
+use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce};
+use serde::Serialize;
+use sluice::crypto::batch::{self, OpenInPlaceJob, Path, SealInPlaceJob, TAG_LEN};
+use std::path::PathBuf;
+
+const SIZES: [usize; 7] = [64, 128, 256, 512, 1024, 1420, 8192];
+const SINGLE_SIZES: [usize; 2] = [64, 1420];
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Core to pin the benchmark thread to [default: the last core]
+    #[arg(long)]
+    core: Option<usize>,
+    /// Timed seconds per repeat [default: 0.3, or 0.05 with --quick]
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Repeats per measurement; the median is reported [default: 3, or 1 with --quick]
+    #[arg(long)]
+    repeat: Option<usize>,
+    /// Packets per batch (each with its own key)
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    batch: u16,
+    /// Short timings, for smoke tests
+    #[arg(long)]
+    quick: bool,
+    /// Also write the results as JSON to this file
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Op {
+    Seal,
+    Open,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Impl {
+    Sluice,
+    Ring,
+    Rustcrypto,
+}
+
+/// One measurement, as written to JSON.
+#[derive(Debug, Serialize)]
+struct Record {
+    op: Op,
+    size: usize,
+    batch: usize,
+    #[serde(rename = "impl")]
+    imp: Impl,
+    /// The sluice path ("auto" is what a worker gets); the implementation name otherwise.
+    path: String,
+    gb_per_s: f64,
+    min_gb_per_s: f64,
+    max_gb_per_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct JsonReport<'a> {
+    schema: &'static str,
+    subcommand: &'static str,
+    machine: &'a Machine,
+    params: serde_json::Value,
+    results: &'a [Record],
+    notes: &'a [String],
+}
+
+/// The packets of one measurement: keys, counters, pristine sealed copies and work buffers.
+struct Workload {
+    keys: Vec<[u8; 32]>,
+    counters: Vec<u64>,
+    sealed: Vec<Vec<u8>>,
+    work: Vec<Vec<u8>>,
+}
+
+impl Workload {
+    fn new(batch: usize, size: usize) -> Workload {
+        let keys: Vec<[u8; 32]> = (0..batch)
+            .map(|i| std::array::from_fn(|j| (i * 31 + j * 7 + 1) as u8))
+            .collect();
+        let counters: Vec<u64> = (0..batch as u64).map(|i| i * 1_000_003 + 5).collect();
+        let sealed: Vec<Vec<u8>> = (0..batch)
+            .map(|i| {
+                let mut b: Vec<u8> = (0..size + TAG_LEN).map(|j| (i + j) as u8).collect();
+                sluice::crypto::seal_in_place(&keys[i], counters[i], &[], &mut b);
+                b
+            })
+            .collect();
+        let work = sealed.clone();
+        Workload {
+            keys,
+            counters,
+            sealed,
+            work,
+        }
+    }
+
+    fn restore(&mut self) {
+        for (w, s) in self.work.iter_mut().zip(&self.sealed) {
+            w.copy_from_slice(s);
+        }
+    }
+
+    /// One batch with `imp`; false if an open failed.
+    fn run(&mut self, op: Op, imp: Impl, path: Path) -> bool {
+        if op == Op::Open {
+            self.restore();
+        }
+        match imp {
+            Impl::Sluice => self.sluice(op, path),
+            Impl::Ring => self.ring(op),
+            Impl::Rustcrypto => self.rustcrypto(op),
+        }
+    }
+
+    fn sluice(&mut self, op: Op, path: Path) -> bool {
+        let (keys, counters) = (&self.keys, &self.counters);
+        match op {
+            Op::Seal => {
+                let mut jobs: Vec<SealInPlaceJob> = self
+                    .work
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(i, b)| SealInPlaceJob::new(&keys[i], counters[i], b))
+                    .collect();
+                batch::seal_batch_in_place_on(path, &mut jobs).is_ok()
+            }
+            Op::Open => {
+                let mut jobs: Vec<OpenInPlaceJob> = self
+                    .work
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(i, b)| OpenInPlaceJob::new(&keys[i], counters[i], b))
+                    .collect();
+                batch::open_batch_in_place_on(path, &mut jobs) == Ok(0)
+            }
+        }
+    }
+
+    fn ring(&mut self, op: Op) -> bool {
+        let mut ok = true;
+        for (i, b) in self.work.iter_mut().enumerate() {
+            match op {
+                Op::Seal => sluice::crypto::seal_in_place(&self.keys[i], self.counters[i], &[], b),
+                Op::Open => {
+                    ok &= sluice::crypto::open_in_place(&self.keys[i], self.counters[i], &[], b)
+                        .is_ok()
+                }
+            }
+        }
+        ok
+    }
+
+    fn rustcrypto(&mut self, op: Op) -> bool {
+        let mut ok = true;
+        for (i, b) in self.work.iter_mut().enumerate() {
+            let cipher = ChaCha20Poly1305::new(&self.keys[i].into());
+            let mut n = [0u8; 12];
+            n[4..].copy_from_slice(&self.counters[i].to_le_bytes());
+            let nonce = Nonce::from(n);
+            let split = b.len() - TAG_LEN;
+            let (data, tag) = b.split_at_mut(split);
+            match op {
+                Op::Seal => match cipher.encrypt_inout_detached(&nonce, &[], data.into()) {
+                    Ok(t) => tag.copy_from_slice(&t),
+                    Err(_) => ok = false,
+                },
+                Op::Open => {
+                    let t = chacha20poly1305::Tag::try_from(&*tag).unwrap_or_default();
+                    ok &= cipher
+                        .decrypt_inout_detached(&nonce, &[], data.into(), &t)
+                        .is_ok();
+                }
+            }
+        }
+        ok
+    }
+}
+
+/// The implementations to compare, with the sluice paths this CPU has.
+fn contenders() -> Vec<(Impl, Path)> {
+    let mut v = vec![(Impl::Sluice, Path::Auto)];
+    for p in [Path::Avx512, Path::Avx2] {
+        if p.is_available() {
+            v.push((Impl::Sluice, p));
+        }
+    }
+    v.push((Impl::Ring, Path::Auto));
+    v.push((Impl::Rustcrypto, Path::Auto));
+    v
+}
+
+fn label(imp: Impl, path: Path) -> String {
+    match imp {
+        Impl::Sluice => path.name().to_string(),
+        Impl::Ring => "ring".to_string(),
+        Impl::Rustcrypto => "rustcrypto".to_string(),
+    }
+}
+
+fn measure_one(
+    timing: &Timing,
+    op: Op,
+    size: usize,
+    batch: usize,
+    (imp, path): (Impl, Path),
+) -> Result<Record, String> {
+    let mut w = Workload::new(batch, size);
+    let mut failed = false;
+    let rates = harness::measure(
+        timing,
+        harness::batched(|n| {
+            for _ in 0..n {
+                failed |= !w.run(op, imp, path);
+            }
+            n
+        }),
+    );
+    if failed {
+        return Err(format!(
+            "{op:?} {size} B with {} did not verify",
+            label(imp, path)
+        ));
+    }
+    let bytes = (batch * size) as f64 / 1e9;
+    let mut gb: Vec<f64> = rates.iter().map(|r| r * bytes).collect();
+    gb.sort_by(f64::total_cmp);
+    Ok(Record {
+        op,
+        size,
+        batch,
+        imp,
+        path: label(imp, path),
+        gb_per_s: gb[gb.len() / 2],
+        min_gb_per_s: gb[0],
+        max_gb_per_s: gb[gb.len() - 1],
+    })
+}
+
+pub fn run(args: &Args) -> Result<(), String> {
+    let mut machine = Machine::collect();
+    machine.pinned_core = Some(harness::pin(args.core)?);
+    let timing = Timing {
+        seconds: args.seconds.unwrap_or(if args.quick { 0.05 } else { 0.3 }),
+        warmup: if args.quick { 0.02 } else { 0.2 },
+        repeat: args.repeat.unwrap_or(if args.quick { 1 } else { 3 }).max(1),
+    };
+    let batch = usize::from(args.batch);
+    let params = serde_json::json!({
+        "batch": batch, "sizes": SIZES, "single_sizes": SINGLE_SIZES,
+        "seconds": timing.seconds, "repeat": timing.repeat,
+        "auto_path": Path::detect().name(),
+    });
+    let report = Report::new("crypto", machine.clone(), params.clone());
+    print!("{}", report.header());
+    let shapes = SIZES
+        .iter()
+        .map(|&s| (s, batch))
+        .chain(SINGLE_SIZES.iter().map(|&s| (s, 1)));
+    let mut records = Vec::new();
+    println!(
+        "{:<5} {:>6} {:>5}  {:<10} {:>8} {:>8}",
+        "op", "size", "batch", "impl/path", "GB/s", "vs ring"
+    );
+    for (size, batch) in shapes {
+        for op in [Op::Seal, Op::Open] {
+            let rows: Vec<Record> = contenders()
+                .into_iter()
+                .map(|c| measure_one(&timing, op, size, batch, c))
+                .collect::<Result<_, _>>()?;
+            let ring = rows
+                .iter()
+                .find(|r| r.imp == Impl::Ring)
+                .map_or(f64::NAN, |r| r.gb_per_s);
+            for r in &rows {
+                println!(
+                    "{:<5} {:>6} {:>5}  {:<10} {:>8} {:>7.2}x",
+                    format!("{:?}", r.op).to_lowercase(),
+                    r.size,
+                    r.batch,
+                    r.path,
+                    fmt_num(r.gb_per_s),
+                    r.gb_per_s / ring
+                );
+            }
+            records.extend(rows);
+        }
+    }
+    let notes = vec![
+        "GB/s = 1e9 bytes of plaintext per second; one pinned core; in place; opens include \
+         copying the sealed packet into the work buffer (same for all implementations)"
+            .to_string(),
+        format!(
+            "sluice 'auto' resolves to {} on this CPU",
+            Path::detect().name()
+        ),
+    ];
+    for n in &notes {
+        println!("  note: {n}");
+    }
+    if let Some(path) = &args.json {
+        let out = JsonReport {
+            schema: "sluice-bench/1",
+            subcommand: "crypto",
+            machine: &machine,
+            params,
+            results: &records,
+            notes: &notes,
+        };
+        let json = serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?;
+        std::fs::write(path, json + "\n")
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    Ok(())
+}

@@ -53,11 +53,14 @@ pub enum DropReason {
     BadCookieReply,
     /// The inner interface (TUN queue) would not take the packet.
     InnerQueueFull,
+    /// A multicast or broadcast inner packet no peer's allowed IPs cover (the host's own
+    /// IPv6 MLD reports, for one): not a routing failure, so kept apart from `NoRoute`.
+    UnroutedMulticast,
 }
 
 impl DropReason {
     /// Every reason, in discriminant order.
-    pub const ALL: [DropReason; 23] = [
+    pub const ALL: [DropReason; 24] = [
         DropReason::UnknownType,
         DropReason::BadLength,
         DropReason::ReservedNonZero,
@@ -81,6 +84,7 @@ impl DropReason {
         DropReason::StagedQueueFull,
         DropReason::BadCookieReply,
         DropReason::InnerQueueFull,
+        DropReason::UnroutedMulticast,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -110,6 +114,7 @@ impl DropReason {
             DropReason::StagedQueueFull => "staged_queue_full",
             DropReason::BadCookieReply => "bad_cookie_reply",
             DropReason::InnerQueueFull => "inner_queue_full",
+            DropReason::UnroutedMulticast => "unrouted_multicast",
         }
     }
 }

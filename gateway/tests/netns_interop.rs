@@ -171,6 +171,21 @@ fn handshake_and_inner_traffic_both_ways() {
                 r.label()
             );
         }
+        // Clean traffic from well-configured clients never trips these. (no_route once counted
+        // the kernel's own MLD reports written into a multicast-capable TUN.)
+        for r in [
+            "no_route",
+            "bad_inner_packet",
+            "source_not_allowed",
+            "decrypt_failed",
+            "replayed",
+        ] {
+            assert_eq!(
+                drops.get(r).copied(),
+                Some(0),
+                "unexpected {r} drops: {drops:?}"
+            );
+        }
     }
 }
 

@@ -189,9 +189,14 @@ pub fn configure(name: &str, mtu: u16, addresses: &[Cidr]) -> Result<(), TunErro
     }
 
     let mut req = ifreq(name).map_err(err("name"))?;
-    // SAFETY: reading the flags field of a zero-initialised union is reading plain integers.
+    ctl.ioctl(libc::SIOCGIFFLAGS, &mut req)
+        .map_err(err("reading flags"))?;
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
     let flags = unsafe { req.ifr_ifru.ifru_flags };
-    req.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    // Up, and, like the kernel's WireGuard devices, not multicast: otherwise the kernel sends
+    // MLD reports into the tunnel that no peer's allowed IPs route.
+    req.ifr_ifru.ifru_flags = (flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short)
+        & !(libc::IFF_MULTICAST as libc::c_short);
     ctl.ioctl(libc::SIOCSIFFLAGS, &mut req)
         .map_err(err("bringing the device up"))?;
     Ok(())

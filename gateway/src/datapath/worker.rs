@@ -384,12 +384,26 @@ fn route_and_encrypt(
     buf: &mut [u8],
 ) -> Result<Option<(SocketAddr, usize)>, DropReason> {
     let dst = ip::destination(packet)?;
-    let id = shared.allowed_ips.lookup(dst).ok_or(DropReason::NoRoute)?;
+    let id = shared.allowed_ips.lookup(dst).ok_or_else(|| {
+        if is_group(dst) {
+            DropReason::UnroutedMulticast
+        } else {
+            DropReason::NoRoute
+        }
+    })?;
     match shared.with_peer(id, cx, out, |peer, env| peer.send(env, packet, buf)) {
         Some(Ok(Sent::Transmit { dst, len, .. })) => Ok(Some((dst, len))),
         Some(Ok(Sent::Staged { .. })) => Ok(None),
         Some(Err(e)) => Err(e),
         None => Err(DropReason::NoRoute),
+    }
+}
+
+/// A destination that names a group, not a host: multicast, or IPv4 limited broadcast.
+fn is_group(dst: std::net::IpAddr) -> bool {
+    match dst {
+        std::net::IpAddr::V4(a) => a.is_multicast() || a.is_broadcast(),
+        std::net::IpAddr::V6(a) => a.is_multicast(),
     }
 }
 
@@ -454,5 +468,18 @@ mod tests {
                 (a, 580, 100, 100)
             ]
         );
+    }
+}
+
+#[cfg(test)]
+mod group_tests {
+    #[test]
+    fn groups_are_multicast_and_broadcast() {
+        for a in ["ff02::16", "224.0.0.22", "255.255.255.255", "239.1.2.3"] {
+            assert!(super::is_group(a.parse().unwrap()), "{a}");
+        }
+        for a in ["10.0.0.1", "fd00::1", "fe80::1", "192.168.1.255"] {
+            assert!(!super::is_group(a.parse().unwrap()), "{a}");
+        }
     }
 }

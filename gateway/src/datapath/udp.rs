@@ -141,76 +141,6 @@ impl UdpSocket {
         self.gso
     }
 
-    /// Send runs of segments, each run as one GSO message where the kernel supports it (one
-    /// datagram per segment otherwise). Returns how many datagrams the kernel took.
-    pub fn send_segments(&self, runs: &[Segments<'_>]) -> usize {
-        if !self.gso {
-            let items: Vec<(SocketAddr, &[u8])> = runs
-                .iter()
-                .flat_map(|r| r.data.chunks(r.segment.max(1)).map(move |c| (r.dst, c)))
-                .collect();
-            return self.send_batch(&items);
-        }
-        let mut sent = 0;
-        for chunk in runs.chunks(BATCH) {
-            let mut addrs = [to_sockaddr(SocketAddr::from(([0u8; 4], 0))); BATCH];
-            let mut cmsgs = [[0u64; CMSG_SPACE / 8]; BATCH];
-            // SAFETY: plain C structs for which zero bytes are valid.
-            let mut iov: [libc::iovec; BATCH] = unsafe { zeroed() };
-            let mut msgs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
-            for (i, r) in chunk.iter().enumerate() {
-                addrs[i] = to_sockaddr(r.dst);
-                iov[i] = libc::iovec {
-                    iov_base: r.data.as_ptr() as *mut libc::c_void,
-                    iov_len: r.data.len(),
-                };
-                let h = &mut msgs[i].msg_hdr;
-                h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in6).cast();
-                h.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-                h.msg_iov = &mut iov[i];
-                h.msg_iovlen = 1;
-                if r.data.len() > r.segment {
-                    // SAFETY: the control buffer is CMSG_SPACE bytes, room for one u16 cmsg;
-                    // CMSG_* compute offsets within it.
-                    unsafe {
-                        h.msg_control = cmsgs[i].as_mut_ptr().cast();
-                        h.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
-                        let c = libc::CMSG_FIRSTHDR(h);
-                        (*c).cmsg_level = libc::SOL_UDP;
-                        (*c).cmsg_type = libc::UDP_SEGMENT;
-                        (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
-                        std::ptr::write_unaligned(
-                            libc::CMSG_DATA(c).cast::<u16>(),
-                            r.segment as u16,
-                        );
-                    }
-                }
-            }
-            let mut done = 0;
-            while done < chunk.len() {
-                // SAFETY: headers point at `addrs`, `cmsgs`, `iov` and the caller's slices,
-                // all alive for the call; the kernel only reads them.
-                let n = unsafe {
-                    libc::sendmmsg(
-                        self.fd.as_raw_fd(),
-                        msgs[done..].as_mut_ptr(),
-                        (chunk.len() - done) as libc::c_uint,
-                        0,
-                    )
-                };
-                let took = if n <= 0 { 1 } else { n as usize };
-                if n > 0 {
-                    sent += chunk[done..done + took]
-                        .iter()
-                        .map(|r| r.data.len().div_ceil(r.segment.max(1)))
-                        .sum::<usize>();
-                }
-                done += took;
-            }
-        }
-        sent
-    }
-
     /// Receive up to [`BATCH`] datagrams (more with GRO) without blocking.
     pub fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {
         batch.datagrams.clear();
@@ -264,49 +194,96 @@ impl UdpSocket {
         Ok(batch.datagrams.len())
     }
 
-    /// Send datagrams in batches of up to [`BATCH`]; returns how many the kernel took.
-    /// Datagrams the kernel refuses (e.g. no route) are skipped, not retried.
+    /// Send single datagrams; returns how many the kernel took. Datagrams the kernel refuses
+    /// (e.g. no route) are skipped, not retried.
     pub fn send_batch(&self, items: &[(SocketAddr, &[u8])]) -> usize {
-        let mut sent = 0;
-        for chunk in items.chunks(BATCH) {
-            let mut addrs: [libc::sockaddr_in6; BATCH] =
-                [to_sockaddr(SocketAddr::from(([0u8; 4], 0))); BATCH];
-            // SAFETY: plain C structs for which zero bytes are valid.
-            let mut iov: [libc::iovec; BATCH] = unsafe { zeroed() };
-            let mut msgs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
-            for (i, (dst, data)) in chunk.iter().enumerate() {
-                addrs[i] = to_sockaddr(*dst);
-                iov[i] = libc::iovec {
-                    iov_base: data.as_ptr() as *mut libc::c_void,
-                    iov_len: data.len(),
-                };
-                let h = &mut msgs[i].msg_hdr;
-                h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in6).cast();
-                h.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-                h.msg_iov = &mut iov[i];
-                h.msg_iovlen = 1;
-            }
-            let mut done = 0;
-            while done < chunk.len() {
-                // SAFETY: headers point at `addrs`, `iov` and the caller's slices, all alive for
-                // the call; the kernel only reads the data.
-                let n = unsafe {
-                    libc::sendmmsg(
-                        self.fd.as_raw_fd(),
-                        msgs[done..].as_mut_ptr(),
-                        (chunk.len() - done) as libc::c_uint,
-                        0,
-                    )
-                };
-                if n <= 0 {
-                    // The first datagram failed (unreachable destination, buffer full): drop it
-                    // and go on with the rest rather than stall the worker.
-                    done += 1;
-                } else {
-                    done += n as usize;
-                    sent += n as usize;
+        let runs: Vec<Segments> = items
+            .iter()
+            .map(|&(dst, data)| Segments {
+                dst,
+                data,
+                segment: data.len(),
+            })
+            .collect();
+        self.send_segments(&runs)
+    }
+
+    /// Send runs of segments, each run as one GSO message where the kernel supports it (one
+    /// datagram per segment otherwise). Returns how many datagrams the kernel took.
+    pub fn send_segments(&self, runs: &[Segments<'_>]) -> usize {
+        if !self.gso && runs.iter().any(|r| r.data.len() > r.segment) {
+            let split: Vec<Segments> = runs
+                .iter()
+                .flat_map(|r| {
+                    r.data.chunks(r.segment.max(1)).map(move |c| Segments {
+                        dst: r.dst,
+                        data: c,
+                        segment: c.len(),
+                    })
+                })
+                .collect();
+            return self.send_segments(&split);
+        }
+        runs.chunks(BATCH).map(|chunk| self.send_chunk(chunk)).sum()
+    }
+
+    /// One `sendmmsg` round for at most [`BATCH`] runs; a run longer than its segment size
+    /// carries a `UDP_SEGMENT` control message.
+    fn send_chunk(&self, chunk: &[Segments<'_>]) -> usize {
+        let mut addrs = [to_sockaddr(SocketAddr::from(([0u8; 4], 0))); BATCH];
+        let mut cmsgs = [[0u64; CMSG_SPACE / 8]; BATCH];
+        // SAFETY: plain C structs for which zero bytes are valid.
+        let mut iov: [libc::iovec; BATCH] = unsafe { zeroed() };
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+        for (i, r) in chunk.iter().enumerate() {
+            addrs[i] = to_sockaddr(r.dst);
+            iov[i] = libc::iovec {
+                iov_base: r.data.as_ptr() as *mut libc::c_void,
+                iov_len: r.data.len(),
+            };
+            let h = &mut msgs[i].msg_hdr;
+            h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in6).cast();
+            h.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+            h.msg_iov = &mut iov[i];
+            h.msg_iovlen = 1;
+            if r.data.len() > r.segment {
+                // SAFETY: the control buffer is CMSG_SPACE bytes, room for one u16 cmsg;
+                // CMSG_* compute offsets within it.
+                unsafe {
+                    h.msg_control = cmsgs[i].as_mut_ptr().cast();
+                    h.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
+                    let c = libc::CMSG_FIRSTHDR(h);
+                    (*c).cmsg_level = libc::SOL_UDP;
+                    (*c).cmsg_type = libc::UDP_SEGMENT;
+                    (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), r.segment as u16);
                 }
             }
+        }
+        let (mut done, mut sent) = (0, 0);
+        while done < chunk.len() {
+            // SAFETY: headers point at `addrs`, `cmsgs`, `iov` and the caller's slices, all
+            // alive for the call; the kernel only reads them.
+            let n = unsafe {
+                libc::sendmmsg(
+                    self.fd.as_raw_fd(),
+                    msgs[done..].as_mut_ptr(),
+                    (chunk.len() - done) as libc::c_uint,
+                    0,
+                )
+            };
+            if n <= 0 {
+                // The first message failed (unreachable destination, buffer full): drop it and
+                // go on with the rest rather than stall the worker.
+                done += 1;
+                continue;
+            }
+            let took = n as usize;
+            sent += chunk[done..done + took]
+                .iter()
+                .map(|r| r.data.len().div_ceil(r.segment.max(1)))
+                .sum::<usize>();
+            done += took;
         }
         sent
     }

@@ -340,3 +340,104 @@ fn a_deep_handshake_queue_turns_on_the_cookie_path() {
     assert!(gw.drops(DropReason::CookieRequired) >= 1);
     gw.stop();
 }
+
+#[test]
+fn peers_added_and_removed_at_run_time_without_disturbing_others() {
+    use sluice::datapath::peers::PeerChange;
+    let gw = Gateway::start(&[client_peer(2)], 64);
+    let mut a = Client::new(2, &gw);
+    connect(&gw, &mut a, &ipv4(CLIENT_TUN, SINK, b"a first"));
+    gw.wait("a's first packet", |g| lock(&g.inner.written).len() == 1);
+
+    // Client 3 is not a peer yet: no answer.
+    let mut b = Client::new(3, &gw);
+    for d in b.send(&ipv4([10, 77, 0, 3], SINK, b"too early")) {
+        gw.push(b.addr, d);
+    }
+    gw.wait("b refused", |g| g.drops(DropReason::UnknownPeer) == 1);
+
+    // Add it: the next initiation (b retries on its timer) is answered.
+    let s = gw
+        .shared
+        .apply(
+            false,
+            &[PeerChange::Upsert {
+                cfg: client_peer(3),
+                replace_allowed_ips: false,
+                update_only: false,
+            }],
+        )
+        .unwrap();
+    assert_eq!((s.added, s.updated, s.removed), (1, 0, 0));
+    gw.take_sent();
+    b.clock.advance(Duration::from_secs(6));
+    b.dev.handle_timeout(&mut b.clock.cx());
+    for t in std::iter::from_fn(|| b.dev.poll_transmit()) {
+        gw.push(b.addr, t.data);
+    }
+    gw.wait("b's handshake response", |g| {
+        lock(&g.outer.sent).iter().any(|(d, _)| *d == b.addr)
+    });
+    let (_, staged) = b.receive(gw.take_sent());
+    for d in staged {
+        gw.push(b.addr, d);
+    }
+    gw.wait("b's staged packet inside", |g| {
+        lock(&g.inner.written)
+            .iter()
+            .any(|p| p.ends_with(b"too early"))
+    });
+
+    // Remove a: its keys are wiped at once (its receiver index is freed), so its next packet
+    // finds no session; b carries on.
+    assert_eq!(gw.shared.index.len(), 2, "one live session each");
+    let s = gw
+        .shared
+        .apply(false, &[PeerChange::Remove(public(&key(2)))])
+        .unwrap();
+    assert_eq!(s.removed, 1);
+    assert_eq!(gw.shared.index.len(), 1, "a's session index released with its keys");
+    let before = gw.drops(DropReason::UnknownIndex);
+    for d in a.send(&ipv4(CLIENT_TUN, SINK, b"a after removal")) {
+        gw.push(a.addr, d);
+    }
+    for d in b.send(&ipv4([10, 77, 0, 3], SINK, b"b after removal")) {
+        gw.push(b.addr, d);
+    }
+    gw.wait("b's packet inside", |g| {
+        lock(&g.inner.written)
+            .iter()
+            .any(|p| p.ends_with(b"b after removal"))
+    });
+    gw.wait("a's packet refused", |g| {
+        g.drops(DropReason::UnknownIndex) > before
+    });
+    assert!(!lock(&gw.inner.written)
+        .iter()
+        .any(|p| p.ends_with(b"a after removal")));
+    assert!(gw.shared.table().by_key(&public(&key(2))).is_none());
+
+    // A change with an invalid peer (our own key) applies nothing.
+    let own = PeerConfig {
+        public_key: gw.public(),
+        ..Default::default()
+    };
+    let invalid = [
+        PeerChange::Upsert {
+            cfg: client_peer(4),
+            replace_allowed_ips: false,
+            update_only: false,
+        },
+        PeerChange::Upsert {
+            cfg: own,
+            replace_allowed_ips: false,
+            update_only: false,
+        },
+    ];
+    assert!(gw.shared.apply(false, &invalid).is_err());
+    assert!(
+        gw.shared.table().by_key(&public(&key(4))).is_none(),
+        "all or nothing"
+    );
+    gw.stop();
+}

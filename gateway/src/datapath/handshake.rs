@@ -67,16 +67,16 @@ fn handle(
     src: SocketAddr,
     data: &mut [u8],
 ) -> Result<(), DropReason> {
+    let table = shared.table();
     match messages::parse(data)? {
         Message::Initiation(m) => {
             cookie_gate(shared, cx, out, src, m.as_bytes(), m.sender())?;
             let consumed = noise::consume_initiation(&shared.identity, &m)?;
-            let id = *shared
-                .by_key
-                .get(&consumed.remote_static)
+            let id = table
+                .by_key(&consumed.remote_static)
                 .ok_or(DropReason::UnknownPeer)?;
             shared
-                .with_peer(id, cx, out, |peer, env| {
+                .with_peer(&table, id, cx, out, |peer, env| {
                     peer.respond_to_initiation(env, consumed, src)
                 })
                 .unwrap_or(Err(DropReason::UnknownPeer))
@@ -88,7 +88,9 @@ fn handle(
                 .get(m.receiver())
                 .ok_or(DropReason::UnknownIndex)?;
             shared
-                .with_peer(id, cx, out, |peer, env| peer.receive_response(env, &m, src))
+                .with_peer(&table, id, cx, out, |peer, env| {
+                    peer.receive_response(env, &m, src)
+                })
                 .unwrap_or(Err(DropReason::UnknownIndex))
         }
         Message::CookieReply(m) => {
@@ -97,7 +99,9 @@ fn handle(
                 .get(m.receiver())
                 .ok_or(DropReason::UnknownIndex)?;
             shared
-                .with_peer(id, cx, out, |peer, env| peer.receive_cookie_reply(env, &m))
+                .with_peer(&table, id, cx, out, |peer, env| {
+                    peer.receive_cookie_reply(env, &m)
+                })
                 .unwrap_or(Err(DropReason::UnknownIndex))
         }
         Message::Transport(_) => Err(DropReason::UnknownType),

@@ -20,6 +20,7 @@
 pub mod handshake;
 pub mod icmp;
 pub mod io;
+pub mod peers;
 pub mod shared;
 mod status;
 pub mod tun;
@@ -30,6 +31,7 @@ use crate::config::Config;
 use crate::log;
 use handshake::HandshakeThread;
 use icmp::IcmpReplies;
+use peers::PeerChange;
 use shared::Shared;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -90,6 +92,62 @@ fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<libc::c_int> {
     // SAFETY: `set` is an initialised sigset_t; a null siginfo pointer is allowed.
     let s = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
     (s > 0).then_some(s)
+}
+
+/// SIGHUP: re-read the configuration and apply the difference in peers. A configuration that
+/// fails to load, or that changes what cannot change while running, is rejected with the
+/// reason, and the running configuration keeps serving untouched.
+fn reload(running: &Config, shared: &Shared) {
+    let next = match crate::config::load(&running.path) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error(&format!(
+                "reload rejected, keeping the running configuration: {e}"
+            ));
+            return;
+        }
+    };
+    if let Some(what) = fixed_setting_changed(running, &next) {
+        log::error(&format!(
+            "reload rejected, keeping the running configuration: {what} cannot change while running (restart sluice)"
+        ));
+        return;
+    }
+    let changes: Vec<PeerChange> = next
+        .peers
+        .iter()
+        .map(|cfg| PeerChange::Upsert {
+            cfg: cfg.clone(),
+            replace_allowed_ips: true,
+            update_only: false,
+        })
+        .collect();
+    match shared.apply(true, &changes) {
+        Ok(s) => log::info(&format!(
+            "reloaded {}: peers added={} updated={} removed={}",
+            running.path.display(),
+            s.added,
+            s.updated,
+            s.removed
+        )),
+        Err(e) => log::error(&format!(
+            "reload rejected, keeping the running configuration: {e}"
+        )),
+    }
+}
+
+/// The first setting a reload would change that needs a restart, if any.
+fn fixed_setting_changed(a: &Config, b: &Config) -> Option<&'static str> {
+    [
+        (a.private_key[..] != b.private_key[..], "PrivateKey"),
+        (a.listen_port != b.listen_port, "ListenPort"),
+        (a.name != b.name, "the interface name"),
+        (a.mtu != b.mtu, "MTU"),
+        (a.addresses != b.addresses, "Address"),
+        (a.dataplane != b.dataplane, "the [dataplane] section"),
+    ]
+    .into_iter()
+    .find_map(|(changed, what)| changed.then_some(what))
 }
 
 /// Run the gateway until SIGINT or SIGTERM.
@@ -196,9 +254,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
     loop {
         match wait_signal(&signals, Duration::from_secs(1)) {
             Some(libc::SIGINT) | Some(libc::SIGTERM) => break,
-            Some(libc::SIGHUP) => {
-                log::warn("SIGHUP: live reload is not implemented yet; configuration unchanged")
-            }
+            Some(libc::SIGHUP) => reload(cfg, &shared),
             _ => {}
         }
         if let Some(path) = &opts.status_file {

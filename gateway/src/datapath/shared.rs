@@ -8,8 +8,9 @@
 //!   [`INDEX_SHARDS`] mutexes; a lookup holds one shard just long enough to copy a peer id.
 //! - Lock order: a peer, then an index shard. No code takes a peer lock while holding a shard.
 
-use crate::proto::allowedips::AllowedIps;
+use super::peers::{ChangeSummary, PeerChange, PeerSlot, PeerTable};
 use crate::proto::cookie::CookieChecker;
+use crate::proto::device::{validate_peer, PeerError};
 use crate::proto::effects::{Context, Env, Indices, Outbox};
 use crate::proto::noise::Identity;
 use crate::proto::peer::{Peer, PeerConfig, PeerId};
@@ -17,7 +18,7 @@ use crate::proto::ratelimiter::RateLimiter;
 use crate::proto::{Rng, Time, WallTime};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub const INDEX_SHARDS: usize = 64;
@@ -118,9 +119,10 @@ pub type Deadline = (Time, PeerId);
 pub struct Shared {
     pub identity: Identity,
     pub checker: RwLock<CookieChecker>,
-    pub peers: Vec<Mutex<Peer>>,
-    pub by_key: HashMap<[u8; 32], PeerId>,
-    pub allowed_ips: AllowedIps<PeerId>,
+    /// The current peer set; see [`super::peers`].
+    table: RwLock<Arc<PeerTable>>,
+    /// Serialises control-plane changes to the peer set.
+    control: Mutex<()>,
     pub index: IndexShards,
     pub ratelimiter: Mutex<RateLimiter>,
     /// Nanoseconds (on [`Clock`]) until which handshakes are treated as under load.
@@ -135,7 +137,7 @@ impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
             .field("identity", &self.identity)
-            .field("peers", &self.peers.len())
+            .field("peers", &self.table().len())
             .field("mtu", &self.mtu)
             .finish_non_exhaustive()
     }
@@ -146,43 +148,55 @@ impl Shared {
     /// over threads because 100,000 peers would otherwise take seconds.
     pub fn new(private_key: &[u8; 32], peers: &[PeerConfig], mtu: usize, workers: usize) -> Shared {
         let identity = Identity::new(private_key);
-        let clock = Clock::new();
-        let built: Vec<Peer> = build_peers(&identity, peers);
-        let mut allowed_ips = AllowedIps::new();
-        let mut by_key = HashMap::with_capacity(peers.len());
-        for (id, cfg) in peers.iter().enumerate() {
-            let id = id as PeerId;
-            by_key.insert(cfg.public_key, id);
+        let built: Vec<Peer> = build_peers(&identity, peers, 0);
+        let mut table = PeerTable::default();
+        for (peer, cfg) in built.into_iter().zip(peers) {
+            let id = peer.id();
+            table.by_key.insert(cfg.public_key, id);
             for &(addr, len) in &cfg.allowed_ips {
                 // Config validation already rejected bad prefix lengths.
-                let _ = allowed_ips.insert(addr, len, id);
+                let _ = table.allowed_ips.insert(addr, len, id);
             }
+            table.peers.push(Some(Arc::new(Mutex::new(peer))));
         }
         Shared {
             checker: RwLock::new(CookieChecker::new(identity.public_key())),
             identity,
-            peers: built.into_iter().map(Mutex::new).collect(),
-            by_key,
-            allowed_ips,
+            table: RwLock::new(Arc::new(table)),
+            control: Mutex::new(()),
             index: IndexShards::new(),
             ratelimiter: Mutex::new(RateLimiter::new(RATELIMITER_ENTRIES)),
             under_load_until: AtomicU64::new(0),
             mtu,
-            clock,
+            clock: Clock::new(),
             timer_inbox: (0..workers.max(1))
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
         }
     }
 
+    /// The current peer set. Take it once per batch: it is an `Arc` clone under a read lock.
+    pub fn table(&self) -> Arc<PeerTable> {
+        match self.table.read() {
+            Ok(t) => t.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
     /// Arm the timers peers start with (persistent keepalives) and file their deadlines.
     pub fn start_peers(&self) {
+        let table = self.table();
+        self.start(&table, table.iter().map(|(id, _)| id));
+    }
+
+    fn start(&self, table: &PeerTable, ids: impl Iterator<Item = PeerId>) {
         let now = self.clock.now();
-        for (id, slot) in self.peers.iter().enumerate() {
+        for id in ids {
+            let Some(slot) = table.get(id) else { continue };
             let mut peer = lock(slot);
             peer.on_interface_up(now);
             if let Some(at) = peer.deadline_to_file() {
-                lock(&self.timer_inbox[self.timer_owner(id as PeerId)]).push((at, id as PeerId));
+                lock(&self.timer_inbox[self.timer_owner(id)]).push((at, id));
             }
         }
     }
@@ -202,17 +216,18 @@ impl Shared {
             .fetch_max((now + hold).as_nanos(), Ordering::Relaxed);
     }
 
-    /// Run `f` on one peer under its lock with an environment over the shared tables, then
-    /// file its next timer deadline with the owning worker if it moved.
+    /// Run `f` on one peer (looked up in `table`, the caller's snapshot) under its lock with an
+    /// environment over the shared tables, then file its next timer deadline with the owning
+    /// worker if it moved earlier.
     pub fn with_peer<R>(
         &self,
+        table: &PeerTable,
         id: PeerId,
         cx: &mut Context,
         out: &mut Outbox,
         f: impl FnOnce(&mut Peer, &mut Env) -> R,
     ) -> Option<R> {
-        let slot = self.peers.get(id as usize)?;
-        let mut peer = lock(slot);
+        let mut peer = lock(table.get(id)?);
         let mut indices = &self.index;
         let mut env = Env {
             cx,
@@ -229,14 +244,144 @@ impl Shared {
         }
         Some(r)
     }
+
+    /// Change the peer set: build the new table beside the current one and swap it in, then
+    /// wipe removed peers' keys and start new peers' timers. With `replace_all`, peers not
+    /// named by an `Upsert` are removed (`wg syncconf`, `replace_peers`). All or nothing: an
+    /// invalid change leaves the current set untouched.
+    pub fn apply(
+        &self,
+        replace_all: bool,
+        changes: &[PeerChange],
+    ) -> Result<ChangeSummary, PeerError> {
+        let _serial = lock(&self.control);
+        let old = self.table();
+        let mut next = PeerTable {
+            peers: old.peers.clone(),
+            by_key: old.by_key.clone(),
+            allowed_ips: old.allowed_ips.clone(),
+        };
+        let mut summary = ChangeSummary::default();
+        let mut removed = Vec::new();
+        let mut remove = |next: &mut PeerTable, key: &[u8; 32]| {
+            if let Some(id) = next.by_key.remove(key) {
+                next.allowed_ips.remove_value(id);
+                removed.extend(next.peers[id as usize].take());
+            }
+        };
+        if replace_all {
+            let keep: std::collections::HashSet<[u8; 32]> = changes
+                .iter()
+                .filter_map(|c| match c {
+                    PeerChange::Upsert { cfg, .. } => Some(cfg.public_key),
+                    PeerChange::Remove(_) => None,
+                })
+                .collect();
+            let gone: Vec<[u8; 32]> = next
+                .by_key
+                .keys()
+                .filter(|k| !keep.contains(*k))
+                .copied()
+                .collect();
+            for key in &gone {
+                remove(&mut next, key);
+            }
+        }
+        let mut new_ids = Vec::new();
+        for change in changes {
+            match change {
+                PeerChange::Remove(key) => remove(&mut next, key),
+                PeerChange::Upsert {
+                    cfg,
+                    replace_allowed_ips,
+                    update_only,
+                } => {
+                    validate_peer(self.identity.public_key(), cfg)?;
+                    let existed = next.by_key.contains_key(&cfg.public_key);
+                    if *update_only && !existed {
+                        continue;
+                    }
+                    let id = self.upsert(&mut next, cfg, *replace_allowed_ips);
+                    if existed {
+                        summary.updated += 1;
+                    } else {
+                        new_ids.push(id);
+                        summary.added += 1;
+                    }
+                }
+            }
+        }
+        summary.removed = removed.len();
+        let next = Arc::new(next);
+        match self.table.write() {
+            Ok(mut t) => *t = next.clone(),
+            Err(poisoned) => *poisoned.into_inner() = next.clone(),
+        }
+        self.retire(removed);
+        self.start(&next, new_ids.into_iter());
+        Ok(summary)
+    }
+
+    /// Add or update one peer in a table under construction; returns its id.
+    fn upsert(&self, next: &mut PeerTable, cfg: &PeerConfig, replace_allowed_ips: bool) -> PeerId {
+        let id = match next.by_key.get(&cfg.public_key) {
+            Some(&id) => {
+                if let Some(slot) = next.get(id) {
+                    lock(slot).reconfigure(self.clock.now(), cfg);
+                }
+                if replace_allowed_ips {
+                    next.allowed_ips.remove_value(id);
+                }
+                id
+            }
+            None => {
+                let id = next.peers.len() as PeerId;
+                next.peers.push(Some(Arc::new(Mutex::new(Peer::new(
+                    &self.identity,
+                    cfg,
+                    id,
+                )))));
+                next.by_key.insert(cfg.public_key, id);
+                id
+            }
+        };
+        for &(addr, len) in &cfg.allowed_ips {
+            // validate_peer checked the prefix lengths.
+            let _ = next.allowed_ips.insert(addr, len, id);
+        }
+        id
+    }
+
+    /// Wipe removed peers' keys and free their receiver indices at once.
+    fn retire(&self, removed: Vec<PeerSlot>) {
+        let mut out = Outbox::default();
+        let mut rng = crate::OsRng;
+        let mut cx = Context {
+            now: self.clock.now(),
+            wall: self.clock.wall(),
+            rng: &mut rng,
+        };
+        for slot in removed {
+            let mut peer = lock(&slot);
+            let mut indices = &self.index;
+            let mut env = Env {
+                cx: &mut cx,
+                identity: &self.identity,
+                indices: &mut indices,
+                out: &mut out,
+                mtu: self.mtu,
+            };
+            peer.zero_keys(&mut env);
+        }
+    }
 }
 
 /// Build every peer (one DH each) on rayon's pool, keeping order so ids match the config.
-fn build_peers(identity: &Identity, peers: &[PeerConfig]) -> Vec<Peer> {
+fn build_peers(identity: &Identity, peers: &[PeerConfig], first_id: PeerId) -> Vec<Peer> {
     use rayon::prelude::*;
     peers
         .par_iter()
         .enumerate()
-        .map(|(i, cfg)| Peer::new(identity, cfg, i as PeerId))
+        .map(|(i, cfg)| Peer::new(identity, cfg, first_id + i as PeerId))
         .collect()
 }

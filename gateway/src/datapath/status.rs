@@ -7,7 +7,6 @@ use crate::config::Config;
 use crate::keys::encode_key;
 use crate::DropReason;
 use serde_json::{json, Map, Value};
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,28 +20,26 @@ pub struct Status<'a> {
 
 impl Status<'_> {
     pub fn snapshot(&self) -> Value {
-        let mut prefixes: HashMap<u32, Vec<String>> = HashMap::new();
-        for (addr, len, id) in self.shared.allowed_ips.entries() {
-            prefixes
-                .entry(id)
-                .or_default()
-                .push(format!("{addr}/{len}"));
-        }
-        let peers: Vec<Value> = self
-            .shared
-            .peers
+        let table = self.shared.table();
+        let mut prefixes = table.allowed_ips_by_peer();
+        let peers: Vec<Value> = table
             .iter()
-            .enumerate()
             .map(|(id, p)| {
                 let p = lock(p);
                 let s = p.stats();
+                let allowed: Vec<String> = prefixes
+                    .remove(&id)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(a, l)| format!("{a}/{l}"))
+                    .collect();
                 json!({
                     "public_key": encode_key(p.public_key()),
                     "endpoint": p.endpoint().map(|e| e.to_string()),
                     "last_handshake_unix": s.last_handshake.map(|w| w.secs),
                     "rx_bytes": s.rx_bytes,
                     "tx_bytes": s.tx_bytes,
-                    "allowed_ips": prefixes.remove(&(id as u32)).unwrap_or_default(),
+                    "allowed_ips": allowed,
                 })
             })
             .collect();

@@ -11,6 +11,7 @@
 
 use super::icmp::IcmpReplies;
 use super::io::{send_transmits, Inner, Outer};
+use super::peers::PeerTable;
 use super::shared::{lock, Deadline, Shared};
 use super::udp::{RecvBatch, Segments, BATCH, MAX_SEGMENTS};
 use crate::proto::effects::{Context, Event, Outbox, Sent};
@@ -177,6 +178,7 @@ impl<O: Outer, I: Inner> Worker<O, I> {
     /// Receive and handle one batch from the UDP socket; returns how many datagrams.
     fn outer_batch(&self, l: &mut Local) -> usize {
         let n = self.udp.recv_batch(&mut l.rx);
+        let table = self.shared.table();
         for i in 0..n {
             let Some((src, datagram)) = l.rx.get_mut(i) else {
                 break;
@@ -186,7 +188,7 @@ impl<O: Outer, I: Inner> Worker<O, I> {
                 wall: self.shared.clock.wall(),
                 rng: &mut l.rng,
             };
-            match handle_outer(self, &mut cx, &mut l.out, src, datagram) {
+            match handle_outer(self, &table, &mut cx, &mut l.out, src, datagram) {
                 Ok(Some(range)) => {
                     if self.tun.write(&datagram[range]) {
                         l.rx_packets += 1;
@@ -206,6 +208,7 @@ impl<O: Outer, I: Inner> Worker<O, I> {
         l.tx_used = 0;
         l.runs.clear();
         let slot = l.tx_buf.len() / BATCH;
+        let table = self.shared.table();
         let mut read = 0;
         while read < BATCH {
             let Some(n) = self.tun.read(&mut l.inner) else {
@@ -220,7 +223,7 @@ impl<O: Outer, I: Inner> Worker<O, I> {
                 wall: self.shared.clock.wall(),
                 rng: &mut l.rng,
             };
-            match route_and_encrypt(&self.shared, &mut cx, &mut l.out, packet, out) {
+            match route_and_encrypt(&self.shared, &table, &mut cx, &mut l.out, packet, out) {
                 Ok(Some((dst, len))) => {
                     Run::extend(&mut l.runs, dst, off, len);
                     l.tx_used += len;
@@ -262,10 +265,12 @@ impl<O: Outer, I: Inner> Worker<O, I> {
             }
             l.heap.pop();
             let mut cx = self.context(&mut l.rng);
-            self.shared.with_peer(id, &mut cx, &mut l.out, |peer, env| {
-                peer.filed_deadline_fired(at);
-                peer.handle_timers(env);
-            });
+            let table = self.shared.table();
+            self.shared
+                .with_peer(&table, id, &mut cx, &mut l.out, |peer, env| {
+                    peer.filed_deadline_fired(at);
+                    peer.handle_timers(env);
+                });
         }
     }
 
@@ -321,6 +326,7 @@ impl Run {
 /// packet's range (`None` for a keepalive or a message handed to the handshake threads).
 fn handle_outer<O: Outer, I: Inner>(
     w: &Worker<O, I>,
+    table: &PeerTable,
     cx: &mut Context,
     out: &mut Outbox,
     src: SocketAddr,
@@ -336,14 +342,14 @@ fn handle_outer<O: Outer, I: Inner>(
             .ok_or(DropReason::UnknownIndex)?;
         let payload = w
             .shared
-            .with_peer(id, cx, out, |peer, env| {
+            .with_peer(table, id, cx, out, |peer, env| {
                 peer.receive_transport(env, receiver, datagram, src)
             })
             .unwrap_or(Err(DropReason::UnknownIndex))?;
         if payload.is_empty() {
             return Ok(None);
         }
-        return check_source(&w.shared.allowed_ips, id, datagram, payload).map(Some);
+        return check_source(&table.allowed_ips, id, datagram, payload).map(Some);
     }
     // Handshake messages: check the type's exact length, and mac1 (cheap: no DH) before
     // spending a queue slot; cookie replies carry no mac1.
@@ -378,20 +384,21 @@ fn handle_outer<O: Outer, I: Inner>(
 /// handshake completes.
 fn route_and_encrypt(
     shared: &Shared,
+    table: &PeerTable,
     cx: &mut Context,
     out: &mut Outbox,
     packet: &[u8],
     buf: &mut [u8],
 ) -> Result<Option<(SocketAddr, usize)>, DropReason> {
     let dst = ip::destination(packet)?;
-    let id = shared.allowed_ips.lookup(dst).ok_or_else(|| {
+    let id = table.allowed_ips.lookup(dst).ok_or_else(|| {
         if is_group(dst) {
             DropReason::UnroutedMulticast
         } else {
             DropReason::NoRoute
         }
     })?;
-    match shared.with_peer(id, cx, out, |peer, env| peer.send(env, packet, buf)) {
+    match shared.with_peer(table, id, cx, out, |peer, env| peer.send(env, packet, buf)) {
         Some(Ok(Sent::Transmit { dst, len, .. })) => Ok(Some((dst, len))),
         Some(Ok(Sent::Staged { .. })) => Ok(None),
         Some(Err(e)) => Err(e),
@@ -409,10 +416,10 @@ fn is_group(dst: std::net::IpAddr) -> bool {
 
 /// One line per operator-relevant event (never per packet).
 pub fn log_event(shared: &Shared, e: &Event) {
+    let table = shared.table();
     let key = |id: u32| {
-        shared
-            .peers
-            .get(id as usize)
+        table
+            .get(id)
             .map(|p| crate::keys::encode_key(lock(p).public_key()))
             .unwrap_or_default()
     };

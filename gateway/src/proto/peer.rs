@@ -164,6 +164,22 @@ impl Peer {
         changed
     }
 
+    /// Apply changed settings to a live peer (as `wg set` does): the endpoint if one is given,
+    /// the preshared key, and the persistent keepalive. Sessions in progress are kept.
+    pub fn reconfigure(&mut self, now: Time, cfg: &PeerConfig) {
+        if let Some(e) = cfg.endpoint {
+            self.endpoint = Some(e);
+        }
+        self.handshake.set_preshared_key(cfg.preshared_key.as_deref());
+        let keepalive = cfg
+            .persistent_keepalive
+            .filter(|&s| s > 0)
+            .map(|s| Duration::from_secs(u64::from(s)));
+        if keepalive != self.timers.persistent_keepalive() {
+            self.timers.set_persistent_keepalive(now, keepalive);
+        }
+    }
+
     /// The interface came up (or the peer was added to a running one): a configured
     /// persistent keepalive starts the session at once, as the kernel does.
     pub fn on_interface_up(&mut self, now: Time) {

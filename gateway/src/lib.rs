@@ -12,8 +12,10 @@ pub mod datapath;
 pub mod drops;
 pub mod keys;
 pub mod log;
+pub mod metrics;
 pub mod proto;
 pub mod testbed;
+pub mod uapi;
 
 pub use drops::{DropCounters, DropReason};
 pub use keys::OsRng;

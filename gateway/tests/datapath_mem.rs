@@ -362,6 +362,7 @@ fn peers_added_and_removed_at_run_time_without_disturbing_others() {
         .apply(
             false,
             &[PeerChange::Upsert {
+                update: Default::default(),
                 cfg: client_peer(3),
                 replace_allowed_ips: false,
                 update_only: false,
@@ -396,7 +397,11 @@ fn peers_added_and_removed_at_run_time_without_disturbing_others() {
         .apply(false, &[PeerChange::Remove(public(&key(2)))])
         .unwrap();
     assert_eq!(s.removed, 1);
-    assert_eq!(gw.shared.index.len(), 1, "a's session index released with its keys");
+    assert_eq!(
+        gw.shared.index.len(),
+        1,
+        "a's session index released with its keys"
+    );
     let before = gw.drops(DropReason::UnknownIndex);
     for d in a.send(&ipv4(CLIENT_TUN, SINK, b"a after removal")) {
         gw.push(a.addr, d);
@@ -424,11 +429,13 @@ fn peers_added_and_removed_at_run_time_without_disturbing_others() {
     };
     let invalid = [
         PeerChange::Upsert {
+            update: Default::default(),
             cfg: client_peer(4),
             replace_allowed_ips: false,
             update_only: false,
         },
         PeerChange::Upsert {
+            update: Default::default(),
             cfg: own,
             replace_allowed_ips: false,
             update_only: false,
@@ -439,5 +446,39 @@ fn peers_added_and_removed_at_run_time_without_disturbing_others() {
         gw.shared.table().by_key(&public(&key(4))).is_none(),
         "all or nothing"
     );
+    gw.stop();
+}
+
+#[test]
+fn health_turns_bad_when_a_worker_stops_and_metrics_count_traffic() {
+    use sluice::datapath::observe::{GatewayObserver, STALL};
+    use sluice::metrics::{MetricsSource, PeerSeries};
+    let gw = Gateway::start(&[client_peer(2)], 64);
+    let (queue, _rx) = crossbeam_channel::bounded(1);
+    let observer = GatewayObserver {
+        interface: "mem0".into(),
+        shared: gw.shared.clone(),
+        workers: vec![gw.worker.clone()],
+        handshakes: vec![gw.handshakes.clone()],
+        queue,
+    };
+    let mut c = Client::new(2, &gw);
+    connect(&gw, &mut c, &ipv4(CLIENT_TUN, SINK, b"counted"));
+    gw.wait("the packet inside", |g| !lock(&g.inner.written).is_empty());
+    gw.wait("the worker to publish", |g| {
+        g.worker.rx_packets.load(Ordering::Relaxed) >= 1
+    });
+    assert_eq!(observer.healthy(), Ok(()));
+    let snap = observer.snapshot(PeerSeries::All);
+    assert_eq!(snap.peers.len(), 1);
+    assert!(snap.peers[0].rx_bytes > 0 && snap.peers[0].last_handshake_unix.is_some());
+    assert!(snap.workers[0].rx_packets >= 1);
+    assert_eq!(observer.snapshot(PeerSeries::Off).peers.len(), 0);
+
+    // Stop the threads (as a crash would): within STALL, health reports the worker.
+    gw.stop.store(true, Ordering::Relaxed);
+    std::thread::sleep(STALL + Duration::from_millis(300));
+    let err = observer.healthy().unwrap_err();
+    assert!(err.contains("worker 0"), "{err}");
     gw.stop();
 }

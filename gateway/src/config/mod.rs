@@ -15,7 +15,8 @@
 //! cores = [0, 1]              # pin workers to these cores (default: 0..workers)
 //!
 //! [metrics]
-//! listen = "127.0.0.1:9586"   # Prometheus endpoint (optional)
+//! listen = "127.0.0.1:9586"   # Prometheus /metrics and /healthz (optional)
+//! per_peer = 10000            # per-peer series for at most this many peers (0: none)
 //! ```
 
 pub mod wgquick;
@@ -96,6 +97,8 @@ pub struct Config {
     pub peers: Vec<PeerConfig>,
     pub dataplane: Dataplane,
     pub metrics: Option<SocketAddr>,
+    /// Per-peer metric series: at most this many peers (0: none); `None`: the default cap.
+    pub metrics_per_peer: Option<usize>,
     /// Things accepted but not acted on, for the operator to see at start.
     pub notes: Vec<String>,
 }
@@ -133,6 +136,7 @@ struct RawDataplane {
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     listen: Option<Spanned<String>>,
+    per_peer: Option<Spanned<i64>>,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -185,7 +189,18 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             )
         })?),
     };
-    build(path, name, wg_path, wg, dataplane, metrics)
+    let per_peer = match &raw.metrics.per_peer {
+        None => None,
+        Some(n) => Some(usize::try_from(*n.get_ref()).map_err(|_| {
+            at(
+                n.span(),
+                "metrics.per_peer must be 0 (off) or a peer count".into(),
+            )
+        })?),
+    };
+    let mut cfg = build(path, name, wg_path, wg, dataplane, metrics)?;
+    cfg.metrics_per_peer = per_peer;
+    Ok(cfg)
 }
 
 fn valid_ifname(name: &str) -> bool {
@@ -310,6 +325,7 @@ fn build(
         peers,
         dataplane,
         metrics,
+        metrics_per_peer: None,
         notes,
         wg_path,
     })

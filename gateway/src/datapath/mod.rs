@@ -17,9 +17,11 @@
 //! nothing half-started. SIGINT/SIGTERM stop the threads, close the queues (which removes the
 //! TUN device) and return.
 
+pub mod control;
 pub mod handshake;
 pub mod icmp;
 pub mod io;
+pub mod observe;
 pub mod peers;
 pub mod shared;
 mod status;
@@ -63,6 +65,13 @@ pub enum RunError {
     Signals(std::io::Error),
     #[error("starting thread: {0}")]
     Thread(std::io::Error),
+    #[error("binding the metrics endpoint {addr}: {err}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        err: std::io::Error,
+    },
+    #[error("binding the wg API socket for {name} (is another WireGuard interface with that name running?): {err}")]
+    Uapi { name: String, err: std::io::Error },
 }
 
 /// Block the signals the main thread waits for, in this thread and every thread it starts.
@@ -118,6 +127,7 @@ fn reload(running: &Config, shared: &Shared) {
         .iter()
         .map(|cfg| PeerChange::Upsert {
             cfg: cfg.clone(),
+            update: crate::proto::peer::PeerUpdate::all_from(cfg),
             replace_allowed_ips: true,
             update_only: false,
         })
@@ -165,6 +175,17 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
             port: cfg.listen_port,
             err,
         })?;
+    let metrics = match cfg.metrics {
+        Some(addr) => Some(
+            crate::metrics::MetricsServer::bind(addr)
+                .map_err(|err| RunError::Metrics { addr, err })?,
+        ),
+        None => None,
+    };
+    let uapi = crate::uapi::UapiServer::bind(&cfg.name).map_err(|err| RunError::Uapi {
+        name: cfg.name.clone(),
+        err,
+    })?;
     let shared = Arc::new(Shared::new(
         &cfg.private_key,
         &cfg.peers,
@@ -213,7 +234,8 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
             .map_err(RunError::Thread)?;
         threads.push(t);
     }
-    drop(hs_tx);
+    // Kept only to read the queue depth for metrics; workers hold the senders that matter.
+    let hs_tx_observe = hs_tx;
     // Handshakes cost ~200 µs of CPU each; half as many handshake threads as workers keeps a
     // flood from starving the data path while still using bigger machines.
     let hs_threads = (workers / 2).max(1);
@@ -234,6 +256,41 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
         threads.push(t.map_err(RunError::Thread)?);
     }
     drop(hs_rx);
+
+    if let Some(server) = metrics {
+        let per_peer = match cfg.metrics_per_peer {
+            None => crate::metrics::PeerSeries::default(),
+            Some(0) => crate::metrics::PeerSeries::Off,
+            Some(n) => crate::metrics::PeerSeries::Cap(n),
+        };
+        let source = Arc::new(observe::GatewayObserver {
+            interface: cfg.name.clone(),
+            shared: shared.clone(),
+            workers: stats.clone(),
+            handshakes: hs_stats.clone(),
+            queue: hs_tx_observe.clone(),
+        });
+        let metrics_stop = stop.clone();
+        let t = std::thread::Builder::new()
+            .name("sluice-metrics".into())
+            .spawn(move || {
+                server
+                    .with_peer_series(per_peer)
+                    .serve(source, &metrics_stop)
+            });
+        threads.push(t.map_err(RunError::Thread)?);
+    }
+    let control = control::Control::new(shared.clone(), cfg);
+    let uapi_stop = stop.clone();
+    let uapi_thread = std::thread::Builder::new()
+        .name("sluice-uapi".into())
+        .spawn(move || {
+            if let Err(e) = uapi.serve(&control, &uapi_stop) {
+                log::error(&format!("wg API socket stopped: {e}"));
+            }
+        })
+        .map_err(RunError::Thread)?;
+    threads.push(uapi_thread);
 
     log::info(&format!(
         "up interface={} public_key={} listen_port={} peers={} workers={} mode=socket gro={} gso={}",

@@ -75,7 +75,10 @@ pub enum PeerChange {
     /// `replace_allowed_ips` its allowed IPs become exactly those given; otherwise they are
     /// added to. An allowed IP another peer holds moves to this one, as in the kernel.
     Upsert {
+        /// The whole configuration, used as is for a new peer.
         cfg: crate::proto::peer::PeerConfig,
+        /// What changes on an existing peer.
+        update: crate::proto::peer::PeerUpdate,
         replace_allowed_ips: bool,
         update_only: bool,
     },

@@ -13,7 +13,7 @@ use crate::proto::cookie::CookieChecker;
 use crate::proto::device::{validate_peer, PeerError};
 use crate::proto::effects::{Context, Env, Indices, Outbox};
 use crate::proto::noise::Identity;
-use crate::proto::peer::{Peer, PeerConfig, PeerId};
+use crate::proto::peer::{Peer, PeerConfig, PeerId, PeerUpdate};
 use crate::proto::ratelimiter::RateLimiter;
 use crate::proto::{Rng, Time, WallTime};
 use std::collections::HashMap;
@@ -293,6 +293,7 @@ impl Shared {
                 PeerChange::Remove(key) => remove(&mut next, key),
                 PeerChange::Upsert {
                     cfg,
+                    update,
                     replace_allowed_ips,
                     update_only,
                 } => {
@@ -301,7 +302,7 @@ impl Shared {
                     if *update_only && !existed {
                         continue;
                     }
-                    let id = self.upsert(&mut next, cfg, *replace_allowed_ips);
+                    let id = self.upsert(&mut next, cfg, update, *replace_allowed_ips);
                     if existed {
                         summary.updated += 1;
                     } else {
@@ -323,11 +324,17 @@ impl Shared {
     }
 
     /// Add or update one peer in a table under construction; returns its id.
-    fn upsert(&self, next: &mut PeerTable, cfg: &PeerConfig, replace_allowed_ips: bool) -> PeerId {
+    fn upsert(
+        &self,
+        next: &mut PeerTable,
+        cfg: &PeerConfig,
+        update: &PeerUpdate,
+        replace_allowed_ips: bool,
+    ) -> PeerId {
         let id = match next.by_key.get(&cfg.public_key) {
             Some(&id) => {
                 if let Some(slot) = next.get(id) {
-                    lock(slot).reconfigure(self.clock.now(), cfg);
+                    lock(slot).reconfigure(self.clock.now(), update);
                 }
                 if replace_allowed_ips {
                     next.allowed_ips.remove_value(id);

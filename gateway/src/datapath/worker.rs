@@ -52,7 +52,12 @@ pub struct WorkerStats {
     pub drops: [AtomicU64; DropReason::COUNT],
     /// Last time (clock ns) the worker went round its loop: a stuck worker stops moving it.
     pub heartbeat: AtomicU64,
+    /// How many receive batches had exactly n datagrams (n up to [`MAX_COUNTED_BATCH`]).
+    pub batch_sizes: Vec<AtomicU64>,
 }
+
+/// Receive batches larger than this (GRO can make them) are counted as this size.
+pub const MAX_COUNTED_BATCH: usize = 128;
 
 impl Default for WorkerStats {
     fn default() -> Self {
@@ -61,12 +66,20 @@ impl Default for WorkerStats {
             tx_packets: AtomicU64::new(0),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
             heartbeat: AtomicU64::new(0),
+            batch_sizes: (0..=MAX_COUNTED_BATCH).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 }
 
 impl WorkerStats {
     /// Publish a thread's local counters (only that thread writes these atomics).
+    /// Publish a worker's receive-batch histogram.
+    pub fn publish_batches(&self, batches: &[u64]) {
+        for (a, &n) in self.batch_sizes.iter().zip(batches) {
+            a.store(n, Ordering::Relaxed);
+        }
+    }
+
     pub fn publish(&self, drops: &DropCounters, rx: u64, tx: u64) {
         for r in DropReason::ALL {
             self.drops[r as usize].store(drops.get(r), Ordering::Relaxed);
@@ -103,6 +116,7 @@ struct Local {
     drops: DropCounters,
     rx_packets: u64,
     tx_packets: u64,
+    batches: Vec<u64>,
     rng: OsRng,
 }
 
@@ -121,6 +135,7 @@ impl<O: Outer, I: Inner> Worker<O, I> {
             drops: DropCounters::default(),
             rx_packets: 0,
             tx_packets: 0,
+            batches: vec![0; MAX_COUNTED_BATCH + 1],
             rng: OsRng,
         };
         let mut fds: Vec<libc::pollfd> = [self.udp.readiness_fd(), self.tun.readiness_fd()]
@@ -164,6 +179,7 @@ impl<O: Outer, I: Inner> Worker<O, I> {
             self.run_timers(&mut l);
             self.flush_outbox(&mut l);
             self.stats.publish(&l.drops, l.rx_packets, l.tx_packets);
+            self.stats.publish_batches(&l.batches);
         }
     }
 
@@ -178,6 +194,9 @@ impl<O: Outer, I: Inner> Worker<O, I> {
     /// Receive and handle one batch from the UDP socket; returns how many datagrams.
     fn outer_batch(&self, l: &mut Local) -> usize {
         let n = self.udp.recv_batch(&mut l.rx);
+        if n > 0 {
+            l.batches[n.min(MAX_COUNTED_BATCH)] += 1;
+        }
         let table = self.shared.table();
         for i in 0..n {
             let Some((src, datagram)) = l.rx.get_mut(i) else {

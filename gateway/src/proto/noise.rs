@@ -281,6 +281,11 @@ impl Handshake {
         self.local_index
     }
 
+    /// The preshared key, unless it is all zeros (none).
+    pub fn preshared_key(&self) -> Option<Key> {
+        (*self.preshared_key != [0; KEY_LEN]).then(|| *self.preshared_key)
+    }
+
     pub fn set_preshared_key(&mut self, psk: Option<&Key>) {
         *self.preshared_key = psk.copied().unwrap_or([0; KEY_LEN]);
     }

@@ -47,6 +47,43 @@ impl fmt::Debug for PeerConfig {
     }
 }
 
+/// A change to a live peer's settings; `None` leaves a setting unchanged.
+#[derive(Clone, Default)]
+pub struct PeerUpdate {
+    pub endpoint: Option<SocketAddr>,
+    /// `Some(None)` removes the preshared key.
+    pub preshared_key: Option<Option<Zeroizing<[u8; KEY_LEN]>>>,
+    /// `Some(None)` or `Some(Some(0))` turns the persistent keepalive off.
+    pub persistent_keepalive: Option<Option<u16>>,
+}
+
+impl fmt::Debug for PeerUpdate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerUpdate")
+            .field("endpoint", &self.endpoint)
+            .field(
+                "preshared_key",
+                &self
+                    .preshared_key
+                    .as_ref()
+                    .map(|k| k.as_ref().map(|_| "<redacted>")),
+            )
+            .field("persistent_keepalive", &self.persistent_keepalive)
+            .finish()
+    }
+}
+
+impl PeerUpdate {
+    /// Every setting from a full peer configuration (a config reload).
+    pub fn all_from(cfg: &PeerConfig) -> PeerUpdate {
+        PeerUpdate {
+            endpoint: cfg.endpoint,
+            preshared_key: Some(cfg.preshared_key.clone()),
+            persistent_keepalive: Some(cfg.persistent_keepalive),
+        }
+    }
+}
+
 /// Counters a `wg show` user expects.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeerStats {
@@ -164,20 +201,28 @@ impl Peer {
         changed
     }
 
-    /// Apply changed settings to a live peer (as `wg set` does): the endpoint if one is given,
-    /// the preshared key, and the persistent keepalive. Sessions in progress are kept.
-    pub fn reconfigure(&mut self, now: Time, cfg: &PeerConfig) {
-        if let Some(e) = cfg.endpoint {
+    /// Apply changed settings to a live peer (as `wg set` does); `None` leaves a setting as it
+    /// is. Sessions in progress are kept.
+    pub fn reconfigure(&mut self, now: Time, update: &PeerUpdate) {
+        if let Some(e) = update.endpoint {
             self.endpoint = Some(e);
         }
-        self.handshake.set_preshared_key(cfg.preshared_key.as_deref());
-        let keepalive = cfg
-            .persistent_keepalive
-            .filter(|&s| s > 0)
-            .map(|s| Duration::from_secs(u64::from(s)));
-        if keepalive != self.timers.persistent_keepalive() {
-            self.timers.set_persistent_keepalive(now, keepalive);
+        if let Some(psk) = &update.preshared_key {
+            self.handshake.set_preshared_key(psk.as_deref());
         }
+        if let Some(seconds) = update.persistent_keepalive {
+            let keepalive = seconds
+                .filter(|&s| s > 0)
+                .map(|s| Duration::from_secs(u64::from(s)));
+            if keepalive != self.timers.persistent_keepalive() {
+                self.timers.set_persistent_keepalive(now, keepalive);
+            }
+        }
+    }
+
+    /// The preshared key, if one is set (all zeros means none, as in the protocol).
+    pub fn preshared_key(&self) -> Option<[u8; KEY_LEN]> {
+        self.handshake.preshared_key()
     }
 
     /// The interface came up (or the peer was added to a running one): a configured

@@ -1,0 +1,138 @@
+//! Prometheus metrics and the health endpoint.
+//!
+//! The module knows nothing of the data path's types: whoever runs the gateway implements
+//! [`MetricsSource`], which hands over a plain [`Snapshot`] of counters per scrape. Each scrape
+//! turns that owned snapshot into text format 0.0.4 ([`render`]), so nothing is locked while
+//! encoding and nothing is kept between scrapes. The gateway's own families are built fresh
+//! with the `prometheus` crate and its `TextEncoder`; the per-peer families (three series a
+//! peer, up to millions of lines) are written straight to the text format, since building
+//! `prometheus` proto structs for them costs over ten times as much.
+//!
+//! Per-peer series use exactly the names and labels of the common WireGuard exporter
+//! (`prometheus_wireguard_exporter`), so existing dashboards work unchanged:
+//!
+//! | metric | type | labels |
+//! | --- | --- | --- |
+//! | `wireguard_sent_bytes_total` | counter | `interface`, `public_key`, `allowed_ips` |
+//! | `wireguard_received_bytes_total` | counter | `interface`, `public_key`, `allowed_ips` |
+//! | `wireguard_latest_handshake_seconds` | gauge (UNIX time, 0 = never) | same |
+//! | `sluice_worker_rx_packets_total` | counter | `worker` |
+//! | `sluice_worker_tx_packets_total` | counter | `worker` |
+//! | `sluice_worker_drops_total` | counter | `worker`, `reason` (every [`DropReason`]) |
+//! | `sluice_worker_batch_size` | histogram | `worker` |
+//! | `sluice_xdp_verdicts_total` | counter | `verdict` |
+//! | `sluice_handshake_queue_depth` | gauge | |
+//! | `sluice_under_load` | gauge (0/1) | |
+//! | `sluice_cookie_replies_sent_total` | counter | |
+//! | `sluice_up` | gauge (always 1) | |
+//!
+//! [`MetricsServer`] serves `GET /metrics` and `GET /healthz` over a minimal HTTP/1.1
+//! responder on a std `TcpListener`.
+
+mod families;
+mod http;
+
+use crate::DropReason;
+
+pub use families::{render, BATCH_SIZE_BUCKETS};
+pub use http::MetricsServer;
+
+/// The content type of the text exposition format served on `/metrics`.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// How many peers get their own series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerSeries {
+    /// Every peer (what the WireGuard exporter does).
+    All,
+    /// At most this many peers, the first ones in the source's order (stable across scrapes,
+    /// so series don't churn).
+    Cap(usize),
+    /// No per-peer series at all.
+    Off,
+}
+
+impl PeerSeries {
+    /// The default cap: enough for a large site, bounded for a million-peer concentrator.
+    pub const DEFAULT_CAP: usize = 10_000;
+
+    /// How many of `n` peers get series.
+    pub fn limit(self, n: usize) -> usize {
+        match self {
+            PeerSeries::All => n,
+            PeerSeries::Cap(cap) => n.min(cap),
+            PeerSeries::Off => 0,
+        }
+    }
+}
+
+impl Default for PeerSeries {
+    fn default() -> Self {
+        PeerSeries::Cap(Self::DEFAULT_CAP)
+    }
+}
+
+/// One peer, as the data path sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerSample {
+    /// The peer's public key, base64 as `wg` prints it.
+    pub public_key: String,
+    /// Its allowed IPs as `addr/len`; exported comma-joined.
+    pub allowed_ips: Vec<String>,
+    /// Bytes received from the peer.
+    pub rx_bytes: u64,
+    /// Bytes sent to the peer.
+    pub tx_bytes: u64,
+    /// UNIX time of the last completed handshake, if any.
+    pub last_handshake_unix: Option<u64>,
+}
+
+/// One data-path worker's counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerSample {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    /// Drops indexed by `DropReason as usize`.
+    pub drops: [u64; DropReason::COUNT],
+    /// `batch_sizes[n]` is how many batches held exactly `n` packets (an array increment on
+    /// the data path; the histogram buckets are made at scrape time). Empty if not tracked.
+    pub batch_sizes: Vec<u64>,
+}
+
+impl Default for WorkerSample {
+    fn default() -> Self {
+        WorkerSample {
+            rx_packets: 0,
+            tx_packets: 0,
+            drops: [0; DropReason::COUNT],
+            batch_sizes: Vec::new(),
+        }
+    }
+}
+
+/// Everything one scrape reports. The source builds it without blocking the data path
+/// (atomics, short per-peer locks); rendering then works on this owned copy only.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The interface name (the `interface` label of the per-peer series).
+    pub interface: String,
+    /// Peers; the source may already have applied the [`PeerSeries`] it was given, and
+    /// rendering applies it again.
+    pub peers: Vec<PeerSample>,
+    /// Workers in index order; the index is the `worker` label.
+    pub workers: Vec<WorkerSample>,
+    /// XDP verdict counters `(verdict, count)`; empty until the XDP path exists.
+    pub xdp: Vec<(String, u64)>,
+    pub handshake_queue_depth: u64,
+    pub under_load: bool,
+    pub cookie_replies_sent: u64,
+}
+
+/// What the metrics endpoint reads. Implemented by the running gateway (and by tests).
+pub trait MetricsSource: Send + Sync {
+    /// A snapshot of the counters. `per_peer` says how many peers will be exported, so the
+    /// source need not copy peers that would be dropped.
+    fn snapshot(&self, per_peer: PeerSeries) -> Snapshot;
+    /// `Ok` when the gateway is healthy, otherwise why not (served on `/healthz` with 503).
+    fn healthy(&self) -> Result<(), String>;
+}

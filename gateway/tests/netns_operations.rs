@@ -1,0 +1,561 @@
+//! Operating a running gateway in network namespaces: the stock `wg` tool against the gateway's
+//! UAPI socket (`wg show`, `wg set` adding and removing peers while traffic flows), a SIGHUP
+//! reload of a broken configuration, and the `/metrics` endpoint. Built on the same test bed
+//! as `netns_interop.rs` (see `sluice::testbed::topology` for the picture and the addresses).
+//!
+//! Needs root and `ip`, `sysctl`, `wg`, `wireguard-go`, `boringtun-cli`, `iperf3`. Under
+//! `CI=true` a missing prerequisite fails the test with the command that installs it;
+//! elsewhere the test prints a loud SKIPPED line and passes.
+//!
+//! The gateway under test is sluice unless `SLUICE_TEST_GATEWAY` says `wireguard-go` or
+//! `boringtun`; the `wg` tests then run against the stand-in, while the SIGHUP and metrics
+//! tests apply to sluice only.
+//!
+//! Every test builds its own topology with its own names and removes it at the end, also when
+//! it fails. Waits are bounded polls; nothing asserts on timing.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use sluice::testbed::tools::{require_for_test, Tool};
+use sluice::testbed::topology::{Topology, TopologySpec, User, UserSpec, SINK_V4, SINK_V6};
+use sluice::testbed::traffic::{
+    iperf3_client, udp_arrives, udp_round_trip, Iperf3Server, IperfOpts,
+};
+use sluice::testbed::{registry, wait_for, Daemon, GatewayKind, WgImpl};
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+const TRAFFIC_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Unwrap a testbed result, panicking with its full (multi-line) message.
+trait OrFail<T> {
+    fn or_fail(self, what: &str) -> T;
+}
+
+impl<T, E: std::fmt::Display> OrFail<T> for Result<T, E> {
+    fn or_fail(self, what: &str) -> T {
+        self.unwrap_or_else(|e| panic!("{what}: {e}"))
+    }
+}
+
+/// The gateway under test, or `None` (after a loud SKIPPED line) if this machine can't run
+/// the test outside CI.
+fn gateway_under_test(test: &str) -> Option<GatewayKind> {
+    let kind = GatewayKind::from_env().or_fail("choosing the gateway");
+    if !require_for_test(test, &Tool::ALL) {
+        return None;
+    }
+    // Leftovers of runs that were killed outright (never of live ones).
+    for line in registry::cleanup_stale() {
+        eprintln!("{test}: {line}");
+    }
+    Some(kind)
+}
+
+fn build(kind: GatewayKind, users: Vec<UserSpec>) -> Topology {
+    let spec = TopologySpec::new(kind, Some(PathBuf::from(SLUICE)), users);
+    Topology::build(&spec).or_fail("building the topology")
+}
+
+fn wg_go() -> UserSpec {
+    UserSpec::new(WgImpl::WireguardGo)
+}
+
+fn boringtun() -> UserSpec {
+    UserSpec::new(WgImpl::Boringtun)
+}
+
+fn v4(a: std::net::Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(a), port)
+}
+
+fn v6(a: std::net::Ipv6Addr, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V6(a), port)
+}
+
+/// Run the stock `wg` tool inside the gateway namespace (the UAPI socket folder is shared by
+/// all namespaces, but this is where an operator would run it).
+fn wg(t: &Topology, args: &[&str]) -> String {
+    let mut argv = vec!["wg"];
+    argv.extend_from_slice(args);
+    t.gw_ns
+        .run(&argv)
+        .or_fail(&format!("`wg {}` in {}", args.join(" "), t.gw_ns.name()))
+}
+
+/// One peer line of `wg show IF dump`.
+#[derive(Debug)]
+struct DumpPeer {
+    public_key: String,
+    endpoint: String,
+    allowed_ips: String,
+    latest_handshake: u64,
+    rx: u64,
+    tx: u64,
+}
+
+/// The peers in `wg show IF dump` on the gateway (the first line is the interface).
+fn dump_peers(t: &Topology) -> Vec<DumpPeer> {
+    let ifname = t.gateway.ifname().to_string();
+    let out = wg(t, &["show", &ifname, "dump"]);
+    let mut lines = out.lines();
+    let iface: Vec<&str> = lines.next().unwrap_or_default().split('\t').collect();
+    assert_eq!(iface.len(), 4, "interface line of `wg show dump`: {out}");
+    assert_eq!(iface[1], t.gateway_key.public, "gateway public key: {out}");
+    lines
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            assert_eq!(f.len(), 8, "peer line of `wg show dump`: {l:?}");
+            let num = |s: &str| {
+                s.parse::<u64>()
+                    .unwrap_or_else(|e| panic!("number {s:?} in {l:?}: {e}"))
+            };
+            DumpPeer {
+                public_key: f[0].to_string(),
+                endpoint: f[2].to_string(),
+                allowed_ips: f[3].to_string(),
+                latest_handshake: num(f[4]),
+                rx: num(f[5]),
+                tx: num(f[6]),
+            }
+        })
+        .collect()
+}
+
+/// UDP round trips, IPv4 and IPv6 inner, user `u` -> sink -> user.
+fn user_round_trips(t: &Topology, u: &User, port: u16) {
+    let label = u.label();
+    udp_round_trip(
+        &u.ns,
+        IpAddr::V4(u.tunnel_v4),
+        &t.sink_ns,
+        v4(SINK_V4, port),
+        TRAFFIC_TIMEOUT,
+    )
+    .or_fail(&format!("{label} -> sink, IPv4"));
+    udp_round_trip(
+        &u.ns,
+        IpAddr::V6(u.tunnel_v6),
+        &t.sink_ns,
+        v6(SINK_V6, port),
+        TRAFFIC_TIMEOUT,
+    )
+    .or_fail(&format!("{label} -> sink, IPv6"));
+}
+
+/// True if a datagram from user `u` reaches the sink (3 tries, 1 s each).
+fn user_gets_through(t: &Topology, u: &User, port: u16) -> bool {
+    udp_arrives(
+        &u.ns,
+        IpAddr::V4(u.tunnel_v4),
+        &t.sink_ns,
+        v4(SINK_V4, port),
+        3,
+        Duration::from_secs(1),
+    )
+    .or_fail(&format!("probing from {}", u.label()))
+}
+
+/// The `allowed-ips` argument for user `u`, as the topology configures it.
+fn allowed_ips_of(u: &User) -> String {
+    format!("{}/32,{}/128", u.tunnel_v4, u.tunnel_v6)
+}
+
+/// `wg show IF dump` lists the connected client with a handshake and transfer both ways.
+#[test]
+fn wg_show_reports_peers_handshakes_and_transfer() {
+    let Some(kind) = gateway_under_test("wg_show_reports_peers_handshakes_and_transfer") else {
+        return;
+    };
+    let mut t = build(kind, vec![wg_go()]);
+    t.wait_handshakes(HANDSHAKE_TIMEOUT).or_fail("handshakes");
+    let u = t.user(1);
+    user_round_trips(&t, u, 7001);
+    let public = u.key.public.clone();
+    let endpoint = u.endpoint().to_string();
+    let allowed = allowed_ips_of(u);
+    let p = wait_for(
+        "`wg show dump` to report the client's handshake and transfer both ways",
+        TRAFFIC_TIMEOUT,
+        Duration::from_millis(200),
+        || {
+            let peers = dump_peers(&t);
+            match peers.into_iter().find(|p| p.public_key == public) {
+                Some(p) if p.latest_handshake > 0 && p.rx > 0 && p.tx > 0 => Ok(Some(p)),
+                Some(p) => Err(format!("{p:?}").into()),
+                None => Err(format!("{public} not listed").into()),
+            }
+        },
+    )
+    .or_fail("wg show dump");
+    assert_eq!(p.endpoint, endpoint, "endpoint in `wg show dump`: {p:?}");
+    let mut got: Vec<&str> = p.allowed_ips.split(',').collect();
+    let mut want: Vec<&str> = allowed.split(',').collect();
+    got.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(got, want, "allowed IPs in `wg show dump`: {p:?}");
+    let now = sluice::testbed::unix_now();
+    assert!(
+        p.latest_handshake <= now + 5,
+        "latest handshake {} is in the future (now {now})",
+        p.latest_handshake
+    );
+    // The human-readable form names the peer too.
+    let ifname = t.gateway.ifname().to_string();
+    let show = wg(&t, &["show", &ifname]);
+    assert!(
+        show.contains(&public) && show.contains("latest handshake") && show.contains("transfer"),
+        "`wg show {ifname}` lacks the peer's handshake or transfer:\n{show}"
+    );
+}
+
+/// A peer the gateway doesn't know at start is added with `wg set` on the running gateway;
+/// its client then handshakes and passes traffic without a restart.
+#[test]
+fn wg_set_adds_a_peer_and_a_new_client_connects_at_once() {
+    let Some(kind) = gateway_under_test("wg_set_adds_a_peer_and_a_new_client_connects_at_once")
+    else {
+        return;
+    };
+    let newcomer = UserSpec {
+        known: false,
+        persistent_keepalive: Some(1),
+        ..boringtun()
+    };
+    let mut t = build(kind, vec![wg_go(), newcomer]);
+    t.wait_handshakes_of(&[1], HANDSHAKE_TIMEOUT)
+        .or_fail("handshake of user 1");
+    let pid_before = t.gateway.pid();
+    assert!(
+        !user_gets_through(&t, t.user(2), 7002),
+        "user 2 got through before the gateway knew its key"
+    );
+    let ifname = t.gateway.ifname().to_string();
+    let (public, allowed) = (t.user(2).key.public.clone(), allowed_ips_of(t.user(2)));
+    assert!(
+        !dump_peers(&t).iter().any(|p| p.public_key == public),
+        "user 2 listed before `wg set`"
+    );
+    wg(
+        &t,
+        &["set", &ifname, "peer", &public, "allowed-ips", &allowed],
+    );
+    assert!(
+        dump_peers(&t).iter().any(|p| p.public_key == public),
+        "user 2 not listed after `wg set`"
+    );
+    t.wait_handshakes_of(&[2], HANDSHAKE_TIMEOUT)
+        .or_fail("handshake of the added user 2");
+    user_round_trips(&t, t.user(2), 7002);
+    // Sink -> the new user too: the gateway routes to it by the AllowedIPs just set.
+    let u2 = t.user(2);
+    udp_round_trip(
+        &t.sink_ns,
+        IpAddr::V4(SINK_V4),
+        &u2.ns,
+        v4(u2.tunnel_v4, 7102),
+        TRAFFIC_TIMEOUT,
+    )
+    .or_fail("sink -> added user 2");
+    // User 1 is unaffected, and the gateway never restarted.
+    user_round_trips(&t, t.user(1), 7001);
+    t.gateway.ensure_running().or_fail("gateway after `wg set`");
+    assert_eq!(t.gateway.pid(), pid_before, "the gateway process changed");
+}
+
+/// `wg set ... remove` cuts one peer while another's TCP transfer runs to completion.
+#[test]
+fn wg_set_remove_cuts_only_that_peer() {
+    let Some(kind) = gateway_under_test("wg_set_remove_cuts_only_that_peer") else {
+        return;
+    };
+    let mut t = build(kind, vec![wg_go(), boringtun()]);
+    t.wait_handshakes(HANDSHAKE_TIMEOUT).or_fail("handshakes");
+    for u in &t.users {
+        user_round_trips(&t, u, 7000 + u.index as u16);
+    }
+    let ifname = t.gateway.ifname().to_string();
+    let gone = t.user(2).key.public.clone();
+    let server = Iperf3Server::start(&t.sink_ns, 5201, &t.dir).or_fail("iperf3 server");
+    let (iperf, removed) = std::thread::scope(|s| {
+        let u1 = t.user(1);
+        let run = s.spawn(|| {
+            iperf3_client(
+                &u1.ns,
+                IpAddr::V4(SINK_V4),
+                server.port(),
+                &IperfOpts::tcp(4),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        let removed = t
+            .gw_ns
+            .run(&["wg", "set", &ifname, "peer", &gone, "remove"]);
+        (run.join().expect("iperf3 thread"), removed)
+    });
+    removed.or_fail("`wg set ... remove` during the transfer");
+    let r = iperf.unwrap_or_else(|e| {
+        panic!(
+            "user 1's iperf3 run while user 2 was removed: {e}\nserver: {}",
+            server.log_tail(10)
+        )
+    });
+    assert!(r.bytes > 0, "iperf3 moved no bytes: {r:?}");
+    let peers = dump_peers(&t);
+    assert!(
+        !peers.iter().any(|p| p.public_key == gone),
+        "removed peer still listed: {peers:?}"
+    );
+    assert!(
+        peers.iter().any(|p| p.public_key == t.user(1).key.public),
+        "user 1 vanished: {peers:?}"
+    );
+    assert!(
+        !user_gets_through(&t, t.user(2), 7202),
+        "traffic from the removed user 2 reached the sink"
+    );
+    user_round_trips(&t, t.user(1), 7301);
+    if kind.is_sluice() {
+        t.gateway
+            .wait_status(
+                "the removed peer to leave the status",
+                TRAFFIC_TIMEOUT,
+                |s| s.peer(&gone).is_none(),
+            )
+            .or_fail("status after removal");
+    }
+}
+
+/// SIGHUP with a broken wg-quick file: rejected, logged, and the running configuration keeps
+/// serving; after the file is fixed, a second SIGHUP reloads it.
+#[test]
+fn sighup_with_a_broken_config_keeps_serving() {
+    let Some(kind) = gateway_under_test("sighup_with_a_broken_config_keeps_serving") else {
+        return;
+    };
+    if !kind.is_sluice() {
+        eprintln!("sighup: only meaningful for sluice (gateway is {kind}); not run");
+        return;
+    }
+    let mut t = build(kind, vec![wg_go(), boringtun()]);
+    t.wait_handshakes(HANDSHAKE_TIMEOUT).or_fail("handshakes");
+    for u in &t.users {
+        user_round_trips(&t, u, 7000 + u.index as u16);
+    }
+    let pid = t.gateway.pid().expect("gateway pid");
+    let conf = t.dir.join(&format!("{}.conf", t.gateway.ifname()));
+    let good = std::fs::read_to_string(&conf).or_fail("reading the wg-quick file");
+    let before = t.gateway.status().or_fail("status before the reload");
+    std::fs::write(&conf, format!("{good}NotAKey = nonsense\n")).unwrap();
+    // SAFETY: kill(2) with a pid we started and a constant signal number.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) }, 0);
+    wait_for(
+        "sluice to log \"reload rejected\"",
+        TRAFFIC_TIMEOUT,
+        Duration::from_millis(100),
+        || {
+            t.gateway.ensure_running().map_err(sluice::testbed::fatal)?;
+            let log = t.gateway.log_tail(200);
+            Ok(log.contains("reload rejected").then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", t.gateway.log_tail(30)));
+    let log = t.gateway.log_tail(200);
+    let bad_line = good.lines().count() + 1;
+    let want = format!("{}:{bad_line}:", conf.display());
+    assert!(
+        log.lines()
+            .any(|l| l.contains("reload rejected") && l.contains(&want)),
+        "the rejection does not name {want}:\n{log}"
+    );
+    assert!(
+        !log.contains("reloaded"),
+        "a broken file was (also) reloaded:\n{log}"
+    );
+    // Still serving the old configuration: both users pass traffic, both peers listed.
+    for u in &t.users {
+        user_round_trips(&t, u, 7100 + u.index as u16);
+    }
+    let after = t
+        .gateway
+        .status()
+        .or_fail("status after the rejected reload");
+    let keys = |s: &sluice::testbed::GatewayStatus| {
+        let mut k: Vec<(String, Vec<String>)> = s
+            .peers
+            .iter()
+            .map(|p| (p.public_key.clone(), p.allowed_ips.clone()))
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        keys(&before),
+        keys(&after),
+        "peers changed on a rejected reload"
+    );
+    assert_eq!(
+        dump_peers(&t).len(),
+        2,
+        "`wg show dump` after the rejection"
+    );
+    // Restore the file; a second SIGHUP reloads it and removes nobody.
+    std::fs::write(&conf, &good).unwrap();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) }, 0);
+    let line = wait_for(
+        "sluice to log \"reloaded\" after the file was fixed",
+        TRAFFIC_TIMEOUT,
+        Duration::from_millis(100),
+        || {
+            t.gateway.ensure_running().map_err(sluice::testbed::fatal)?;
+            let log = t.gateway.log_tail(200);
+            Ok(log
+                .lines()
+                .find(|l| l.contains("reloaded"))
+                .map(str::to_string))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", t.gateway.log_tail(30)));
+    assert!(
+        line.contains("added=0") && line.contains("removed=0"),
+        "reloading the unchanged file changed peers: {line}"
+    );
+    for u in &t.users {
+        user_round_trips(&t, u, 7200 + u.index as u16);
+    }
+}
+
+/// One HTTP/1.0 GET inside the gateway namespace; returns (status line, body).
+fn http_get(t: &Topology, addr: SocketAddr, path: &str) -> (String, String) {
+    let mut s = t
+        .gw_ns
+        .tcp_connect(addr, TRAFFIC_TIMEOUT)
+        .or_fail(&format!("connecting to {addr}"));
+    s.set_read_timeout(Some(TRAFFIC_TIMEOUT)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text)
+        .or_fail(&format!("reading {path}"));
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in the reply to {path}: {text:?}"));
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
+}
+
+/// `/metrics` and `/healthz` over HTTP inside the gateway namespace report the client.
+#[test]
+fn metrics_report_the_client_over_http() {
+    let Some(kind) = gateway_under_test("metrics_report_the_client_over_http") else {
+        return;
+    };
+    if !kind.is_sluice() {
+        eprintln!("metrics: only meaningful for sluice (gateway is {kind}); not run");
+        return;
+    }
+    let mut t = build(kind, vec![wg_go()]);
+    // The test bed writes no [metrics] section: stop its gateway, add one, start sluice again
+    // on the same files.
+    let (_, killed) = t.gateway.stop(Duration::from_secs(10));
+    assert!(!killed, "the first gateway ignored SIGTERM");
+    let toml = t.gateway.config_path().expect("gateway.toml").to_path_buf();
+    let mut cfg = std::fs::read_to_string(&toml).unwrap();
+    cfg.push_str("\n[metrics]\nlisten = \"127.0.0.1:9586\"\n");
+    std::fs::write(&toml, cfg).unwrap();
+    let status = t.dir.join("status-metrics.json");
+    let mut c = t.gw_ns.command(SLUICE);
+    c.arg("up")
+        .arg("--config")
+        .arg(&toml)
+        .arg("--status-file")
+        .arg(&status);
+    let log = t.dir.join("sluice-metrics.log");
+    let mut gw = Daemon::spawn("sluice up with metrics", c, &log, vec![]).or_fail("sluice up");
+    let ifname = t.gateway.ifname().to_string();
+    wait_for(
+        "sluice with metrics to create its TUN and status file",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || {
+            gw.ensure_running().map_err(sluice::testbed::fatal)?;
+            Ok((t.gw_ns.link_exists(&ifname) && status.exists()).then_some(()))
+        },
+    )
+    .or_fail("restarting sluice");
+    // The client handshakes with the new gateway as soon as it has traffic to send.
+    let u = t.user(1);
+    udp_round_trip(
+        &u.ns,
+        IpAddr::V4(u.tunnel_v4),
+        &t.sink_ns,
+        v4(SINK_V4, 7001),
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "user 1 -> sink via sluice with metrics: {e}\n{}",
+            gw.log_tail(30)
+        )
+    });
+    let addr: SocketAddr = "127.0.0.1:9586".parse().unwrap();
+    let (st, body) = http_get(&t, addr, "/healthz");
+    assert!(st.contains(" 200"), "/healthz: {st}\n{body}");
+    let public = u.key.public.clone();
+    let label = format!("public_key=\"{public}\"");
+    let value = wait_for(
+        "/metrics to show the client's received bytes",
+        TRAFFIC_TIMEOUT,
+        Duration::from_millis(300),
+        || {
+            let (st, body) = http_get(&t, addr, "/metrics");
+            if !st.contains(" 200") {
+                return Err(st.into());
+            }
+            let line = body
+                .lines()
+                .find(|l| l.starts_with("wireguard_received_bytes_total{") && l.contains(&label));
+            match line {
+                Some(l) => {
+                    let v: f64 = l
+                        .rsplit(' ')
+                        .next()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or_else(|| panic!("unparsable sample {l:?}"));
+                    if v > 0.0 {
+                        Ok(Some(v))
+                    } else {
+                        Err(l.to_string().into())
+                    }
+                }
+                None => Err("no wireguard_received_bytes_total line for the client".into()),
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", gw.log_tail(30)));
+    assert!(value > 0.0);
+    let (_, body) = http_get(&t, addr, "/metrics");
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("wireguard_sent_bytes_total{") && l.contains(&label)),
+        "no wireguard_sent_bytes_total for the client:\n{body}"
+    );
+    assert!(
+        body.lines().any(|l| l.starts_with("sluice_up")),
+        "no sluice_up in /metrics:\n{body}"
+    );
+    let (exit, killed) = gw.stop(Duration::from_secs(10));
+    assert!(!killed, "sluice with metrics ignored SIGTERM");
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "sluice with metrics exited with {exit:?}\n{}",
+        gw.log_tail(30)
+    );
+}

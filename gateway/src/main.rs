@@ -29,6 +29,11 @@ enum Command {
         #[arg(long)]
         status_file: Option<PathBuf>,
     },
+    /// Show a running interface as `wg show` does (all running sluice interfaces if none named).
+    Show {
+        /// The interface name (`[interface] name`).
+        name: Option<String>,
+    },
     /// Validate a configuration without starting anything.
     Check {
         #[arg(long, short)]
@@ -50,6 +55,7 @@ fn main() -> ExitCode {
             status_file,
         } => up(&config, status_file),
         Command::Check { config } => check(&config),
+        Command::Show { name } => show(name),
         Command::Genkey => print_key(&keys::generate_private(&mut OsRng)),
         Command::Genpsk => print_key(&keys::generate_psk(&mut OsRng)),
         Command::Pubkey => pubkey(),
@@ -115,4 +121,38 @@ fn up(path: &Path, status_file: Option<PathBuf>) -> Result<(), String> {
         ),
     }
     datapath::run(&cfg, &RunOptions { status_file }).map_err(|e| e.to_string())
+}
+
+fn show(name: Option<String>) -> Result<(), String> {
+    let names = match name {
+        Some(n) => vec![n],
+        None => running_interfaces()?,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut out = Vec::new();
+    for n in &names {
+        let state = sluice::uapi::client::query(n).map_err(|e| format!("{n}: {e}"))?;
+        out.push(sluice::uapi::client::format_show(n, &state, now));
+    }
+    print!("{}", out.join("\n"));
+    Ok(())
+}
+
+/// Interfaces with a UAPI socket (sluice's, or any userspace WireGuard's).
+fn running_interfaces() -> Result<Vec<String>, String> {
+    let dir = std::fs::read_dir(sluice::uapi::SOCKET_DIR)
+        .map_err(|e| format!("{}: {e} (is sluice running?)", sluice::uapi::SOCKET_DIR))?;
+    let mut names: Vec<String> = dir
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|s| s.strip_suffix(".sock"))
+                .map(String::from)
+        })
+        .collect();
+    names.sort();
+    Ok(names)
 }

@@ -661,3 +661,41 @@ fn socket_mode_clobbering_and_cleanup() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn sluice_show_prints_what_wg_show_prints() {
+    if !ready("sluice_show_prints_what_wg_show_prints") {
+        return;
+    }
+    let dev = Running::new();
+    let (req, k1, _k2) = populated();
+    dev.set(req);
+    set_runtime(&dev, &k1, 30);
+    let wg_out = wg(&["show", &dev.name]);
+    let sluice_out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["show", &dev.name])
+        .output()
+        .unwrap();
+    assert!(sluice_out.status.success(), "{}", ascii(&sluice_out.stderr));
+    let sluice_out = String::from_utf8(sluice_out.stdout).unwrap();
+    // The same lines in the same order; the handshake age may tick over between the two.
+    let strip = |s: &str| -> Vec<String> {
+        s.lines()
+            .map(|l| l.trim_end().to_string())
+            .filter(|l| !l.contains("latest handshake:"))
+            .collect()
+    };
+    assert_eq!(
+        strip(&sluice_out),
+        strip(&wg_out),
+        "sluice:\n{sluice_out}\nwg:\n{wg_out}"
+    );
+    assert!(sluice_out.contains("latest handshake: 3"), "{sluice_out}");
+    // Not a running interface: a clear error, non-zero exit.
+    let missing = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["show", "nosuchif0"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(ascii(&missing.stderr).contains("nosuchif0"));
+}

@@ -18,6 +18,7 @@
 //! redacted in `Debug`; request buffers and `get` answers are zeroized too. Nothing here logs
 //! a value.
 
+pub mod client;
 pub mod framing;
 pub mod protocol;
 pub mod server;

@@ -16,66 +16,18 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use sluice::testbed::tools::{require_for_test, Tool};
-use sluice::testbed::topology::{Topology, TopologySpec, User, UserSpec, SINK_V4, SINK_V6};
+mod netns_common;
+
+use netns_common::*;
+
+use sluice::testbed::topology::{Topology, User, UserSpec, SINK_V4, SINK_V6};
 use sluice::testbed::traffic::{
     iperf3_client, udp_arrives, udp_round_trip, Iperf3Server, IperfOpts,
 };
-use sluice::testbed::{registry, wait_for, Daemon, GatewayKind, WgImpl};
+use sluice::testbed::{wait_for, Daemon};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::time::Duration;
-
-const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
-const TRAFFIC_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Unwrap a testbed result, panicking with its full (multi-line) message.
-trait OrFail<T> {
-    fn or_fail(self, what: &str) -> T;
-}
-
-impl<T, E: std::fmt::Display> OrFail<T> for Result<T, E> {
-    fn or_fail(self, what: &str) -> T {
-        self.unwrap_or_else(|e| panic!("{what}: {e}"))
-    }
-}
-
-/// The gateway under test, or `None` (after a loud SKIPPED line) if this machine can't run
-/// the test outside CI.
-fn gateway_under_test(test: &str) -> Option<GatewayKind> {
-    let kind = GatewayKind::from_env().or_fail("choosing the gateway");
-    if !require_for_test(test, &Tool::ALL) {
-        return None;
-    }
-    // Leftovers of runs that were killed outright (never of live ones).
-    for line in registry::cleanup_stale() {
-        eprintln!("{test}: {line}");
-    }
-    Some(kind)
-}
-
-fn build(kind: GatewayKind, users: Vec<UserSpec>) -> Topology {
-    let spec = TopologySpec::new(kind, Some(PathBuf::from(SLUICE)), users);
-    Topology::build(&spec).or_fail("building the topology")
-}
-
-fn wg_go() -> UserSpec {
-    UserSpec::new(WgImpl::WireguardGo)
-}
-
-fn boringtun() -> UserSpec {
-    UserSpec::new(WgImpl::Boringtun)
-}
-
-fn v4(a: std::net::Ipv4Addr, port: u16) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(a), port)
-}
-
-fn v6(a: std::net::Ipv6Addr, port: u16) -> SocketAddr {
-    SocketAddr::new(IpAddr::V6(a), port)
-}
 
 /// Run the stock `wg` tool inside the gateway namespace (the UAPI socket folder is shared by
 /// all namespaces, but this is where an operator would run it).

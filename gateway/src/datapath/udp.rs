@@ -133,6 +133,22 @@ impl UdpSocket {
         self.fd.as_raw_fd()
     }
 
+    /// The port the socket is bound to (useful after binding port 0).
+    pub fn local_port(&self) -> io::Result<u16> {
+        // SAFETY: plain C struct for which zero bytes are valid.
+        let mut sa: libc::sockaddr_in6 = unsafe { zeroed() };
+        let mut len = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+        // SAFETY: getsockname writes at most `len` bytes into `sa`, which is that large.
+        check(unsafe {
+            libc::getsockname(
+                self.fd.as_raw_fd(),
+                (&mut sa as *mut libc::sockaddr_in6).cast(),
+                &mut len,
+            )
+        })?;
+        Ok(u16::from_be(sa.sin6_port))
+    }
+
     pub fn gro(&self) -> bool {
         self.gro
     }
@@ -390,19 +406,7 @@ mod tests {
     #[test]
     fn batch_round_trip_over_loopback() {
         let rx = UdpSocket::bind(0).unwrap();
-        let port = {
-            // SAFETY: getsockname writes at most `len` bytes into `sa`.
-            let mut sa: libc::sockaddr_in6 = unsafe { zeroed() };
-            let mut len = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-            unsafe {
-                libc::getsockname(
-                    rx.fd(),
-                    (&mut sa as *mut libc::sockaddr_in6).cast(),
-                    &mut len,
-                )
-            };
-            u16::from_be(sa.sin6_port)
-        };
+        let port = rx.local_port().unwrap();
         let tx = UdpSocket::bind(0).unwrap();
         let dst: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
         let payloads: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 100 + usize::from(i)]).collect();
@@ -429,17 +433,7 @@ mod tests {
     #[test]
     fn gso_runs_arrive_as_separate_datagrams() {
         let rx = UdpSocket::bind(0).unwrap();
-        // SAFETY: getsockname writes at most `len` bytes into `sa`.
-        let mut sa: libc::sockaddr_in6 = unsafe { zeroed() };
-        let mut len = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-        unsafe {
-            libc::getsockname(
-                rx.fd(),
-                (&mut sa as *mut libc::sockaddr_in6).cast(),
-                &mut len,
-            )
-        };
-        let dst = SocketAddr::from(([127, 0, 0, 1], u16::from_be(sa.sin6_port)));
+        let dst = SocketAddr::from(([127, 0, 0, 1], rx.local_port().unwrap()));
         let tx = UdpSocket::bind(0).unwrap();
         // Five 100-byte segments and a 40-byte tail, as one run; then a single datagram.
         let run: Vec<u8> = (0..540u32).map(|i| (i / 100) as u8).collect();

@@ -198,14 +198,16 @@ impl<O: Outer, I: Inner> Worker<O, I> {
             l.batches[n.min(MAX_COUNTED_BATCH)] += 1;
         }
         let table = self.shared.table();
+        // One reading of the clocks per batch: a batch spans microseconds, and the protocol's
+        // timers are seconds.
+        let mut cx = Context {
+            now: self.shared.clock.now(),
+            wall: self.shared.clock.wall(),
+            rng: &mut l.rng,
+        };
         for i in 0..n {
             let Some((src, datagram)) = l.rx.get_mut(i) else {
                 break;
-            };
-            let mut cx = Context {
-                now: self.shared.clock.now(),
-                wall: self.shared.clock.wall(),
-                rng: &mut l.rng,
             };
             match handle_outer(self, &table, &mut cx, &mut l.out, src, datagram) {
                 Ok(Some(range)) => {
@@ -228,6 +230,11 @@ impl<O: Outer, I: Inner> Worker<O, I> {
         l.runs.clear();
         let slot = l.tx_buf.len() / BATCH;
         let table = self.shared.table();
+        let mut cx = Context {
+            now: self.shared.clock.now(),
+            wall: self.shared.clock.wall(),
+            rng: &mut l.rng,
+        };
         let mut read = 0;
         while read < BATCH {
             let Some(n) = self.tun.read(&mut l.inner) else {
@@ -237,11 +244,6 @@ impl<O: Outer, I: Inner> Worker<O, I> {
             let packet = &l.inner[..n];
             let off = l.tx_used;
             let out = &mut l.tx_buf[off..off + slot];
-            let mut cx = Context {
-                now: self.shared.clock.now(),
-                wall: self.shared.clock.wall(),
-                rng: &mut l.rng,
-            };
             match route_and_encrypt(&self.shared, &table, &mut cx, &mut l.out, packet, out) {
                 Ok(Some((dst, len))) => {
                     Run::extend(&mut l.runs, dst, off, len);

@@ -511,3 +511,132 @@ fn metrics_report_the_client_over_http() {
         gw.log_tail(30)
     );
 }
+
+/// `wg show IF peers`: one public key a line.
+fn peer_keys(t: &Topology) -> Vec<String> {
+    let ifname = t.gateway.ifname().to_string();
+    wg(t, &["show", &ifname, "peers"])
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// A `wg syncconf` file as `wg-quick strip` makes one: the running key and port (a file
+/// without them would ask to clear them, which sluice refuses), the topology's users as they
+/// are, and `extra` peers with one /32 each in 10.128.0.0/9.
+fn syncconf_file(t: &Topology, extra: &[String]) -> String {
+    use std::fmt::Write as _;
+    let mut f = format!(
+        "[Interface]\nPrivateKey = {}\nListenPort = {}\n",
+        t.gateway_key.private,
+        t.gateway.listen_port()
+    );
+    for u in &t.users {
+        let _ = write!(
+            f,
+            "\n[Peer]\nPublicKey = {}\nAllowedIPs = {}\n",
+            u.key.public,
+            allowed_ips_of(u)
+        );
+    }
+    for (i, key) in extra.iter().enumerate() {
+        let host = 0x0a80_0000u32 + i as u32 + 1;
+        let ip = std::net::Ipv4Addr::from(host);
+        let _ = write!(f, "\n[Peer]\nPublicKey = {key}\nAllowedIPs = {ip}/32\n");
+    }
+    f
+}
+
+/// Run `wg syncconf IF FILE` in the gateway namespace; returns how long it took.
+fn syncconf(t: &Topology, name: &str, contents: &str) -> Duration {
+    let path = t
+        .dir
+        .write_private(name, contents)
+        .or_fail("writing the syncconf file");
+    let ifname = t.gateway.ifname().to_string();
+    let start = std::time::Instant::now();
+    wg(t, &["syncconf", &ifname, &path.to_string_lossy()]);
+    start.elapsed()
+}
+
+/// `wg syncconf` of 10,000 new peers onto a running gateway with live clients: all listed,
+/// the clients still pass traffic; a second syncconf to a smaller set removes exactly the
+/// peers it leaves out. Prints how long each took (no timing assertion).
+#[test]
+fn wg_syncconf_applies_ten_thousand_peers_and_removes_them_again() {
+    const MANY: usize = 10_000;
+    const KEEP: usize = 100;
+    let Some(kind) =
+        gateway_under_test("wg_syncconf_applies_ten_thousand_peers_and_removes_them_again")
+    else {
+        return;
+    };
+    let mut t = build(kind, vec![wg_go()]);
+    t.wait_handshakes(HANDSHAKE_TIMEOUT).or_fail("handshakes");
+    user_round_trips(&t, t.user(1), 7001);
+    let existing = peer_keys(&t);
+    assert_eq!(existing.len(), t.users.len(), "peers before: {existing:?}");
+    // Any 32 bytes are an X25519 public key; random ones are as good as generated pairs here
+    // and cost nothing to make.
+    let extra: Vec<String> = (0..MANY)
+        .map(|_| {
+            let mut k = [0u8; 32];
+            getrandom::fill(&mut k).unwrap();
+            sluice::keys::encode_key(&k)
+        })
+        .collect();
+
+    let took = syncconf(&t, "many.conf", &syncconf_file(&t, &extra));
+    let keys = peer_keys(&t);
+    eprintln!(
+        "wg syncconf of {MANY} new peers onto {} existing took {:.3} s ({:.0} peers/s); \
+         gateway {kind}",
+        existing.len(),
+        took.as_secs_f64(),
+        MANY as f64 / took.as_secs_f64()
+    );
+    assert_eq!(
+        keys.len(),
+        MANY + existing.len(),
+        "`wg show peers` after syncconf"
+    );
+    let listed: std::collections::HashSet<&str> = keys.iter().map(String::as_str).collect();
+    for k in extra.iter().chain(&existing) {
+        assert!(listed.contains(k.as_str()), "{k} missing after syncconf");
+    }
+    // The allowed IPs arrived too: spot-check the first and the last peer in the dump.
+    let dump = dump_peers(&t);
+    for (i, k) in [(0, &extra[0]), (MANY - 1, &extra[MANY - 1])] {
+        let ip = std::net::Ipv4Addr::from(0x0a80_0000u32 + i as u32 + 1);
+        let p = dump.iter().find(|p| &p.public_key == k).unwrap();
+        assert_eq!(p.allowed_ips, format!("{ip}/32"), "peer {i}: {p:?}");
+    }
+    // The live client was not disturbed.
+    user_round_trips(&t, t.user(1), 7002);
+
+    let took = syncconf(&t, "few.conf", &syncconf_file(&t, &extra[..KEEP]));
+    eprintln!(
+        "wg syncconf down to {KEEP} of them (removing {}) took {:.3} s",
+        MANY - KEEP,
+        took.as_secs_f64()
+    );
+    let keys = peer_keys(&t);
+    assert_eq!(
+        keys.len(),
+        KEEP + existing.len(),
+        "`wg show peers` after the smaller syncconf"
+    );
+    let listed: std::collections::HashSet<&str> = keys.iter().map(String::as_str).collect();
+    for k in extra[..KEEP].iter().chain(&existing) {
+        assert!(listed.contains(k.as_str()), "{k} wrongly removed");
+    }
+    for k in &extra[KEEP..] {
+        assert!(!listed.contains(k.as_str()), "{k} still listed");
+    }
+    user_round_trips(&t, t.user(1), 7003);
+    t.gateway
+        .ensure_running()
+        .or_fail("gateway after the syncconfs");
+}

@@ -596,6 +596,8 @@ fn bad_config_names_file_and_line_and_starts_nothing() {
         sluice_bin: Some(PathBuf::from(SLUICE)),
         workers: 1,
         cores: vec![0],
+        extra_toml: String::new(),
+        env: Vec::new(),
     };
     let toml = write_sluice_config(&spec, &dir).unwrap();
     let wg = dir.join(&format!("{}.conf", spec.ifname));

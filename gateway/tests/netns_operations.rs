@@ -17,14 +17,15 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 mod netns_common;
+mod prom_text;
 
 use netns_common::*;
 
-use sluice::testbed::topology::{Topology, User, UserSpec, SINK_V4, SINK_V6};
+use sluice::testbed::topology::{Topology, TopologySpec, User, UserSpec, SINK_V4, SINK_V6};
 use sluice::testbed::traffic::{
     iperf3_client, udp_arrives, udp_round_trip, Iperf3Server, IperfOpts,
 };
-use sluice::testbed::{wait_for, Daemon};
+use sluice::testbed::{wait_for, Daemon, GatewayKind};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -639,4 +640,274 @@ fn wg_syncconf_applies_ten_thousand_peers_and_removes_them_again() {
     t.gateway
         .ensure_running()
         .or_fail("gateway after the syncconfs");
+}
+
+/// Where the gateways built with [`build_with_metrics`] serve `/metrics` (inside their own
+/// namespace, so every test can use the same address).
+const METRICS_ADDR: &str = "127.0.0.1:9586";
+
+/// [`build`] with sluice serving `/metrics` on [`METRICS_ADDR`] from the start, and
+/// `env` set for the sluice process.
+fn build_with_metrics(kind: GatewayKind, users: Vec<UserSpec>, env: &[(&str, &str)]) -> Topology {
+    let mut spec = TopologySpec::new(kind, Some(std::path::PathBuf::from(SLUICE)), users);
+    spec.sluice_toml_extra = format!("\n[metrics]\nlisten = \"{METRICS_ADDR}\"\n");
+    spec.sluice_env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Topology::build(&spec).or_fail("building the topology")
+}
+
+/// One scrape of the gateway's `/metrics`, parsed strictly.
+fn scrape(t: &Topology) -> prom_text::Exposition {
+    let (st, body) = http_get(t, METRICS_ADDR.parse().unwrap(), "/metrics");
+    assert!(st.contains(" 200"), "/metrics: {st}\n{body}");
+    prom_text::parse(&body)
+}
+
+/// The counters of one peer and of worker 0, from one scrape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Counters {
+    peer_rx_bytes: u64,
+    peer_tx_bytes: u64,
+    worker_rx_packets: u64,
+    worker_tx_packets: u64,
+}
+
+fn counters(t: &Topology, u: &User) -> Counters {
+    let e = scrape(t);
+    let ifname = t.gateway.ifname().to_string();
+    let allowed = allowed_ips_of_as_exported(&e, &u.key.public);
+    let peer = [
+        ("interface", ifname.as_str()),
+        ("public_key", u.key.public.as_str()),
+        ("allowed_ips", allowed.as_str()),
+    ];
+    let int = |v: f64| {
+        assert!(v >= 0.0 && v.fract() == 0.0, "a counter of {v}");
+        v as u64
+    };
+    Counters {
+        peer_rx_bytes: int(e.value("wireguard_received_bytes_total", &peer)),
+        peer_tx_bytes: int(e.value("wireguard_sent_bytes_total", &peer)),
+        worker_rx_packets: int(e.value("sluice_worker_rx_packets_total", &[("worker", "0")])),
+        worker_tx_packets: int(e.value("sluice_worker_tx_packets_total", &[("worker", "0")])),
+    }
+}
+
+/// The `allowed_ips` label the gateway exports for `key` (checked against the topology's
+/// addresses by the caller's exact-label lookups).
+fn allowed_ips_of_as_exported(e: &prom_text::Exposition, key: &str) -> String {
+    let found: Vec<&str> = e
+        .of("wireguard_received_bytes_total")
+        .into_iter()
+        .filter(|s| s.1.iter().any(|(k, v)| k == "public_key" && v == key))
+        .filter_map(|s| s.1.iter().find(|(k, _)| k == "allowed_ips"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(found.len(), 1, "series for {key}: {found:?}");
+    found[0].to_string()
+}
+
+/// Scrape until two scrapes a second apart agree (nothing is in flight), at most 30 s.
+fn settled(t: &Topology, u: &User) -> Counters {
+    let mut last = counters(t, u);
+    wait_for(
+        "the gateway's counters to settle",
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+        || {
+            let now = counters(t, u);
+            let same = now == last;
+            last = now;
+            if same {
+                Ok(Some(now))
+            } else {
+                Err(format!("{now:?}").into())
+            }
+        },
+    )
+    .or_fail("settling")
+}
+
+/// The size of the WireGuard datagram carrying an inner packet of `inner` bytes through an
+/// interface of MTU `mtu`: 16 bytes of header, the packet padded to a multiple of 16 (but
+/// never past the MTU), 16 bytes of tag (whitepaper 5.4.6).
+fn wire_len(inner: usize, mtu: usize) -> u64 {
+    let padded = inner.div_ceil(16) * 16;
+    let padded = if padded > mtu { inner.max(mtu) } else { padded };
+    (16 + padded + 16) as u64
+}
+
+/// An empty transport message: a keepalive.
+const KEEPALIVE_LEN: u64 = 32;
+
+/// Send UDP datagrams of the given payload sizes from `from_ns` (bound to `from`) to `to`, a
+/// socket the caller bound in the other namespace, and receive them all there; returns the
+/// sizes received in order of arrival.
+fn send_and_receive(
+    from_ns: &sluice::testbed::Netns,
+    from: IpAddr,
+    sink: &std::net::UdpSocket,
+    sizes: &[usize],
+) -> Vec<usize> {
+    let to = sink.local_addr().unwrap();
+    let tx = from_ns.udp_bind(SocketAddr::new(from, 0)).or_fail("sender");
+    for (i, &n) in sizes.iter().enumerate() {
+        let payload: Vec<u8> = (0..n).map(|j| (i * 7 + j) as u8).collect();
+        tx.send_to(&payload, to).unwrap();
+    }
+    sink.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65_536];
+    while got.len() < sizes.len() {
+        match sink.recv_from(&mut buf) {
+            Ok((n, src)) => {
+                assert_eq!(src.ip(), from, "a datagram from {src}");
+                got.push(n);
+            }
+            Err(e) => panic!(
+                "{} of {} datagrams arrived at {to} ({e}): {got:?}",
+                got.len(),
+                sizes.len()
+            ),
+        }
+    }
+    got
+}
+
+/// Check `after - before` against exactly the datagrams sent: `bytes` grew by their wire
+/// sizes plus 32 for each extra packet `packets` counted, and every extra packet can only be a
+/// keepalive (32 bytes, no payload). Returns how many keepalives there were.
+fn exact_delta(what: &str, bytes: (u64, u64), packets: (u64, u64), wire: &[u64]) -> u64 {
+    let db = bytes.1.checked_sub(bytes.0).expect("a counter went down");
+    let dp = packets
+        .1
+        .checked_sub(packets.0)
+        .expect("a counter went down");
+    let n = wire.len() as u64;
+    let want: u64 = wire.iter().sum();
+    assert!(
+        dp >= n,
+        "{what}: {dp} packets counted for the {n} datagrams sent"
+    );
+    let keepalives = dp - n;
+    assert_eq!(
+        db,
+        want + keepalives * KEEPALIVE_LEN,
+        "{what}: bytes moved by {db}, the datagrams sent were {want} bytes \
+         ({n} datagrams, {keepalives} keepalives besides)"
+    );
+    keepalives
+}
+
+/// `/metrics` from the running daemon, parsed strictly, moves by exactly the traffic sent:
+/// datagrams of known sizes (IPv4 and IPv6 inner, around the padding boundaries and at the
+/// MTU) from a wireguard-go client to a sink, then from the sink back to the client; the
+/// peer's received/sent bytes and worker 0's rx/tx packets change by exactly those datagrams
+/// (plus 32 bytes for each keepalive, counted as such), and the far side got every one.
+#[test]
+fn metrics_counters_move_by_exactly_the_traffic_sent() {
+    let Some(kind) = gateway_under_test("metrics_counters_move_by_exactly_the_traffic_sent") else {
+        return;
+    };
+    if !kind.is_sluice() {
+        eprintln!("metrics: only meaningful for sluice (gateway is {kind}); not run");
+        return;
+    }
+    // No persistent keepalive: the only packets are the test's, and keepalives the protocol
+    // sends on its own after one-way traffic (counted exactly by their size).
+    let quiet = UserSpec {
+        persistent_keepalive: None,
+        ..wg_go()
+    };
+    let mut t = build_with_metrics(kind, vec![quiet], &[]);
+    t.wait_handshakes(HANDSHAKE_TIMEOUT).or_fail("handshakes");
+    let u = t.user(1);
+    let mtu = 1420;
+    // UDP payload sizes: 28 (IPv4) or 48 (IPv6) bytes of headers make the inner packet.
+    let sizes: Vec<usize> = vec![0, 1, 4, 5, 20, 100, 500, 1000, 1372, 1391, 1392];
+    let v6_sizes: Vec<usize> = vec![0, 7, 8, 9, 300, 1200, 1372];
+    let sink4 = t.sink_ns.udp_bind(v4(SINK_V4, 7400)).or_fail("sink socket");
+    let sink6 = t.sink_ns.udp_bind(v6(SINK_V6, 7406)).or_fail("sink socket");
+
+    // Client -> gateway -> sink: the peer's received bytes and the worker's rx packets.
+    let before = settled(&t, u);
+    let got4 = send_and_receive(&u.ns, IpAddr::V4(u.tunnel_v4), &sink4, &sizes);
+    let got6 = send_and_receive(&u.ns, IpAddr::V6(u.tunnel_v6), &sink6, &v6_sizes);
+    assert_eq!(
+        sorted(got4),
+        sorted(sizes.clone()),
+        "IPv4 datagrams at the sink"
+    );
+    assert_eq!(
+        sorted(got6),
+        sorted(v6_sizes.clone()),
+        "IPv6 datagrams at the sink"
+    );
+    let after = settled(&t, u);
+    let wire: Vec<u64> = sizes
+        .iter()
+        .map(|n| wire_len(28 + n, mtu))
+        .chain(v6_sizes.iter().map(|n| wire_len(48 + n, mtu)))
+        .collect();
+    let k = exact_delta(
+        "client -> sink: wireguard_received_bytes_total vs sluice_worker_rx_packets_total",
+        (before.peer_rx_bytes, after.peer_rx_bytes),
+        (before.worker_rx_packets, after.worker_rx_packets),
+        &wire,
+    );
+    eprintln!(
+        "client -> sink: {} datagrams, {} bytes on the wire, {k} keepalives; {before:?} -> {after:?}",
+        wire.len(),
+        wire.iter().sum::<u64>()
+    );
+
+    // Sink -> gateway -> client: the peer's sent bytes and the worker's tx packets.
+    let client4 =
+        u.ns.udp_bind(v4(u.tunnel_v4, 7500))
+            .or_fail("client socket");
+    let client6 =
+        u.ns.udp_bind(v6(u.tunnel_v6, 7506))
+            .or_fail("client socket");
+    let before = settled(&t, u);
+    let back4: Vec<usize> = vec![3, 50, 1391, 1392];
+    let back6: Vec<usize> = vec![1, 1372];
+    let got4 = send_and_receive(&t.sink_ns, IpAddr::V4(SINK_V4), &client4, &back4);
+    let got6 = send_and_receive(&t.sink_ns, IpAddr::V6(SINK_V6), &client6, &back6);
+    assert_eq!(
+        sorted(got4),
+        sorted(back4.clone()),
+        "IPv4 datagrams at the client"
+    );
+    assert_eq!(
+        sorted(got6),
+        sorted(back6.clone()),
+        "IPv6 datagrams at the client"
+    );
+    let after = settled(&t, u);
+    let wire: Vec<u64> = back4
+        .iter()
+        .map(|n| wire_len(28 + n, mtu))
+        .chain(back6.iter().map(|n| wire_len(48 + n, mtu)))
+        .collect();
+    let k = exact_delta(
+        "sink -> client: wireguard_sent_bytes_total vs sluice_worker_tx_packets_total",
+        (before.peer_tx_bytes, after.peer_tx_bytes),
+        (before.worker_tx_packets, after.worker_tx_packets),
+        &wire,
+    );
+    eprintln!(
+        "sink -> client: {} datagrams, {} bytes on the wire, {k} keepalives; {before:?} -> {after:?}",
+        wire.len(),
+        wire.iter().sum::<u64>()
+    );
+    t.gateway
+        .ensure_running()
+        .or_fail("gateway after the counts");
+}
+
+fn sorted(mut v: Vec<usize>) -> Vec<usize> {
+    v.sort_unstable();
+    v
 }

@@ -108,6 +108,10 @@ pub struct GatewaySpec {
     pub sluice_bin: Option<PathBuf>,
     pub workers: usize,
     pub cores: Vec<usize>,
+    /// Appended to sluice's `gateway.toml` (e.g. a `[metrics]` or `[log]` section).
+    pub extra_toml: String,
+    /// Environment variables for the sluice process (e.g. `SLUICE_LOG`).
+    pub env: Vec<(String, String)>,
 }
 
 /// The contents of `gateway.toml` and of the wg-quick file it points to (`IFNAME.conf`).
@@ -127,9 +131,11 @@ pub fn sluice_config(spec: &GatewaySpec) -> (String, String) {
          [dataplane]\n\
          mode = \"socket\"\n\
          workers = {workers}\n\
-         cores = [{cores}]\n",
+         cores = [{cores}]\n\
+         {extra}",
         name = spec.ifname,
         workers = spec.workers,
+        extra = spec.extra_toml,
     );
     let mut wg = String::new();
     let _ = writeln!(wg, "[Interface]");
@@ -305,6 +311,9 @@ impl Gateway {
             .arg(&config)
             .arg("--status-file")
             .arg(&status);
+        for (k, v) in &spec.env {
+            c.env(k, v);
+        }
         let mut daemon = Daemon::spawn(&format!("sluice up in {}", ns.name()), c, &log, vec![])?;
         let ready = wait_for(
             &format!(
@@ -525,6 +534,8 @@ mod tests {
             sluice_bin: None,
             workers: 1,
             cores: vec![0],
+            extra_toml: String::new(),
+            env: Vec::new(),
         }
     }
 

@@ -154,6 +154,10 @@ pub struct TopologySpec {
     pub workers: usize,
     pub cores: Vec<usize>,
     pub mtu: u16,
+    /// Appended to sluice's `gateway.toml` (sluice only).
+    pub sluice_toml_extra: String,
+    /// Environment variables for the sluice process (sluice only).
+    pub sluice_env: Vec<(String, String)>,
 }
 
 impl TopologySpec {
@@ -165,6 +169,8 @@ impl TopologySpec {
             workers: 1,
             cores: vec![0],
             mtu: 1420,
+            sluice_toml_extra: String::new(),
+            sluice_env: Vec::new(),
         }
     }
 }
@@ -322,6 +328,8 @@ impl Topology {
             sluice_bin: spec.sluice_bin.clone(),
             workers: spec.workers,
             cores: spec.cores.clone(),
+            extra_toml: spec.sluice_toml_extra.clone(),
+            env: spec.sluice_env.clone(),
         };
         let gateway = Gateway::start(&gw_ns, &gw_spec, &dir)?;
 

@@ -911,3 +911,82 @@ fn sorted(mut v: Vec<usize>) -> Vec<usize> {
     v.sort_unstable();
     v
 }
+
+/// `/healthz` says 200 while every worker runs and 503 naming the worker once one dies: the
+/// daemon is started with the fault-injection hook (`SLUICE_FAULT_INJECT`) making worker 1 of
+/// 2 panic. The panic stays in that thread: the process keeps running, `/metrics` keeps
+/// serving, the `wg` API answers, and the log says which worker stopped and why.
+#[test]
+fn healthz_flips_to_503_when_a_worker_dies() {
+    let Some(kind) = gateway_under_test("healthz_flips_to_503_when_a_worker_dies") else {
+        return;
+    };
+    if !kind.is_sluice() {
+        eprintln!("healthz: only meaningful for sluice (gateway is {kind}); not run");
+        return;
+    }
+    // Long enough for the topology to come up and /healthz to be read healthy first.
+    const PANIC_AFTER_MS: u64 = 12_000;
+    let started = std::time::Instant::now();
+    let mut spec = TopologySpec::new(kind, Some(std::path::PathBuf::from(SLUICE)), vec![wg_go()]);
+    spec.workers = 2;
+    spec.cores = vec![0, 1];
+    spec.sluice_toml_extra = format!("\n[metrics]\nlisten = \"{METRICS_ADDR}\"\n");
+    spec.sluice_env = vec![(
+        "SLUICE_FAULT_INJECT".into(),
+        format!("worker-panic:1:{PANIC_AFTER_MS}"),
+    )];
+    let mut t = Topology::build(&spec).or_fail("building the topology");
+    let addr: SocketAddr = METRICS_ADDR.parse().unwrap();
+    let (st, body) = http_get(&t, addr, "/healthz");
+    assert!(
+        st.contains(" 200"),
+        "/healthz before the fault ({:.1} s after start, the fault is due at {} s): {st}\n{body}\n{}",
+        started.elapsed().as_secs_f64(),
+        PANIC_AFTER_MS / 1000,
+        t.gateway.log_tail(20)
+    );
+    let pid = t.gateway.pid();
+    let (st, body) = wait_for(
+        "/healthz to say 503 after worker 1 panicked",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || {
+            t.gateway.ensure_running().map_err(sluice::testbed::fatal)?;
+            let (st, body) = http_get(&t, addr, "/healthz");
+            if st.contains(" 503") {
+                Ok(Some((st, body)))
+            } else {
+                Err(format!("{st}: {body}").into())
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", t.gateway.log_tail(30)));
+    assert!(
+        body.contains("worker 1") && !body.contains("worker 0"),
+        "/healthz should name worker 1 only: {st}\n{body}"
+    );
+    // The process lives on: same pid, metrics served, the wg API answers, and the stop is
+    // in the log with its reason.
+    t.gateway
+        .ensure_running()
+        .or_fail("gateway after the worker died");
+    assert_eq!(t.gateway.pid(), pid);
+    let e = scrape(&t);
+    assert_eq!(e.value("sluice_up", &[]), 1.0);
+    assert_eq!(
+        dump_peers(&t).len(),
+        1,
+        "`wg show dump` after the worker died"
+    );
+    let log = t.gateway.log_tail(200);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("worker stopped") && l.contains("worker=1") && l.contains("panic")),
+        "no `worker stopped` line for worker 1:\n{log}"
+    );
+    // (The dead worker's share of flows is not served until a restart: its SO_REUSEPORT
+    // socket stays bound. That is what the 503 is for: VRRP or anycast move traffic away.)
+    let (st, _) = http_get(&t, addr, "/healthz");
+    assert!(st.contains(" 503"), "/healthz went back to {st}");
+}

@@ -18,6 +18,7 @@
 //! TUN device) and return.
 
 pub mod control;
+pub mod fault;
 pub mod handshake;
 pub mod icmp;
 pub mod io;
@@ -72,6 +73,8 @@ pub enum RunError {
     },
     #[error("binding the wg API socket for {name} (is another WireGuard interface with that name running?): {err}")]
     Uapi { name: String, err: std::io::Error },
+    #[error("{0}")]
+    Fault(String),
 }
 
 /// Block the signals the main thread waits for, in this thread and every thread it starts.
@@ -164,6 +167,7 @@ fn fixed_setting_changed(a: &Config, b: &Config) -> Option<&'static str> {
 pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
     let signals = block_signals()?;
     let workers = cfg.dataplane.workers;
+    fault::arm_from_env(workers).map_err(RunError::Fault)?;
     let tuns = (0..workers)
         .map(|_| TunQueue::open(&cfg.name))
         .collect::<Result<Vec<_>, _>>()?;
@@ -229,7 +233,8 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
                         log::warn(&format!("worker {id}: could not pin to core {core}"));
                     }
                 }
-                w.run();
+                let stats = w.stats.clone();
+                fault::run_contained(&format!("worker={id}"), &stats, move || w.run());
             })
             .map_err(RunError::Thread)?;
         threads.push(t);
@@ -252,7 +257,10 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
         };
         let t = std::thread::Builder::new()
             .name(format!("sluice-hs{i}"))
-            .spawn(move || hs.run());
+            .spawn(move || {
+                let stats = hs.stats.clone();
+                fault::run_contained(&format!("handshake={i}"), &stats, move || hs.run());
+            });
         threads.push(t.map_err(RunError::Thread)?);
     }
     drop(hs_rx);
@@ -322,7 +330,10 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
         let now = shared.clock.now();
         for (i, s) in stats.iter().enumerate() {
             let beat = s.heartbeat.load(Ordering::Relaxed);
-            if now.as_nanos().saturating_sub(beat) > STUCK_AFTER.as_nanos() as u64 {
+            // A worker that died was reported once, when it did.
+            if s.exited.get().is_none()
+                && now.as_nanos().saturating_sub(beat) > STUCK_AFTER.as_nanos() as u64
+            {
                 log::error(&format!(
                     "worker {i} has not run its loop for over {STUCK_AFTER:?}"
                 ));

@@ -3,8 +3,9 @@
 //!
 //! A scrape copies counters out of the workers' atomics and each peer's stats under that
 //! peer's lock, one peer at a time; no data-path table is locked while the text is encoded.
-//! Health is the workers' heartbeats: a worker that has not gone round its loop for
-//! [`STALL`] (it sleeps at most 50 ms) is stuck or dead, and `/healthz` says 503 with which.
+//! Health is the threads' heartbeats: a worker or handshake thread that has not gone round its
+//! loop for [`STALL`] (it sleeps at most 50 ms) is stuck, one that panicked has stopped (see
+//! [`super::fault`]), and either way `/healthz` says 503 naming it.
 
 use super::shared::{lock, Shared};
 use super::worker::{HandshakeJob, WorkerStats};
@@ -100,22 +101,38 @@ impl MetricsSource for GatewayObserver {
 
     fn healthy(&self) -> Result<(), String> {
         let now = self.shared.clock.now().as_nanos();
-        let stalled: Vec<String> = self
+        let mut down = Vec::new();
+        let mut stalled = Vec::new();
+        let threads = self
             .workers
             .iter()
             .enumerate()
-            .filter(|(_, w)| {
-                now.saturating_sub(w.heartbeat.load(Ordering::Relaxed)) > STALL.as_nanos() as u64
-            })
-            .map(|(i, _)| format!("worker {i}"))
-            .collect();
-        if stalled.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
+            .map(|(i, w)| (format!("worker {i}"), w))
+            .chain(
+                self.handshakes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, w)| (format!("handshake thread {i}"), w)),
+            );
+        for (name, w) in threads {
+            if let Some(why) = w.exited.get() {
+                down.push(format!("{name} stopped ({why})"));
+            } else if now.saturating_sub(w.heartbeat.load(Ordering::Relaxed))
+                > STALL.as_nanos() as u64
+            {
+                stalled.push(name);
+            }
+        }
+        if !stalled.is_empty() {
+            down.push(format!(
                 "not running its loop for over {STALL:?}: {}",
                 stalled.join(", ")
-            ))
+            ));
+        }
+        if down.is_empty() {
+            Ok(())
+        } else {
+            Err(down.join("; "))
         }
     }
 }

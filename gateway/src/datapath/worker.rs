@@ -54,6 +54,8 @@ pub struct WorkerStats {
     pub heartbeat: AtomicU64,
     /// How many receive batches had exactly n datagrams (n up to [`MAX_COUNTED_BATCH`]).
     pub batch_sizes: Vec<AtomicU64>,
+    /// Why the thread stopped for good, set if it panicked (see [`super::fault`]).
+    pub exited: std::sync::OnceLock<String>,
 }
 
 /// Receive batches larger than this (GRO can make them) are counted as this size.
@@ -67,6 +69,7 @@ impl Default for WorkerStats {
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
             heartbeat: AtomicU64::new(0),
             batch_sizes: (0..=MAX_COUNTED_BATCH).map(|_| AtomicU64::new(0)).collect(),
+            exited: std::sync::OnceLock::new(),
         }
     }
 }
@@ -158,6 +161,7 @@ impl<O: Outer, I: Inner> Worker<O, I> {
             self.stats
                 .heartbeat
                 .store(now.as_nanos(), Ordering::Relaxed);
+            super::fault::checkpoint(self.id);
             let sleep = l.heap.peek().map_or(max_sleep, |Reverse((t, _))| {
                 t.saturating_since(now).min(max_sleep)
             });

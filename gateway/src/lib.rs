@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod proto;
 pub mod testbed;
 pub mod uapi;
+pub mod xdp;
 
 pub use drops::{DropCounters, DropReason};
 pub use keys::OsRng;

@@ -1,0 +1,46 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The maps of the XDP program. Userspace (gateway/src/xdp/) fills udp_ports and local_addrs,
+ * inserts AF_XDP socket fds into xsks, and sums counters over CPUs. Names here are the names
+ * the loader looks up.
+ */
+#ifndef SLUICE_MAPS_H
+#define SLUICE_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "sluice_xdp_shared.h"
+
+/* AF_XDP sockets, indexed by receive queue. */
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, SLUICE_XDP_MAX_QUEUES);
+	__type(key, __u32);
+	__type(value, __u32);
+} xsks SEC(".maps");
+
+/* UDP destination ports sluice serves, host byte order; the value is unused (1). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SLUICE_XDP_MAX_PORTS);
+	__type(key, __u16);
+	__type(value, __u8);
+} udp_ports SEC(".maps");
+
+/* The gateway's local and VIP addresses; the value is unused (1). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SLUICE_XDP_MAX_ADDRS);
+	__type(key, struct sluice_addr);
+	__type(value, __u8);
+} local_addrs SEC(".maps");
+
+/* One slot per verdict and reason (enum sluice_xdp_counter), per CPU: no atomics needed. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SLUICE_XDP_CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+#endif /* SLUICE_MAPS_H */

@@ -1,0 +1,295 @@
+//! [`XdpProgram`]: the outer-NIC XDP program loaded with aya, its maps, its attachments.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+
+use aya::maps::{HashMap, MapData, MapError, PerCpuArray, XskMap};
+use aya::programs::links::{FdLink, LinkType};
+use aya::programs::{loaded_links, Xdp, XdpMode};
+use aya::Ebpf;
+
+use super::shared::{AddrKey, XdpCounter, CNT_MAX, MAX_ADDRS, MAX_PORTS, MAX_QUEUES};
+use super::{test_run, AttachMode, XdpCounters, XdpError};
+
+/// The object file built by `gateway/build.rs` from `ebpf/sluice_xdp.c`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice_xdp.o"));
+
+/// The program's function name in `ebpf/sluice_xdp.c`.
+pub const PROGRAM_NAME: &str = "sluice_xdp";
+/// XSKMAP: receive queue index to AF_XDP socket.
+pub const MAP_XSKS: &str = "xsks";
+/// UDP destination ports (host order) that sluice serves.
+pub const MAP_UDP_PORTS: &str = "udp_ports";
+/// Local and VIP addresses ([`AddrKey`]).
+pub const MAP_LOCAL_ADDRS: &str = "local_addrs";
+/// Per-CPU counters, one slot per [`XdpCounter`].
+pub const MAP_COUNTERS: &str = "counters";
+
+/// The outer-NIC XDP program, loaded in the kernel, with its maps and attachments.
+///
+/// Dropping it detaches it from every interface (each attachment is a bpf_link owned by this
+/// process, so that also happens when the process dies, even by SIGKILL) and unloads it.
+pub struct XdpProgram {
+    // Declared first so the links are closed (detached) before anything else goes.
+    attachments: Vec<Attachment>,
+    xsks: XskMap<MapData>,
+    udp_ports: HashMap<MapData, u16, u8>,
+    local_addrs: HashMap<MapData, AddrKey, u8>,
+    counters: PerCpuArray<MapData, u64>,
+    ebpf: Ebpf,
+}
+
+struct Attachment {
+    ifname: String,
+    mode: AttachMode,
+    _link: FdLink,
+}
+
+impl std::fmt::Debug for XdpProgram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdpProgram")
+            .field(
+                "attachments",
+                &self
+                    .attachments
+                    .iter()
+                    .map(|a| (a.ifname.as_str(), a.mode))
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+// SAFETY (of the aya `Pod` contract): `AddrKey` is `repr(C)` over a byte array, with no padding
+// and every bit pattern valid, so it may be copied to and from the kernel as bytes.
+unsafe impl aya::Pod for AddrKey {}
+
+fn map_err(map: &'static str) -> impl FnOnce(MapError) -> XdpError {
+    move |source| XdpError::Map { map, source }
+}
+
+impl XdpProgram {
+    /// Loads the program and creates its maps (empty: no port, no address, no socket, so every
+    /// packet passes). Needs root (CAP_BPF and CAP_NET_ADMIN).
+    pub fn load() -> Result<Self, XdpError> {
+        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| XdpError::Object(Box::new(e)))?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(XdpError::Missing(PROGRAM_NAME))?
+            .try_into()
+            .map_err(XdpError::Program)?;
+        prog.load().map_err(XdpError::Program)?;
+
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(XdpError::Missing(name));
+        let xsks = XskMap::try_from(take(MAP_XSKS)?).map_err(map_err(MAP_XSKS))?;
+        let udp_ports = HashMap::try_from(take(MAP_UDP_PORTS)?).map_err(map_err(MAP_UDP_PORTS))?;
+        let local_addrs =
+            HashMap::try_from(take(MAP_LOCAL_ADDRS)?).map_err(map_err(MAP_LOCAL_ADDRS))?;
+        let counters = PerCpuArray::try_from(take(MAP_COUNTERS)?).map_err(map_err(MAP_COUNTERS))?;
+        Ok(XdpProgram {
+            attachments: Vec::new(),
+            xsks,
+            udp_ports,
+            local_addrs,
+            counters,
+            ebpf,
+        })
+    }
+
+    fn prog(&self) -> Result<&Xdp, XdpError> {
+        self.ebpf
+            .program(PROGRAM_NAME)
+            .ok_or(XdpError::Missing(PROGRAM_NAME))?
+            .try_into()
+            .map_err(XdpError::Program)
+    }
+
+    fn prog_mut(&mut self) -> Result<&mut Xdp, XdpError> {
+        self.ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(XdpError::Missing(PROGRAM_NAME))?
+            .try_into()
+            .map_err(XdpError::Program)
+    }
+
+    /// Attaches the program to `ifname` through a bpf_link: driver (native) mode first, generic
+    /// (SKB) mode if the driver has no XDP support, and logs which. The link belongs to this
+    /// process, so the program is detached when this value is dropped or the process dies.
+    pub fn attach(&mut self, ifname: &str) -> Result<AttachMode, XdpError> {
+        if self.attachments.iter().any(|a| a.ifname == ifname) {
+            return Err(XdpError::AlreadyAttached(ifname.to_string()));
+        }
+        let prog_id = self.prog()?.info().map_err(XdpError::Program)?.id();
+        let prog = self.prog_mut()?;
+        let (mode, link_id) = match prog.attach(ifname, XdpMode::Driver) {
+            Ok(id) => (AttachMode::Driver, id),
+            Err(driver) => match prog.attach(ifname, XdpMode::Skb) {
+                Ok(id) => {
+                    crate::log::warn(&format!(
+                        "xdp: {ifname} has no native XDP ({driver}); attached in generic (SKB) \
+                         mode, which is slower"
+                    ));
+                    (AttachMode::Skb, id)
+                }
+                Err(skb) => {
+                    return Err(XdpError::Attach {
+                        ifname: ifname.to_string(),
+                        driver: Box::new(driver),
+                        skb: Box::new(skb),
+                    })
+                }
+            },
+        };
+        // aya falls back to a netlink attachment (which outlives the process) when the kernel
+        // refuses bpf_link_create with EINVAL. Accept only a real bpf_link.
+        let is_link = loaded_links()
+            .flatten()
+            .any(|l| l.program_id() == prog_id && matches!(l.link_type(), Ok(LinkType::Xdp)));
+        if !is_link {
+            // Detaching the netlink attachment through aya removes it from the interface.
+            let _ = prog.detach(link_id);
+            return Err(XdpError::NoBpfLink(ifname.to_string()));
+        }
+        let link = prog.take_link(link_id).map_err(XdpError::Program)?;
+        let link = FdLink::try_from(link).map_err(|_| XdpError::NoBpfLink(ifname.to_string()))?;
+        crate::log::info(&format!(
+            "xdp: attached to {ifname} in {} mode",
+            mode.as_str()
+        ));
+        self.attachments.push(Attachment {
+            ifname: ifname.to_string(),
+            mode,
+            _link: link,
+        });
+        Ok(mode)
+    }
+
+    /// Detaches the program from `ifname` (closes its bpf_link).
+    pub fn detach(&mut self, ifname: &str) -> Result<(), XdpError> {
+        let i = self
+            .attachments
+            .iter()
+            .position(|a| a.ifname == ifname)
+            .ok_or_else(|| XdpError::NotAttached(ifname.to_string()))?;
+        self.attachments.remove(i);
+        Ok(())
+    }
+
+    /// The interfaces the program is attached to, with their modes.
+    pub fn attachments(&self) -> impl Iterator<Item = (&str, AttachMode)> {
+        self.attachments.iter().map(|a| (a.ifname.as_str(), a.mode))
+    }
+
+    /// Replaces the set of UDP destination ports sluice serves. Ports staying in the set are
+    /// never absent in between.
+    pub fn set_ports(&mut self, ports: &[u16]) -> Result<(), XdpError> {
+        let new: HashSet<u16> = ports.iter().copied().collect();
+        if new.len() > MAX_PORTS as usize {
+            return Err(XdpError::TooMany {
+                map: MAP_UDP_PORTS,
+                max: MAX_PORTS,
+            });
+        }
+        let old: HashSet<u16> = self.udp_ports.keys().flatten().collect();
+        replace(&mut self.udp_ports, &old, &new, MAX_PORTS).map_err(map_err(MAP_UDP_PORTS))
+    }
+
+    /// Replaces the set of local and VIP addresses packets must be sent to, both families.
+    pub fn set_local_addrs(&mut self, addrs: &[IpAddr]) -> Result<(), XdpError> {
+        let new: HashSet<AddrKey> = addrs.iter().map(|a| AddrKey::from(*a)).collect();
+        if new.len() > MAX_ADDRS as usize {
+            return Err(XdpError::TooMany {
+                map: MAP_LOCAL_ADDRS,
+                max: MAX_ADDRS,
+            });
+        }
+        let old: HashSet<AddrKey> = self.local_addrs.keys().flatten().collect();
+        replace(&mut self.local_addrs, &old, &new, MAX_ADDRS).map_err(map_err(MAP_LOCAL_ADDRS))
+    }
+
+    /// Registers the AF_XDP socket `fd` (bound to receive queue `queue` of an interface the
+    /// program is attached to) so packets for sluice on that queue are redirected to it.
+    pub fn register_xsk(&mut self, queue: u32, fd: RawFd) -> Result<(), XdpError> {
+        if queue >= MAX_QUEUES {
+            return Err(XdpError::QueueOutOfRange {
+                queue,
+                max: MAX_QUEUES,
+            });
+        }
+        self.xsks.set(queue, fd, 0).map_err(map_err(MAP_XSKS))
+    }
+
+    /// Removes the socket of `queue`: its packets for sluice pass to the kernel again.
+    pub fn unregister_xsk(&mut self, queue: u32) -> Result<(), XdpError> {
+        if queue >= MAX_QUEUES {
+            return Err(XdpError::QueueOutOfRange {
+                queue,
+                max: MAX_QUEUES,
+            });
+        }
+        match self.xsks.unset(queue) {
+            // An empty slot is already unregistered.
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            r => r.map_err(map_err(MAP_XSKS)),
+        }
+    }
+
+    /// The counters, summed over CPUs.
+    pub fn counters(&self) -> Result<XdpCounters, XdpError> {
+        let mut values = [0u64; CNT_MAX as usize];
+        for c in XdpCounter::ALL {
+            let per_cpu = self
+                .counters
+                .get(&(c as u32), 0)
+                .map_err(map_err(MAP_COUNTERS))?;
+            values[c as usize] = per_cpu.iter().copied().fold(0u64, u64::wrapping_add);
+        }
+        Ok(XdpCounters::new(values))
+    }
+
+    /// Runs the program once on `frame` with `BPF_PROG_TEST_RUN` (no interface needed; the
+    /// maps and counters are the live ones) and returns the XDP action (see
+    /// [`super::Verdict::action`]). The kernel runs it as if received on queue 0.
+    pub fn test_run(&self, frame: &[u8]) -> Result<u32, XdpError> {
+        let fd = self.prog()?.fd().map_err(XdpError::Program)?;
+        test_run::test_run(fd.as_fd(), frame).map_err(XdpError::TestRun)
+    }
+
+    /// The program's file descriptor (for `bpftool`-style inspection and tests).
+    pub fn program_fd(&self) -> Result<RawFd, XdpError> {
+        Ok(self
+            .prog()?
+            .fd()
+            .map_err(XdpError::Program)?
+            .as_fd()
+            .as_raw_fd())
+    }
+}
+
+/// Makes the keys of `map` equal `new` (its current keys are `old`): adds first, so a key in
+/// both is never missing, unless the union would not fit; then removes the stale ones.
+fn replace<K: aya::Pod + Eq + std::hash::Hash>(
+    map: &mut HashMap<MapData, K, u8>,
+    old: &HashSet<K>,
+    new: &HashSet<K>,
+    max: u32,
+) -> Result<(), MapError> {
+    let add_first = old.union(new).count() <= max as usize;
+    if add_first {
+        for k in new.difference(old) {
+            map.insert(k, 1, 0)?;
+        }
+    }
+    for k in old.difference(new) {
+        map.remove(k)?;
+    }
+    if !add_first {
+        for k in new.difference(old) {
+            map.insert(k, 1, 0)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,1327 @@
+#![allow(clippy::unwrap_used)]
+//! The XDP program (`ebpf/sluice_xdp.c`) on fixture frames through `BPF_PROG_TEST_RUN`: for
+//! each frame of a table, the action it returns and that exactly one counter slot moved by
+//! exactly one. Then: the redirect branch with a real AF_XDP socket in the XSKMAP, attaching
+//! to a veth in a fresh namespace (visible in `ip -d link`), and a process that attached and
+//! was SIGKILLed leaving no program behind (the bpf_link dies with the process).
+//!
+//! Root only. Under `CI=true` a missing root or a failed load fails the test; otherwise the
+//! tests skip with a message.
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice::testbed::{in_ci, is_root, netns::veth, unique_id, Netns};
+use sluice::xdp::{XdpCounter, XdpError, XdpProgram, XDP_DROP, XDP_PASS, XDP_REDIRECT};
+
+const PORT: u16 = 51820;
+const LOCAL4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const LOCAL6: Ipv6Addr = Ipv6Addr::new(0xfd18, 0, 0, 0, 0, 0, 0, 1);
+const OTHER4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 9);
+const OTHER6: Ipv6Addr = Ipv6Addr::new(0xfd18, 0, 0, 0, 0, 0, 0, 9);
+const PEER4: Ipv4Addr = Ipv4Addr::new(198, 18, 7, 2);
+const PEER6: Ipv6Addr = Ipv6Addr::new(0xfd18, 0, 0, 7, 0, 0, 0, 2);
+
+/// The environment variable that turns `attached_child` into the process the SIGKILL test runs.
+const CHILD_ENV: &str = "SLUICE_XDP_FIXTURE_CHILD";
+
+// ---------------------------------------------------------------------------------------------
+// Prerequisites
+
+/// Root, or skip (fail under CI).
+fn root_or_skip(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(
+        !in_ci(),
+        "{test}: needs root (BPF and namespaces) and CI=true forbids skipping"
+    );
+    eprintln!("SKIP {test}: needs root (BPF_PROG_TEST_RUN, XDP attach)");
+    false
+}
+
+/// The program, loaded with the fixture's ports and addresses.
+fn fixture_program() -> XdpProgram {
+    let mut prog = XdpProgram::load().unwrap_or_else(|e| panic!("loading the XDP program: {e}"));
+    prog.set_ports(&[PORT]).unwrap();
+    prog.set_local_addrs(&[IpAddr::V4(LOCAL4), IpAddr::V6(LOCAL6)])
+        .unwrap();
+    prog
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frame builders (checksums right, though XDP does not check them)
+
+const ETH_IPV4: u16 = 0x0800;
+const ETH_IPV6: u16 = 0x86dd;
+const ETH_ARP: u16 = 0x0806;
+const ETH_VLAN: u16 = 0x8100;
+const ETH_QINQ: u16 = 0x88a8;
+const ETH_LLDP: u16 = 0x88cc;
+const IP_TCP: u8 = 6;
+const IP_UDP: u8 = 17;
+const IP_ICMPV6: u8 = 58;
+const IP6_HOPOPTS: u8 = 0;
+const IP6_ROUTING: u8 = 43;
+const IP6_FRAGMENT: u8 = 44;
+const IP6_DSTOPTS: u8 = 60;
+
+/// Ethernet with the given VLAN tags (TPID, VLAN id), outermost first.
+fn eth(tags: &[(u16, u16)], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02];
+    for (tpid, vid) in tags {
+        f.extend_from_slice(&tpid.to_be_bytes());
+        f.extend_from_slice(&vid.to_be_bytes());
+    }
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn checksum(chunks: &[&[u8]]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut odd: Option<u8> = None;
+    for c in chunks {
+        for &b in c.iter() {
+            match odd.take() {
+                Some(hi) => sum += u32::from(u16::from_be_bytes([hi, b])),
+                None => odd = Some(b),
+            }
+        }
+    }
+    if let Some(hi) = odd {
+        sum += u32::from(u16::from_be_bytes([hi, 0]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An IPv4 header (with `options`, padded to 4 bytes) and payload; `frag` is the flags and
+/// offset field.
+fn ipv4(dst: Ipv4Addr, proto: u8, options: &[u8], frag: u16, payload: &[u8]) -> Vec<u8> {
+    let mut opts = options.to_vec();
+    while !opts.len().is_multiple_of(4) {
+        opts.push(0); // end of options list
+    }
+    let hdr_len = 20 + opts.len();
+    let total = hdr_len + payload.len();
+    let mut h = vec![0x40 | (hdr_len / 4) as u8, 0];
+    h.extend_from_slice(&(total as u16).to_be_bytes());
+    h.extend_from_slice(&[0x12, 0x34]);
+    h.extend_from_slice(&frag.to_be_bytes());
+    h.extend_from_slice(&[64, proto, 0, 0]);
+    h.extend_from_slice(&PEER4.octets());
+    h.extend_from_slice(&dst.octets());
+    h.extend_from_slice(&opts);
+    let c = checksum(&[&h]);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    h.extend_from_slice(payload);
+    h
+}
+
+/// An IPv6 header, extension headers `(type, body)` in order (bodies padded to 8-byte units
+/// with their 2-byte prefix), then the upper-layer `proto` and `payload`.
+fn ipv6(dst: Ipv6Addr, ext: &[(u8, usize)], proto: u8, payload: &[u8]) -> Vec<u8> {
+    let mut chain = Vec::new();
+    for (i, (_, units)) in ext.iter().enumerate() {
+        let next = ext.get(i + 1).map_or(proto, |(t, _)| *t);
+        let len = (units + 1) * 8;
+        let mut h = vec![0u8; len];
+        h[0] = next;
+        h[1] = *units as u8;
+        // PadN option filling the rest (types 0 and 60 use TLV options).
+        h[2] = 1;
+        h[3] = (len - 4) as u8;
+        chain.extend_from_slice(&h);
+    }
+    let first = ext.first().map_or(proto, |(t, _)| *t);
+    let mut h = vec![0x60, 0, 0, 0];
+    h.extend_from_slice(&((chain.len() + payload.len()) as u16).to_be_bytes());
+    h.extend_from_slice(&[first, 64]);
+    h.extend_from_slice(&PEER6.octets());
+    h.extend_from_slice(&dst.octets());
+    h.extend_from_slice(&chain);
+    h.extend_from_slice(payload);
+    h
+}
+
+/// A UDP datagram from port 40000 to `dport` with its checksum over `src`/`dst`.
+fn udp(src: IpAddr, dst: IpAddr, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let len = (8 + payload.len()) as u16;
+    let mut u = Vec::with_capacity(len as usize);
+    u.extend_from_slice(&40000u16.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&len.to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    let pseudo: Vec<u8> = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => [
+            &s.octets()[..],
+            &d.octets(),
+            &[0, IP_UDP],
+            &len.to_be_bytes(),
+        ]
+        .concat(),
+        (s, d) => {
+            let (s, d) = (to6(s), to6(d));
+            [
+                &s.octets()[..],
+                &d.octets(),
+                &u32::from(len).to_be_bytes(),
+                &[0, 0, 0, IP_UDP],
+            ]
+            .concat()
+        }
+    };
+    let c = match checksum(&[&pseudo, &u]) {
+        0 => 0xffff,
+        c => c,
+    };
+    u[6..8].copy_from_slice(&c.to_be_bytes());
+    u
+}
+
+fn to6(a: IpAddr) -> Ipv6Addr {
+    match a {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    }
+}
+
+/// A WireGuard-shaped message: `kind`, the three reserved bytes, then filler to `len` bytes.
+fn wg(kind: u8, reserved: [u8; 3], len: usize) -> Vec<u8> {
+    let mut m: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+    if let Some(h) = m.get_mut(0..4.min(len)) {
+        let hdr = [kind, reserved[0], reserved[1], reserved[2]];
+        h.copy_from_slice(&hdr[..h.len()]);
+    }
+    m
+}
+
+fn wg_ok(kind: u8, len: usize) -> Vec<u8> {
+    wg(kind, [0; 3], len)
+}
+
+/// UDP/IPv4/Ethernet to `dst:dport`.
+fn v4_udp(dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let u = udp(PEER4.into(), dst.into(), dport, payload);
+    eth(&[], ETH_IPV4, &ipv4(dst, IP_UDP, &[], 0, &u))
+}
+
+/// UDP/IPv6/Ethernet to `dst:dport`.
+fn v6_udp(dst: Ipv6Addr, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let u = udp(PEER6.into(), dst.into(), dport, payload);
+    eth(&[], ETH_IPV6, &ipv6(dst, &[], IP_UDP, &u))
+}
+
+/// WireGuard payload to the fixture's IPv4 address and port.
+fn to_us4(payload: &[u8]) -> Vec<u8> {
+    v4_udp(LOCAL4, PORT, payload)
+}
+
+/// WireGuard payload to the fixture's IPv6 address and port.
+fn to_us6(payload: &[u8]) -> Vec<u8> {
+    v6_udp(LOCAL6, PORT, payload)
+}
+
+fn tcp(dport: u16) -> Vec<u8> {
+    let mut t = vec![0u8; 20];
+    t[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = 0x02; // SYN
+    t
+}
+
+fn arp_request() -> Vec<u8> {
+    let mut a = vec![0, 1, 0x08, 0, 6, 4, 0, 1];
+    a.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
+    a.extend_from_slice(&PEER4.octets());
+    a.extend_from_slice(&[0; 6]);
+    a.extend_from_slice(&LOCAL4.octets());
+    eth(&[], ETH_ARP, &a)
+}
+
+/// An ICMPv6 Neighbor Solicitation for the fixture's address, to its solicited-node group.
+fn neighbor_solicitation() -> Vec<u8> {
+    let group: Ipv6Addr = "ff02::1:ff00:1".parse().unwrap();
+    let mut ns = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    ns.extend_from_slice(&LOCAL6.octets());
+    let pseudo = [
+        &PEER6.octets()[..],
+        &group.octets(),
+        &(ns.len() as u32).to_be_bytes(),
+        &[0, 0, 0, IP_ICMPV6],
+    ]
+    .concat();
+    let c = checksum(&[&pseudo, &ns]);
+    ns[2..4].copy_from_slice(&c.to_be_bytes());
+    eth(&[], ETH_IPV6, &ipv6(group, &[], IP_ICMPV6, &ns))
+}
+
+/// `frame` with its last `n` bytes cut off (the length fields still claim them).
+fn cut(mut frame: Vec<u8>, keep: usize) -> Vec<u8> {
+    frame.truncate(keep);
+    frame
+}
+
+/// `frame` with `f` applied to it.
+fn with(mut frame: Vec<u8>, f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    f(&mut frame);
+    frame
+}
+
+// Offsets in an untagged Ethernet + IPv4 (no options) + UDP frame.
+const ETH: usize = 14;
+const IP4: usize = 20;
+const IP6: usize = 40;
+const UDP: usize = 8;
+
+// ---------------------------------------------------------------------------------------------
+// The table
+
+struct Case {
+    name: &'static str,
+    frame: Vec<u8>,
+    action: u32,
+    counter: XdpCounter,
+}
+
+fn case(name: &'static str, frame: Vec<u8>, action: u32, counter: XdpCounter) -> Case {
+    Case {
+        name,
+        frame,
+        action,
+        counter,
+    }
+}
+
+fn table() -> Vec<Case> {
+    use XdpCounter::*;
+    let init = wg_ok(1, 148);
+    let resp = wg_ok(2, 92);
+    let cookie = wg_ok(3, 64);
+    let data_min = wg_ok(4, 32);
+    let data = wg_ok(4, 32 + 128);
+    let v4_init_udp = udp(PEER4.into(), LOCAL4.into(), PORT, &init);
+    let v6_init_udp = udp(PEER6.into(), LOCAL6.into(), PORT, &init);
+    // Record route (7) with room for two addresses, then a NOP: 12 bytes of options (IHL 8).
+    let options = [7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    vec![
+        // WireGuard for us: no XSK registered in the fixture, so it passes to the kernel.
+        case("v4 initiation", to_us4(&init), XDP_PASS, PassNoXsk),
+        case("v4 response", to_us4(&resp), XDP_PASS, PassNoXsk),
+        case("v4 cookie reply", to_us4(&cookie), XDP_PASS, PassNoXsk),
+        case(
+            "v4 data, minimum 32",
+            to_us4(&data_min),
+            XDP_PASS,
+            PassNoXsk,
+        ),
+        case("v4 data, 160 bytes", to_us4(&data), XDP_PASS, PassNoXsk),
+        case("v6 initiation", to_us6(&init), XDP_PASS, PassNoXsk),
+        case("v6 response", to_us6(&resp), XDP_PASS, PassNoXsk),
+        case("v6 cookie reply", to_us6(&cookie), XDP_PASS, PassNoXsk),
+        case("v6 data", to_us6(&data), XDP_PASS, PassNoXsk),
+        case(
+            "v4 with options (IHL 8)",
+            eth(
+                &[],
+                ETH_IPV4,
+                &ipv4(LOCAL4, IP_UDP, &options, 0, &v4_init_udp),
+            ),
+            XDP_PASS,
+            PassNoXsk,
+        ),
+        case(
+            "v6 with hop-by-hop and destination options",
+            eth(
+                &[],
+                ETH_IPV6,
+                &ipv6(
+                    LOCAL6,
+                    &[(IP6_HOPOPTS, 0), (IP6_DSTOPTS, 1)],
+                    IP_UDP,
+                    &v6_init_udp,
+                ),
+            ),
+            XDP_PASS,
+            PassNoXsk,
+        ),
+        case(
+            "v6 with hop-by-hop, routing and two destination options",
+            eth(
+                &[],
+                ETH_IPV6,
+                &ipv6(
+                    LOCAL6,
+                    &[
+                        (IP6_HOPOPTS, 0),
+                        (IP6_DSTOPTS, 0),
+                        (IP6_ROUTING, 2),
+                        (IP6_DSTOPTS, 0),
+                    ],
+                    IP_UDP,
+                    &v6_init_udp,
+                ),
+            ),
+            XDP_PASS,
+            PassNoXsk,
+        ),
+        case(
+            "v4 behind one VLAN tag",
+            eth(
+                &[(ETH_VLAN, 100)],
+                ETH_IPV4,
+                &ipv4(LOCAL4, IP_UDP, &[], 0, &v4_init_udp),
+            ),
+            XDP_PASS,
+            PassNoXsk,
+        ),
+        case(
+            "v6 behind one VLAN tag",
+            eth(
+                &[(ETH_VLAN, 100)],
+                ETH_IPV6,
+                &ipv6(LOCAL6, &[], IP_UDP, &v6_init_udp),
+            ),
+            XDP_PASS,
+            PassNoXsk,
+        ),
+        case(
+            "v4 response with Ethernet padding after the datagram",
+            with(to_us4(&resp), |f| f.extend_from_slice(&[0; 10])),
+            XDP_PASS,
+            PassNoXsk,
+        ),
+        // Obviously invalid WireGuard for us: dropped, one counter per reason.
+        case(
+            "type 0",
+            to_us4(&wg(0, [0; 3], 148)),
+            XDP_DROP,
+            DropWgUnknownType,
+        ),
+        case(
+            "type 5",
+            to_us4(&wg(5, [0; 3], 148)),
+            XDP_DROP,
+            DropWgUnknownType,
+        ),
+        case(
+            "type 255, v6",
+            to_us6(&wg(255, [0; 3], 64)),
+            XDP_DROP,
+            DropWgUnknownType,
+        ),
+        case(
+            "reserved byte 1",
+            to_us4(&wg(1, [1, 0, 0], 148)),
+            XDP_DROP,
+            DropWgReserved,
+        ),
+        case(
+            "reserved byte 2",
+            to_us4(&wg(4, [0, 0x80, 0], 64)),
+            XDP_DROP,
+            DropWgReserved,
+        ),
+        case(
+            "reserved byte 3, v6",
+            to_us6(&wg(2, [0, 0, 1], 92)),
+            XDP_DROP,
+            DropWgReserved,
+        ),
+        case(
+            "initiation 147",
+            to_us4(&wg_ok(1, 147)),
+            XDP_DROP,
+            DropWgHandshakeLen,
+        ),
+        case(
+            "initiation 149",
+            to_us4(&wg_ok(1, 149)),
+            XDP_DROP,
+            DropWgHandshakeLen,
+        ),
+        case(
+            "response 91",
+            to_us4(&wg_ok(2, 91)),
+            XDP_DROP,
+            DropWgHandshakeLen,
+        ),
+        case(
+            "response 93, v6",
+            to_us6(&wg_ok(2, 93)),
+            XDP_DROP,
+            DropWgHandshakeLen,
+        ),
+        case(
+            "cookie reply 63",
+            to_us4(&wg_ok(3, 63)),
+            XDP_DROP,
+            DropWgHandshakeLen,
+        ),
+        case(
+            "cookie reply 148",
+            to_us4(&wg_ok(3, 148)),
+            XDP_DROP,
+            DropWgHandshakeLen,
+        ),
+        case("data 31", to_us4(&wg_ok(4, 31)), XDP_DROP, DropWgDataShort),
+        case(
+            "data 16, v6",
+            to_us6(&wg_ok(4, 16)),
+            XDP_DROP,
+            DropWgDataShort,
+        ),
+        case(
+            "data 4 (header only)",
+            to_us4(&wg_ok(4, 4)),
+            XDP_DROP,
+            DropWgDataShort,
+        ),
+        case("empty datagram", to_us4(&[]), XDP_DROP, DropWgTruncated),
+        case(
+            "WireGuard header cut: 3-byte datagram",
+            to_us4(&[1, 0, 0]),
+            XDP_DROP,
+            DropWgTruncated,
+        ),
+        case(
+            "WireGuard header cut: 1-byte datagram, v6",
+            to_us6(&[4]),
+            XDP_DROP,
+            DropWgTruncated,
+        ),
+        // Not for us: passed to the kernel, counted by reason.
+        case("ARP", arp_request(), XDP_PASS, PassArp),
+        case(
+            "IPv6 neighbor solicitation (ICMPv6)",
+            neighbor_solicitation(),
+            XDP_PASS,
+            PassNotUdp,
+        ),
+        case(
+            "TCP to port 22",
+            eth(&[], ETH_IPV4, &ipv4(LOCAL4, IP_TCP, &[], 0, &tcp(22))),
+            XDP_PASS,
+            PassNotUdp,
+        ),
+        case(
+            "TCP to 51820, v6",
+            eth(&[], ETH_IPV6, &ipv6(LOCAL6, &[], IP_TCP, &tcp(PORT))),
+            XDP_PASS,
+            PassNotUdp,
+        ),
+        case(
+            "UDP to port 53",
+            v4_udp(LOCAL4, 53, &init),
+            XDP_PASS,
+            PassOtherPort,
+        ),
+        case(
+            "UDP to port 51821, v6",
+            v6_udp(LOCAL6, PORT + 1, &init),
+            XDP_PASS,
+            PassOtherPort,
+        ),
+        case(
+            "UDP to 51820, another v4 address",
+            v4_udp(OTHER4, PORT, &init),
+            XDP_PASS,
+            PassOtherAddr,
+        ),
+        case(
+            "UDP to 51820, another v6 address",
+            v6_udp(OTHER6, PORT, &init),
+            XDP_PASS,
+            PassOtherAddr,
+        ),
+        case(
+            "UDP to 51820, our v4 address as v4-mapped IPv6 is not ours",
+            v6_udp(
+                Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0xc612, 0x0001),
+                PORT,
+                &init,
+            ),
+            XDP_PASS,
+            PassOtherAddr,
+        ),
+        case(
+            "unknown EtherType (LLDP)",
+            eth(&[], ETH_LLDP, &[0; 46]),
+            XDP_PASS,
+            PassEthertype,
+        ),
+        case(
+            "two VLAN tags (802.1Q in 802.1Q)",
+            eth(
+                &[(ETH_VLAN, 100), (ETH_VLAN, 200)],
+                ETH_IPV4,
+                &ipv4(LOCAL4, IP_UDP, &[], 0, &v4_init_udp),
+            ),
+            XDP_PASS,
+            PassVlanStacked,
+        ),
+        case(
+            "QinQ (802.1ad S-tag)",
+            eth(
+                &[(ETH_QINQ, 100), (ETH_VLAN, 200)],
+                ETH_IPV4,
+                &ipv4(LOCAL4, IP_UDP, &[], 0, &v4_init_udp),
+            ),
+            XDP_PASS,
+            PassVlanStacked,
+        ),
+        case(
+            "IPv4 first fragment (MF)",
+            eth(
+                &[],
+                ETH_IPV4,
+                &ipv4(LOCAL4, IP_UDP, &[], 0x2000, &v4_init_udp),
+            ),
+            XDP_PASS,
+            PassFragment,
+        ),
+        case(
+            "IPv4 later fragment (offset 185)",
+            eth(&[], ETH_IPV4, &ipv4(LOCAL4, IP_UDP, &[], 185, &init)),
+            XDP_PASS,
+            PassFragment,
+        ),
+        case(
+            "IPv6 fragment header",
+            eth(
+                &[],
+                ETH_IPV6,
+                &ipv6(LOCAL6, &[(IP6_FRAGMENT, 0)], IP_UDP, &v6_init_udp),
+            ),
+            XDP_PASS,
+            PassFragment,
+        ),
+        case(
+            "IPv6 hop-by-hop then fragment header",
+            eth(
+                &[],
+                ETH_IPV6,
+                &ipv6(
+                    LOCAL6,
+                    &[(IP6_HOPOPTS, 0), (IP6_FRAGMENT, 0)],
+                    IP_UDP,
+                    &v6_init_udp,
+                ),
+            ),
+            XDP_PASS,
+            PassFragment,
+        ),
+        case(
+            "IPv6 with five extension headers",
+            eth(
+                &[],
+                ETH_IPV6,
+                &ipv6(LOCAL6, &[(IP6_DSTOPTS, 0); 5], IP_UDP, &v6_init_udp),
+            ),
+            XDP_PASS,
+            PassIpv6ExtDepth,
+        ),
+        // Truncated or garbled headers at every layer: passed for the kernel to reject.
+        case(
+            "Ethernet only, IPv4 EtherType",
+            eth(&[], ETH_IPV4, &[]),
+            XDP_PASS,
+            PassMalformed,
+        ),
+        case(
+            "VLAN tag cut",
+            cut(eth(&[(ETH_VLAN, 100)], ETH_IPV4, &[]), ETH + 2),
+            XDP_PASS,
+            PassMalformed,
+        ),
+        case(
+            "IPv4 header cut at 19 bytes",
+            cut(to_us4(&init), ETH + 19),
+            XDP_PASS,
+            PassMalformed,
+        ),
+        case(
+            "IPv4 options cut (IHL 8, 22 bytes present)",
+            cut(
+                eth(
+                    &[],
+                    ETH_IPV4,
+                    &ipv4(LOCAL4, IP_UDP, &options, 0, &v4_init_udp),
+                ),
+                ETH + 22,
+            ),
+            XDP_PASS,
+            PassMalformed,
+        ),
+        case(
+            "IPv4 IHL 4",
+            with(to_us4(&init), |f| f[ETH] = 0x44),
+            XDP_PASS,
+            PassMalformed,
+        ),
+        case(
+            "IPv4 version 6 in an IPv4 EtherType",
+            with(to_us4(&init), |f| f[ETH] = 0x65),
+            XDP_PASS,
+            PassMalformed,
+        ),
+        case(
+            "IPv4 total length below the header",
+            with(to_us4(&init), |f| {
+                f[ETH + 2..ETH + 4].copy_from_slice(&19u16.to_be_bytes())
+            }),
+            XDP_PASS,
+            PassMalformed,
+        ),
+        case(
+            "IPv6 header cut at 39 bytes",
+            cut(to_us6(&init), ETH + 39),
+            XDP_PASS,
+            PassMalformed,
+        ),
+        case(
+            "IPv6 extension header cut",
+            // The payload length says 16 bytes follow, the hop-by-hop header claims 24.
+            with(
+                cut(
+                    eth(
+                        &[],
+                        ETH_IPV6,
+                        &ipv6(LOCAL6, &[(IP6_HOPOPTS, 2)], IP_UDP, &v6_init_udp),
+                    ),
+                    ETH + IP6 + 16,
+                ),
+                |f| f[ETH + 4..ETH + 6].copy_from_slice(&16u16.to_be_bytes()),
+            ),
+            XDP_PASS,
+            PassMalformed,
+        ),
+        case(
+            "IPv6 payload length past the frame",
+            cut(to_us6(&init), ETH + IP6 + UDP + 100),
+            XDP_PASS,
+            PassMalformed,
+        ),
+        case(
+            "UDP header cut (IPv4 length says 4 bytes)",
+            cut(
+                with(to_us4(&init), |f| {
+                    f[ETH + 2..ETH + 4].copy_from_slice(&24u16.to_be_bytes())
+                }),
+                ETH + IP4 + 4,
+            ),
+            XDP_PASS,
+            PassMalformed,
+        ),
+        case(
+            "UDP length 7",
+            with(to_us4(&init), |f| {
+                f[ETH + IP4 + 4..ETH + IP4 + 6].copy_from_slice(&7u16.to_be_bytes())
+            }),
+            XDP_PASS,
+            PassMalformed,
+        ),
+        case(
+            "UDP length past the IP payload",
+            with(to_us4(&init), |f| {
+                f[ETH + IP4 + 4..ETH + IP4 + 6].copy_from_slice(&200u16.to_be_bytes())
+            }),
+            XDP_PASS,
+            PassMalformed,
+        ),
+        case(
+            "frame cut inside the WireGuard header (lengths claim 148)",
+            cut(to_us4(&init), ETH + IP4 + UDP + 2),
+            XDP_PASS,
+            PassMalformed,
+        ),
+        case(
+            "frame cut inside a WireGuard initiation, v6",
+            cut(to_us6(&init), ETH + IP6 + UDP + 100),
+            XDP_PASS,
+            PassMalformed,
+        ),
+    ]
+}
+
+/// Runs `frame` and checks the action and that exactly `counter` moved, by one.
+fn check(
+    prog: &XdpProgram,
+    name: &str,
+    frame: &[u8],
+    action: u32,
+    counter: XdpCounter,
+) -> Vec<String> {
+    let before = prog.counters().unwrap();
+    let got = match prog.test_run(frame) {
+        Ok(a) => a,
+        Err(e) => return vec![format!("{name}: test run failed: {e}")],
+    };
+    let delta = prog.counters().unwrap().delta(&before);
+    let mut problems = Vec::new();
+    if got != action {
+        problems.push(format!("{name}: action {got}, expected {action}"));
+    }
+    for (c, n) in delta.iter() {
+        let want = u64::from(c == counter);
+        if n != want {
+            problems.push(format!(
+                "{name}: counter {} moved by {n}, expected {want}",
+                c.name()
+            ));
+        }
+    }
+    problems
+}
+
+#[test]
+fn fixture_table() {
+    if !root_or_skip("fixture_table") {
+        return;
+    }
+    let prog = fixture_program();
+    let cases = table();
+    let mut problems = Vec::new();
+    for c in &cases {
+        problems.extend(check(&prog, c.name, &c.frame, c.action, c.counter));
+    }
+    assert!(
+        problems.is_empty(),
+        "{} of {} cases wrong:\n{}",
+        problems.len(),
+        cases.len(),
+        problems.join("\n")
+    );
+
+    // Every counter slot but the redirect one (see xsk_redirect) is reached by some case.
+    for c in XdpCounter::ALL {
+        if c != XdpCounter::Redirect {
+            assert!(
+                cases.iter().any(|k| k.counter == c),
+                "no fixture for {}",
+                c.name()
+            );
+        }
+    }
+    // The totals add up: every run counted once.
+    let totals = prog.counters().unwrap();
+    assert_eq!(
+        totals.iter().map(|(_, n)| n).sum::<u64>(),
+        cases.len() as u64
+    );
+}
+
+/// The kernel itself refuses to run XDP on less than an Ethernet header: the program's own
+/// Ethernet bounds check cannot be reached through BPF_PROG_TEST_RUN, and drivers never hand
+/// XDP such frames either. Nothing is counted.
+#[test]
+fn frames_shorter_than_ethernet_are_refused_by_the_kernel() {
+    if !root_or_skip("frames_shorter_than_ethernet_are_refused_by_the_kernel") {
+        return;
+    }
+    let prog = fixture_program();
+    for len in [0, 1, 13] {
+        let frame = cut(to_us4(&wg_ok(1, 148)), len);
+        match prog.test_run(&frame) {
+            Err(XdpError::TestRun(e)) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{len} bytes")
+            }
+            other => panic!("{len}-byte frame: expected EINVAL, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        prog.counters().unwrap().iter().map(|(_, n)| n).sum::<u64>(),
+        0
+    );
+}
+
+/// The sets are replaced, not merged, and an empty set makes nothing ours.
+#[test]
+fn ports_and_addresses_are_replaced() {
+    if !root_or_skip("ports_and_addresses_are_replaced") {
+        return;
+    }
+    let mut prog = fixture_program();
+    let init = wg_ok(1, 148);
+    let mut problems = Vec::new();
+    problems.extend(check(
+        &prog,
+        "fixture sets",
+        &to_us4(&init),
+        XDP_PASS,
+        XdpCounter::PassNoXsk,
+    ));
+
+    prog.set_ports(&[443, 4500]).unwrap();
+    problems.extend(check(
+        &prog,
+        "51820 no longer served",
+        &to_us4(&init),
+        XDP_PASS,
+        XdpCounter::PassOtherPort,
+    ));
+    problems.extend(check(
+        &prog,
+        "443 served",
+        &v4_udp(LOCAL4, 443, &init),
+        XDP_PASS,
+        XdpCounter::PassNoXsk,
+    ));
+    problems.extend(check(
+        &prog,
+        "4500 served",
+        &v4_udp(LOCAL4, 4500, &init),
+        XDP_PASS,
+        XdpCounter::PassNoXsk,
+    ));
+
+    prog.set_local_addrs(&[IpAddr::V4(OTHER4)]).unwrap();
+    problems.extend(check(
+        &prog,
+        "old v4 address gone",
+        &v4_udp(LOCAL4, 443, &init),
+        XDP_PASS,
+        XdpCounter::PassOtherAddr,
+    ));
+    problems.extend(check(
+        &prog,
+        "v6 address gone",
+        &v6_udp(LOCAL6, 443, &init),
+        XDP_PASS,
+        XdpCounter::PassOtherAddr,
+    ));
+    problems.extend(check(
+        &prog,
+        "new VIP served",
+        &v4_udp(OTHER4, 443, &init),
+        XDP_PASS,
+        XdpCounter::PassNoXsk,
+    ));
+
+    prog.set_ports(&[]).unwrap();
+    problems.extend(check(
+        &prog,
+        "no ports",
+        &v4_udp(OTHER4, 443, &init),
+        XDP_PASS,
+        XdpCounter::PassOtherPort,
+    ));
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+
+    let too_many: Vec<u16> = (1..=1000).collect();
+    assert!(matches!(
+        prog.set_ports(&too_many),
+        Err(XdpError::TooMany { .. })
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The redirect branch, with a real AF_XDP socket
+
+/// An AF_XDP socket bound (copy mode) to queue 0 of `ifname` in the calling thread's
+/// namespace, with the UMEM it needs; the kernel accepts only bound sockets in an XSKMAP.
+struct Xsk {
+    fd: OwnedFd,
+    umem: *mut libc::c_void,
+    umem_len: usize,
+}
+
+// SAFETY: the UMEM mapping is owned by this value alone and only unmapped in Drop.
+unsafe impl Send for Xsk {}
+
+impl Xsk {
+    fn bind(ifname: &str) -> std::io::Result<Xsk> {
+        let last = std::io::Error::last_os_error;
+        const FRAMES: usize = 64;
+        const FRAME: usize = 2048;
+        let umem_len = FRAMES * FRAME;
+        // SAFETY: socket(2) with constant arguments; the result is checked before use.
+        let raw = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(last());
+        }
+        // SAFETY: `raw` is a fresh descriptor owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: an anonymous private mapping with no address hint; checked for MAP_FAILED.
+        let umem = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                umem_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if umem == libc::MAP_FAILED {
+            return Err(last());
+        }
+        let xsk = Xsk { fd, umem, umem_len };
+        let reg = libc::xdp_umem_reg {
+            addr: umem as u64,
+            len: umem_len as u64,
+            chunk_size: FRAME as u32,
+            headroom: 0,
+            flags: 0,
+            tx_metadata_len: 0,
+        };
+        xsk.setsockopt(libc::XDP_UMEM_REG, &reg)?;
+        let entries: u32 = FRAMES as u32;
+        xsk.setsockopt(libc::XDP_UMEM_FILL_RING, &entries)?;
+        xsk.setsockopt(libc::XDP_UMEM_COMPLETION_RING, &entries)?;
+        xsk.setsockopt(libc::XDP_RX_RING, &entries)?;
+        let name = std::ffi::CString::new(ifname).unwrap();
+        // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if ifindex == 0 {
+            return Err(last());
+        }
+        let sa = libc::sockaddr_xdp {
+            sxdp_family: libc::AF_XDP as u16,
+            sxdp_flags: libc::XDP_COPY,
+            sxdp_ifindex: ifindex,
+            sxdp_queue_id: 0,
+            sxdp_shared_umem_fd: 0,
+        };
+        // SAFETY: `sa` is a valid sockaddr_xdp and its exact size is passed.
+        let rc = unsafe {
+            libc::bind(
+                xsk.fd.as_raw_fd(),
+                (&sa as *const libc::sockaddr_xdp).cast(),
+                std::mem::size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(last());
+        }
+        Ok(xsk)
+    }
+
+    fn setsockopt<T>(&self, opt: libc::c_int, value: &T) -> std::io::Result<()> {
+        // SAFETY: `value` points to a live T and its exact size is passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_XDP,
+                opt,
+                (value as *const T).cast(),
+                std::mem::size_of::<T>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+}
+
+impl Drop for Xsk {
+    fn drop(&mut self) {
+        // SAFETY: `umem` was mapped with `umem_len` bytes in `bind` and is unmapped once, here;
+        // the socket (closed after this, as a field) no longer uses it once closed, and the
+        // kernel pins the pages it registered independently of this mapping.
+        unsafe {
+            libc::munmap(self.umem, self.umem_len);
+        }
+    }
+}
+
+/// With a bound AF_XDP socket in the XSKMAP slot of queue 0 (the queue BPF_PROG_TEST_RUN
+/// runs as), WireGuard for us is redirected; without it, passed; nothing else changes.
+#[test]
+fn xsk_redirect() {
+    if !root_or_skip("xsk_redirect") {
+        return;
+    }
+    let ns = Netns::new(&format!("sl-xf-{}", unique_id())).unwrap();
+    let xsk = ns
+        .enter(|| Xsk::bind("lo"))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("binding an AF_XDP socket to lo in {}: {e}", ns.name()));
+    let mut prog = fixture_program();
+    let init = to_us4(&wg_ok(1, 148));
+    let mut problems = Vec::new();
+    problems.extend(check(
+        &prog,
+        "before registering",
+        &init,
+        XDP_PASS,
+        XdpCounter::PassNoXsk,
+    ));
+
+    prog.register_xsk(0, xsk.fd.as_raw_fd()).unwrap();
+    problems.extend(check(
+        &prog,
+        "v4 initiation",
+        &init,
+        XDP_REDIRECT,
+        XdpCounter::Redirect,
+    ));
+    problems.extend(check(
+        &prog,
+        "v6 data",
+        &to_us6(&wg_ok(4, 64)),
+        XDP_REDIRECT,
+        XdpCounter::Redirect,
+    ));
+    problems.extend(check(
+        &prog,
+        "bad type still dropped",
+        &to_us4(&wg(9, [0; 3], 148)),
+        XDP_DROP,
+        XdpCounter::DropWgUnknownType,
+    ));
+    problems.extend(check(
+        &prog,
+        "other port still passed",
+        &v4_udp(LOCAL4, 53, &wg_ok(1, 148)),
+        XDP_PASS,
+        XdpCounter::PassOtherPort,
+    ));
+
+    prog.unregister_xsk(0).unwrap();
+    prog.unregister_xsk(0).unwrap(); // already empty: fine
+    problems.extend(check(
+        &prog,
+        "after unregistering",
+        &init,
+        XDP_PASS,
+        XdpCounter::PassNoXsk,
+    ));
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(matches!(
+        prog.register_xsk(100_000, xsk.fd.as_raw_fd()),
+        Err(XdpError::QueueOutOfRange { .. })
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attaching: visible in `ip -d link`, gone on drop and when the process is SIGKILLed
+
+/// `ip -d link show dev` in `ns`.
+fn link_details(ns: &Netns, dev: &str) -> String {
+    ns.ip(&["-d", "link", "show", "dev", dev]).unwrap()
+}
+
+fn has_xdp(details: &str) -> bool {
+    details.contains("prog/xdp")
+}
+
+/// Waits (bounded) until `dev` in `ns` has no XDP program; returns the last details seen.
+fn wait_no_xdp(ns: &Netns, dev: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = link_details(ns, dev);
+        if !has_xdp(&d) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(d);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process, SIGKILLed and reaped on drop.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn attach_to_veth_and_detach() {
+    if !root_or_skip("attach_to_veth_and_detach") {
+        return;
+    }
+    let id = unique_id();
+    let a = Netns::new(&format!("sl-xfa-{id}")).unwrap();
+    let b = Netns::new(&format!("sl-xfb-{id}")).unwrap();
+    let (dev, peer) = (format!("sl-xfa{id}"), format!("sl-xfb{id}"));
+    veth(&a, &dev, &b, &peer, None).unwrap();
+    assert!(!has_xdp(&link_details(&a, &dev)));
+
+    let mut prog = fixture_program();
+    let mode = a.enter(|| prog.attach(&dev)).unwrap().unwrap();
+    assert_eq!(
+        mode,
+        sluice::xdp::AttachMode::Driver,
+        "veth supports native XDP"
+    );
+    let details = link_details(&a, &dev);
+    assert!(
+        has_xdp(&details),
+        "no XDP program shown on {dev}:\n{details}"
+    );
+    assert!(details.contains("xdp "), "not in driver mode:\n{details}");
+    assert!(matches!(
+        a.enter(|| prog.attach(&dev)).unwrap(),
+        Err(XdpError::AlreadyAttached(_))
+    ));
+    assert_eq!(
+        prog.attachments().collect::<Vec<_>>(),
+        vec![(dev.as_str(), mode)]
+    );
+
+    // A frame sent by the peer runs through the program (ARP-less: an IPv6 NS is multicast).
+    let before = prog.counters().unwrap();
+    b.enter(|| send_raw(&peer, &neighbor_solicitation()))
+        .unwrap()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while prog
+        .counters()
+        .unwrap()
+        .delta(&before)
+        .get(XdpCounter::PassNotUdp)
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the attached program never saw the frame"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    prog.detach(&dev).unwrap();
+    wait_no_xdp(&a, &dev).unwrap_or_else(|d| panic!("still attached after detach:\n{d}"));
+    assert!(matches!(prog.detach(&dev), Err(XdpError::NotAttached(_))));
+
+    // Dropping the program detaches too.
+    a.enter(|| prog.attach(&dev)).unwrap().unwrap();
+    assert!(has_xdp(&link_details(&a, &dev)));
+    drop(prog);
+    wait_no_xdp(&a, &dev).unwrap_or_else(|d| panic!("still attached after drop:\n{d}"));
+}
+
+/// Sends one raw Ethernet frame out of `dev` (calling thread's namespace).
+fn send_raw(dev: &str, frame: &[u8]) -> std::io::Result<()> {
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: socket(2) with constant arguments; the result is checked before use.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(proto),
+        )
+    };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let name = std::ffi::CString::new(dev).unwrap();
+    // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value that we then fill in.
+    let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sa.sll_family = libc::AF_PACKET as u16;
+    sa.sll_protocol = proto;
+    sa.sll_ifindex = ifindex as i32;
+    // SAFETY: `frame` and `sa` are valid for the call and their exact sizes are passed.
+    let rc = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&sa as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The program attached by a process that is then SIGKILLed disappears with it: the
+/// attachment is a bpf_link owned by the process's file table, not a netlink setting.
+#[test]
+fn sigkilled_process_leaves_no_program_attached() {
+    if !root_or_skip("sigkilled_process_leaves_no_program_attached") {
+        return;
+    }
+    let id = unique_id();
+    let a = Netns::new(&format!("sl-xfk-{id}")).unwrap();
+    let b = Netns::new(&format!("sl-xfl-{id}")).unwrap();
+    let (dev, peer) = (format!("sl-xfk{id}"), format!("sl-xfl{id}"));
+    veth(&a, &dev, &b, &peer, None).unwrap();
+
+    let exe = std::env::current_exe().unwrap();
+    let mut child = ChildGuard(
+        Command::new("ip")
+            .args(["netns", "exec", a.name()])
+            .arg(&exe)
+            .args([
+                "--exact",
+                "attached_child",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(CHILD_ENV, &dev)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let mut attached = false;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if line.contains("ATTACHED ") {
+            attached = true;
+            break;
+        }
+    }
+    assert!(
+        attached,
+        "the child never attached (exit: {:?})",
+        child.0.try_wait()
+    );
+    let details = link_details(&a, &dev);
+    assert!(
+        has_xdp(&details),
+        "the child's program is not shown on {dev}:\n{details}"
+    );
+
+    // SIGKILL: no destructor, no signal handler runs in the child.
+    child.0.kill().unwrap();
+    let status = child.0.wait().unwrap();
+    assert!(!status.success(), "the child was not killed: {status}");
+    wait_no_xdp(&a, &dev).unwrap_or_else(|d| panic!("XDP still attached after SIGKILL:\n{d}"));
+}
+
+/// Not a test of its own: the child process of `sigkilled_process_leaves_no_program_attached`
+/// (run in the namespace, with `SLUICE_XDP_FIXTURE_CHILD=<dev>`). Attaches, says so, and waits
+/// to be killed. Without the variable it does nothing.
+#[test]
+fn attached_child() {
+    let Ok(dev) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let mut prog = fixture_program();
+    let mode = prog.attach(&dev).unwrap();
+    println!("ATTACHED {dev} {}", mode.as_str());
+    // Killed by the parent; the bound is only a safety net should the parent die first.
+    std::thread::sleep(Duration::from_secs(120));
+    drop(prog);
+    panic!("attached_child was not killed within 120 s");
+}

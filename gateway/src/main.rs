@@ -108,6 +108,7 @@ fn check(path: &Path) -> Result<(), String> {
 
 fn up(path: &Path, status_file: Option<PathBuf>) -> Result<(), String> {
     let cfg = load(path)?;
+    log::init(cfg.log_level.as_deref()).map_err(|e| e.to_string())?;
     for note in &cfg.notes {
         log::info(&format!("note: {note}"));
     }

@@ -598,6 +598,7 @@ fn bad_config_names_file_and_line_and_starts_nothing() {
         cores: vec![0],
         extra_toml: String::new(),
         env: Vec::new(),
+        status_file: true,
     };
     let toml = write_sluice_config(&spec, &dir).unwrap();
     let wg = dir.join(&format!("{}.conf", spec.ifname));

@@ -158,6 +158,18 @@ fn wg_show_reports_peers_handshakes_and_transfer() {
         "latest handshake {} is in the future (now {now})",
         p.latest_handshake
     );
+    // sluice logged the handshake as one structured event naming the peer's key (the stand-in
+    // gateways log in their own words).
+    if kind.is_sluice() {
+        let log = t.gateway.log_tail(200);
+        assert!(
+            log.lines().any(|l| l.contains(" INFO ")
+                && l.contains("handshake completed")
+                && l.contains(&format!("peer={public}"))
+                && l.contains(&format!("endpoint={endpoint}"))),
+            "no `handshake completed` event for {public} from {endpoint}:\n{log}"
+        );
+    }
     // The human-readable form names the peer too.
     let ifname = t.gateway.ifname().to_string();
     let show = wg(&t, &["show", &ifname]);
@@ -931,11 +943,16 @@ fn healthz_flips_to_503_when_a_worker_dies() {
     let mut spec = TopologySpec::new(kind, Some(std::path::PathBuf::from(SLUICE)), vec![wg_go()]);
     spec.workers = 2;
     spec.cores = vec![0, 1];
-    spec.sluice_toml_extra = format!("\n[metrics]\nlisten = \"{METRICS_ADDR}\"\n");
-    spec.sluice_env = vec![(
-        "SLUICE_FAULT_INJECT".into(),
-        format!("worker-panic:1:{PANIC_AFTER_MS}"),
-    )];
+    // The config asks for debug logs and SLUICE_LOG overrides it: warnings and errors only.
+    spec.sluice_toml_extra =
+        format!("\n[metrics]\nlisten = \"{METRICS_ADDR}\"\n\n[log]\nlevel = \"debug\"\n");
+    spec.sluice_env = vec![
+        (
+            "SLUICE_FAULT_INJECT".into(),
+            format!("worker-panic:1:{PANIC_AFTER_MS}"),
+        ),
+        ("SLUICE_LOG".into(), "warn".into()),
+    ];
     let mut t = Topology::build(&spec).or_fail("building the topology");
     let addr: SocketAddr = METRICS_ADDR.parse().unwrap();
     let (st, body) = http_get(&t, addr, "/healthz");
@@ -981,9 +998,26 @@ fn healthz_flips_to_503_when_a_worker_dies() {
     );
     let log = t.gateway.log_tail(200);
     assert!(
-        log.lines()
-            .any(|l| l.contains("worker stopped") && l.contains("worker=1") && l.contains("panic")),
+        log.lines().any(|l| l.contains("worker stopped")
+            && l.contains("role=")
+            && l.contains("index=1")
+            && l.contains("panic")),
         "no `worker stopped` line for worker 1:\n{log}"
+    );
+    // SLUICE_LOG=warn: the fault's warning and the stop's error, and nothing below warn
+    // (no "worker started", no "handshake completed", no debug).
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" WARN ") && l.contains("fault injection armed")),
+        "no warning about the armed fault:\n{log}"
+    );
+    let quiet: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" INFO ") || l.contains(" DEBUG ") || l.contains(" TRACE "))
+        .collect();
+    assert!(
+        quiet.is_empty(),
+        "SLUICE_LOG=warn let these through: {quiet:#?}"
     );
     // (The dead worker's share of flows is not served until a restart: its SO_REUSEPORT
     // socket stays bound. That is what the 503 is for: VRRP or anycast move traffic away.)

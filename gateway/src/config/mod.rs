@@ -17,6 +17,9 @@
 //! [metrics]
 //! listen = "127.0.0.1:9586"   # Prometheus /metrics and /healthz (optional)
 //! per_peer = 10000            # per-peer series for at most this many peers (0: none)
+//!
+//! [log]
+//! level = "info"              # or RUST_LOG-style directives; SLUICE_LOG overrides it
 //! ```
 
 pub mod wgquick;
@@ -99,6 +102,9 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// Per-peer metric series: at most this many peers (0: none); `None`: the default cap.
     pub metrics_per_peer: Option<usize>,
+    /// The log filter of `[log] level` (validated; the `SLUICE_LOG` environment variable
+    /// overrides it); `None`: `info`.
+    pub log_level: Option<String>,
     /// Things accepted but not acted on, for the operator to see at start.
     pub notes: Vec<String>,
 }
@@ -115,6 +121,8 @@ struct RawGateway {
     dataplane: RawDataplane,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    log: RawLog,
 }
 
 #[derive(Deserialize)]
@@ -137,6 +145,12 @@ struct RawDataplane {
 struct RawMetrics {
     listen: Option<Spanned<String>>,
     per_peer: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<Spanned<String>>,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -200,6 +214,11 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     };
     let mut cfg = build(path, name, wg_path, wg, dataplane, metrics)?;
     cfg.metrics_per_peer = per_peer;
+    if let Some(l) = &raw.log.level {
+        crate::log::parse_filter(l.get_ref())
+            .map_err(|why| at(l.span(), format!("log.level '{}': {why}", l.get_ref())))?;
+        cfg.log_level = Some(l.get_ref().clone());
+    }
     Ok(cfg)
 }
 
@@ -326,6 +345,7 @@ fn build(
         dataplane,
         metrics,
         metrics_per_peer: None,
+        log_level: None,
         notes,
         wg_path,
     })
@@ -603,6 +623,26 @@ mod tests {
             )),
         );
         assert!(load(&d.write("gateway.toml", GOOD_TOML)).is_ok());
+    }
+
+    #[test]
+    fn log_levels_are_checked_with_their_line() {
+        let d = Dir::new("log");
+        d.write("wg.conf", &wg(""));
+        let p = d.write(
+            "gateway.toml",
+            &format!("{GOOD_TOML}\n[log]\nlevel = \"warn,sluice::uapi=debug\"\n"),
+        );
+        assert_eq!(
+            load(&p).unwrap().log_level.as_deref(),
+            Some("warn,sluice::uapi=debug")
+        );
+        let line = GOOD_TOML.lines().count() + 3;
+        let e = err(&format!("{GOOD_TOML}\n[log]\nlevel = \"loud\"\n"), &wg(""));
+        assert_eq!(e.line, Some(line), "{e}");
+        assert!(e.reason.contains("log.level 'loud'"), "{e}");
+        let e = err(&format!("{GOOD_TOML}\n[log]\nlevels = \"info\"\n"), &wg(""));
+        assert_eq!(e.line, Some(line), "{e}");
     }
 
     #[test]

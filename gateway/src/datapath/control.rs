@@ -84,10 +84,12 @@ impl UapiHandler for Control {
         let changes: Vec<PeerChange> = req.peers.iter().map(to_change).collect();
         match self.shared.apply(req.replace_peers, &changes) {
             Ok(s) => {
-                log::info(&format!(
-                    "wg set applied: peers added={} updated={} removed={}",
-                    s.added, s.updated, s.removed
-                ));
+                tracing::info!(
+                    added = s.added,
+                    updated = s.updated,
+                    removed = s.removed,
+                    "wg set applied"
+                );
                 Ok(())
             }
             Err(e) => {

@@ -14,7 +14,6 @@
 //! the gateway from starting.
 
 use super::worker::WorkerStats;
-use crate::log;
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
@@ -83,9 +82,12 @@ pub fn arm_from_env(workers: usize) -> Result<Option<Fault>, String> {
         worker,
         at: Instant::now() + after,
     });
-    log::warn(&format!(
-        "fault injection armed ({FAULT_ENV}): worker {worker} will panic in {after:?}"
-    ));
+    tracing::warn!(
+        env = FAULT_ENV,
+        worker,
+        after_ms = after.as_millis() as u64,
+        "fault injection armed: this worker will panic"
+    );
     Ok(Some(fault))
 }
 
@@ -100,15 +102,15 @@ pub fn checkpoint(id: usize) {
     }
 }
 
-/// Run a worker's loop; if it panics, record and log why and return normally, so the panic
-/// ends this thread only.
-pub fn run_contained(what: &str, stats: &WorkerStats, body: impl FnOnce()) {
-    log::info(&format!("worker started {what}"));
+/// Run a thread's loop (`role` "worker" or "handshake", number `index`); if it panics, record
+/// and log why and return normally, so the panic ends this thread only.
+pub fn run_contained(role: &'static str, index: usize, stats: &WorkerStats, body: impl FnOnce()) {
+    tracing::info!(role, index, "worker started");
     match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(()) => log::info(&format!("worker stopped {what}")),
+        Ok(()) => tracing::info!(role, index, "worker stopped"),
         Err(payload) => {
             let why = format!("panicked: {}", panic_message(payload.as_ref()));
-            log::error(&format!("worker stopped {what} reason=\"{why}\""));
+            tracing::error!(role, index, reason = %why, "worker stopped");
             let _ = stats.exited.set(why);
         }
     }
@@ -153,13 +155,13 @@ mod tests {
     #[test]
     fn a_panic_is_contained_and_recorded() {
         let stats = WorkerStats::default();
-        run_contained("worker=test", &stats, || panic!("boom {}", 7));
+        run_contained("worker", 7, &stats, || panic!("boom {}", 7));
         assert_eq!(
             stats.exited.get().map(String::as_str),
             Some("panicked: boom 7")
         );
         let calm = WorkerStats::default();
-        run_contained("worker=test", &calm, || {});
+        run_contained("worker", 8, &calm, || {});
         assert!(calm.exited.get().is_none());
     }
 }

@@ -48,7 +48,13 @@ impl<O: Outer> HandshakeThread<O> {
             };
             match handle(&self.shared, &mut cx, &mut out, job.src, &mut job.data) {
                 Ok(()) => handled += 1,
-                Err(reason) => drops.count(reason),
+                Err(reason) => {
+                    drops.count(reason);
+                    // Debug only: anyone can send (or replay) handshake messages, so a failed
+                    // one is counted, and logged only when asked for. A peer whose handshakes
+                    // keep failing is logged at warn when its initiator gives up.
+                    tracing::debug!(endpoint = %job.src, reason = reason.label(), "handshake message dropped");
+                }
             }
             sent += send_transmits(&*self.udp, &mut out.transmits) as u64;
             for e in out.events.drain(..) {

@@ -110,19 +110,20 @@ fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<libc::c_int> {
 /// fails to load, or that changes what cannot change while running, is rejected with the
 /// reason, and the running configuration keeps serving untouched.
 fn reload(running: &Config, shared: &Shared) {
+    let path = running.path.display();
     let next = match crate::config::load(&running.path) {
         Ok(c) => c,
         Err(e) => {
-            log::error(&format!(
-                "reload rejected, keeping the running configuration: {e}"
-            ));
+            tracing::error!(%path, error = %e, "reload rejected, keeping the running configuration");
             return;
         }
     };
     if let Some(what) = fixed_setting_changed(running, &next) {
-        log::error(&format!(
-            "reload rejected, keeping the running configuration: {what} cannot change while running (restart sluice)"
-        ));
+        tracing::error!(
+            %path,
+            error = %format!("{what} cannot change while running (restart sluice)"),
+            "reload rejected, keeping the running configuration"
+        );
         return;
     }
     let changes: Vec<PeerChange> = next
@@ -136,16 +137,16 @@ fn reload(running: &Config, shared: &Shared) {
         })
         .collect();
     match shared.apply(true, &changes) {
-        Ok(s) => log::info(&format!(
-            "reloaded {}: peers added={} updated={} removed={}",
-            running.path.display(),
-            s.added,
-            s.updated,
-            s.removed
-        )),
-        Err(e) => log::error(&format!(
-            "reload rejected, keeping the running configuration: {e}"
-        )),
+        Ok(s) => tracing::info!(
+            %path,
+            added = s.added,
+            updated = s.updated,
+            removed = s.removed,
+            "reloaded"
+        ),
+        Err(e) => {
+            tracing::error!(%path, error = %e, "reload rejected, keeping the running configuration")
+        }
     }
 }
 
@@ -234,7 +235,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
                     }
                 }
                 let stats = w.stats.clone();
-                fault::run_contained(&format!("worker={id}"), &stats, move || w.run());
+                fault::run_contained("worker", id, &stats, move || w.run());
             })
             .map_err(RunError::Thread)?;
         threads.push(t);
@@ -259,7 +260,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
             .name(format!("sluice-hs{i}"))
             .spawn(move || {
                 let stats = hs.stats.clone();
-                fault::run_contained(&format!("handshake={i}"), &stats, move || hs.run());
+                fault::run_contained("handshake", i, &stats, move || hs.run());
             });
         threads.push(t.map_err(RunError::Thread)?);
     }

@@ -439,27 +439,40 @@ fn is_group(dst: std::net::IpAddr) -> bool {
     }
 }
 
-/// One line per operator-relevant event (never per packet).
+/// One structured event per operator-relevant protocol event (never per packet): the peer's
+/// public key (base64, as `wg` prints it) and its endpoint.
 pub fn log_event(shared: &Shared, e: &Event) {
     let table = shared.table();
-    let key = |id: u32| {
-        table
-            .get(id)
-            .map(|p| crate::keys::encode_key(lock(p).public_key()))
-            .unwrap_or_default()
+    let peer_of = |id: u32| {
+        table.get(id).map_or((String::new(), None), |p| {
+            let p = lock(p);
+            (crate::keys::encode_key(p.public_key()), p.endpoint())
+        })
     };
+    let endpoint =
+        |e: Option<SocketAddr>| e.map_or_else(|| "(none)".to_string(), |e| e.to_string());
     match e {
         Event::HandshakeCompleted { peer } => {
-            crate::log::info(&format!("handshake completed peer={}", key(*peer)))
+            let (key, ep) = peer_of(*peer);
+            tracing::info!(peer = %key, endpoint = %endpoint(ep), "handshake completed");
         }
-        Event::EndpointChanged { peer, endpoint } => crate::log::info(&format!(
-            "endpoint changed peer={} endpoint={endpoint}",
-            key(*peer)
-        )),
+        Event::EndpointChanged { peer, endpoint } => {
+            let (key, _) = peer_of(*peer);
+            tracing::info!(peer = %key, endpoint = %endpoint, "endpoint changed");
+        }
         Event::HandshakeGaveUp { peer } => {
-            crate::log::info(&format!("handshake gave up peer={}", key(*peer)))
+            let (key, ep) = peer_of(*peer);
+            tracing::warn!(
+                peer = %key,
+                endpoint = %endpoint(ep),
+                reason = "no response to any initiation (gave up)",
+                "handshake failed"
+            );
         }
-        Event::KeysZeroed { peer } => crate::log::info(&format!("keys zeroed peer={}", key(*peer))),
+        Event::KeysZeroed { peer } => {
+            let (key, _) = peer_of(*peer);
+            tracing::debug!(peer = %key, "keys zeroed");
+        }
     }
 }
 

@@ -112,6 +112,9 @@ pub struct GatewaySpec {
     pub extra_toml: String,
     /// Environment variables for the sluice process (e.g. `SLUICE_LOG`).
     pub env: Vec<(String, String)>,
+    /// Run sluice with `--status-file` (the default). Without it (for very many peers, where
+    /// rewriting the file every second costs real CPU), [`Gateway::status`] asks the `wg` API.
+    pub status_file: bool,
 }
 
 /// The contents of `gateway.toml` and of the wg-quick file it points to (`IFNAME.conf`).
@@ -306,11 +309,11 @@ impl Gateway {
         let status = dir.join("status.json");
         let log = dir.join("sluice.log");
         let mut c = ns.command(&bin.to_string_lossy());
-        c.arg("up")
-            .arg("--config")
-            .arg(&config)
-            .arg("--status-file")
-            .arg(&status);
+        c.arg("up").arg("--config").arg(&config);
+        if spec.status_file {
+            c.arg("--status-file").arg(&status);
+        }
+        let socket = super::wg::uapi_socket(&spec.ifname);
         for (k, v) in &spec.env {
             c.env(k, v);
         }
@@ -325,7 +328,12 @@ impl Gateway {
             Duration::from_millis(50),
             || {
                 daemon.ensure_running().map_err(fatal)?;
-                Ok((ns.link_exists(&spec.ifname) && status.exists()).then_some(()))
+                let written = if spec.status_file {
+                    status.exists()
+                } else {
+                    socket.exists()
+                };
+                Ok((ns.link_exists(&spec.ifname) && written).then_some(()))
             },
         );
         if let Err(e) = ready {
@@ -341,7 +349,7 @@ impl Gateway {
         }
         self.daemon = Some(daemon);
         self.config = Some(config);
-        self.status_file = Some(status);
+        self.status_file = spec.status_file.then_some(status);
         Ok(())
     }
 
@@ -415,12 +423,16 @@ impl Gateway {
                 .ctx(|| format!("reading status file {}", path.display()))?;
             return GatewayStatus::parse(&text);
         }
-        let wg = self
-            .wg
-            .as_ref()
-            .ok_or_else(|| err!("gateway not started"))?;
-        let peers = wg
-            .peers()?
+        let peers = match (&self.wg, &self.daemon) {
+            (Some(wg), _) => wg.peers()?,
+            // sluice without a status file: its `wg` API (it reports handshakes as Unix
+            // seconds, as wireguard-go does).
+            (None, Some(_)) => {
+                super::wg::parse_uapi(WgImpl::WireguardGo, &super::wg::uapi_get(&self.ifname)?)
+            }
+            (None, None) => return Err(err!("gateway not started")),
+        };
+        let peers = peers
             .into_iter()
             .map(|p| PeerStatus {
                 public_key: p.public_key,
@@ -536,6 +548,7 @@ mod tests {
             cores: vec![0],
             extra_toml: String::new(),
             env: Vec::new(),
+            status_file: true,
         }
     }
 

@@ -158,6 +158,8 @@ pub struct TopologySpec {
     pub sluice_toml_extra: String,
     /// Environment variables for the sluice process (sluice only).
     pub sluice_env: Vec<(String, String)>,
+    /// Run sluice with a status file (default); see [`GatewaySpec::status_file`].
+    pub sluice_status_file: bool,
 }
 
 impl TopologySpec {
@@ -171,6 +173,7 @@ impl TopologySpec {
             mtu: 1420,
             sluice_toml_extra: String::new(),
             sluice_env: Vec::new(),
+            sluice_status_file: true,
         }
     }
 }
@@ -330,6 +333,7 @@ impl Topology {
             cores: spec.cores.clone(),
             extra_toml: spec.sluice_toml_extra.clone(),
             env: spec.sluice_env.clone(),
+            status_file: spec.sluice_status_file,
         };
         let gateway = Gateway::start(&gw_ns, &gw_spec, &dir)?;
 

@@ -23,7 +23,13 @@
 //! gateway forwards between its TUN device and the sink, which routes the tunnel subnets back.
 //! The building blocks are `sluice::testbed`, shared with `gateway/tests/netns_interop.rs`.
 //!
-//! The run: start sluice (socket mode, one worker on core 0) or a stand-in gateway, wait for
+//! With `--dataplane xdp` (the default) the users' links end in a router namespace instead,
+//! and the gateway has a single two-queue outer veth (198.51.100.1/24, fd19::1/64) where
+//! sluice runs its XDP program and AF_XDP sockets; every client's endpoint is that address
+//! (see `sluice::testbed::topology`, xdp layout). The summary then adds the XDP verdict
+//! counters and each AF_XDP socket's frames.
+//!
+//! The run: start sluice (one worker on core 0) or a stand-in gateway, wait for
 //! both handshakes, then iperf3 from each user to the sink: TCP for each user alone, TCP for
 //! both at once, UDP at a fixed rate for each user (loss reported). Then print, per peer, the
 //! handshake age and endpoint the gateway sees, the throughput of every run, and the packets
@@ -60,6 +66,11 @@ pub struct Args {
     /// UDP target bitrate per user for the UDP runs (iperf3 -b)
     #[arg(long, default_value = "200M")]
     udp_bitrate: String,
+    /// sluice's data path: `xdp` (XDP + AF_XDP on the gateway's single outer interface,
+    /// users behind a router namespace) or `socket` (UDP sockets, one link per user). The
+    /// stand-in gateways run in the same layout.
+    #[arg(long, default_value = "xdp", value_parser = ["xdp", "socket"])]
+    dataplane: String,
     /// Leave everything running at the end and print how to remove it
     #[arg(long)]
     keep: bool,
@@ -127,13 +138,13 @@ pub fn run(args: &Args) -> Result<(), String> {
         "seconds": args.seconds,
         "udp_bitrate": args.udp_bitrate,
         "users": ["wireguard-go", "boringtun-cli"],
-        "mode": "socket",
+        "mode": args.dataplane,
         "workers": 1,
     });
     let mut report = Report::new("lab", machine, params);
     print!("{}", report.header());
 
-    let spec = TopologySpec::new(
+    let mut spec = TopologySpec::new(
         args.gateway,
         sluice.clone(),
         vec![
@@ -141,6 +152,7 @@ pub fn run(args: &Args) -> Result<(), String> {
             UserSpec::new(WgImpl::Boringtun),
         ],
     );
+    spec.xdp = args.dataplane == "xdp";
     println!("\nbuilding the topology (gateway: {}) ...", args.gateway);
     let mut topo = Topology::build(&spec).map_err(|e| format!("building the topology: {e}"))?;
     let outcome = run_tests(args, &mut topo, &mut report, sluice.as_deref());
@@ -310,6 +322,13 @@ fn print_topology(t: &Topology, sluice: Option<&Path>) {
         t.gateway.ifname(),
         t.gateway.listen_port()
     );
+    if let Some(wan) = &t.wan_ns {
+        println!(
+            "  outer    {} (2 queues, XDP + AF_XDP for sluice) 198.51.100.1/24 fd19::1/64, via router {}",
+            sluice::testbed::topology::XDP_OUTER_DEV,
+            wan.name()
+        );
+    }
     for u in &t.users {
         println!(
             "  user {}   {} in {}: {} {} -> endpoint {}, from {}",
@@ -422,6 +441,21 @@ fn print_summary(
             for (reason, n) in nz {
                 println!("  {reason:<22} {n:>10}");
             }
+        }
+    }
+    if let Some(x) = &status.xdp {
+        println!(
+            "\nXDP on {} ({} mode): verdicts of every frame the outer interface received",
+            x.interface, x.attach
+        );
+        for (name, n) in x.counters.iter().filter(|(_, &n)| n > 0) {
+            println!("  {name:<22} {n:>10}");
+        }
+        for k in &x.sockets {
+            println!(
+                "  AF_XDP queue {} ({}): {} frames in, {} out; UMEM {} frames, {} lost",
+                k.queue, k.mode, k.rx_frames, k.tx_frames, k.frames.total, k.frames.lost
+            );
         }
     }
     if let (Some(rx), Some(tx)) = (status.rx_packets, status.tx_packets) {

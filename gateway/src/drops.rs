@@ -56,11 +56,14 @@ pub enum DropReason {
     /// A multicast or broadcast inner packet no peer's allowed IPs cover (the host's own
     /// IPv6 MLD reports, for one): not a routing failure, so kept apart from `NoRoute`.
     UnroutedMulticast,
+    /// An outer frame (AF_XDP path) that is not a well-formed Ethernet/IP/UDP datagram, or
+    /// too large for the receive batch.
+    MalformedFrame,
 }
 
 impl DropReason {
     /// Every reason, in discriminant order.
-    pub const ALL: [DropReason; 24] = [
+    pub const ALL: [DropReason; 25] = [
         DropReason::UnknownType,
         DropReason::BadLength,
         DropReason::ReservedNonZero,
@@ -85,6 +88,7 @@ impl DropReason {
         DropReason::BadCookieReply,
         DropReason::InnerQueueFull,
         DropReason::UnroutedMulticast,
+        DropReason::MalformedFrame,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -115,6 +119,7 @@ impl DropReason {
             DropReason::BadCookieReply => "bad_cookie_reply",
             DropReason::InnerQueueFull => "inner_queue_full",
             DropReason::UnroutedMulticast => "unrouted_multicast",
+            DropReason::MalformedFrame => "malformed_frame",
         }
     }
 }

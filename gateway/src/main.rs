@@ -1,7 +1,7 @@
 //! The `sluice` command: the gateway daemon and its key tools.
 
 use clap::{Parser, Subcommand};
-use sluice::config::{self, Config, Mode};
+use sluice::config::{self, Config};
 use sluice::datapath::{self, RunOptions};
 use sluice::keys::{self, KEY_LEN};
 use sluice::log;
@@ -111,15 +111,6 @@ fn up(path: &Path, status_file: Option<PathBuf>) -> Result<(), String> {
     log::init(cfg.log_level.as_deref()).map_err(|e| e.to_string())?;
     for note in &cfg.notes {
         log::info(&format!("note: {note}"));
-    }
-    match cfg.dataplane.mode {
-        Mode::Socket => log::info("dataplane mode=socket: UDP sockets + TUN, as configured"),
-        Mode::Auto => log::info(
-            "dataplane mode=auto chose socket: this build has no XDP data path yet, so UDP sockets + TUN",
-        ),
-        Mode::Xdp => log::warn(
-            "dataplane mode=xdp requested, but this build has no XDP data path yet: falling back to socket (UDP sockets + TUN)",
-        ),
     }
     datapath::run(&cfg, &RunOptions { status_file }).map_err(|e| e.to_string())
 }

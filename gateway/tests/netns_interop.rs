@@ -420,8 +420,10 @@ fn replayed_packet_is_dropped() {
     };
     let mut t = build(kind, vec![wg_go()]);
     t.wait_handshakes(HANDSHAKE_TIMEOUT).or_fail("handshakes");
-    // Sniff what arrives in the gateway namespace, then make some traffic.
-    let raw = t.gw_ns.raw_udp4_socket().or_fail("raw socket");
+    // Sniff the outer traffic where the users' links end (the gateway namespace, or the
+    // router in front of it in the xdp layout, since XDP redirects bypass the gateway's
+    // kernel stack), then make some traffic.
+    let raw = t.edge_ns().packet_ipv4_socket().or_fail("packet socket");
     let u = t.user(1);
     let sink_addr = v4(SINK_V4, 7001);
     udp_round_trip(
@@ -598,6 +600,7 @@ fn bad_config_names_file_and_line_and_starts_nothing() {
         cores: vec![0],
         extra_toml: String::new(),
         env: Vec::new(),
+        xdp_outer: None,
         status_file: true,
     };
     let toml = write_sluice_config(&spec, &dir).unwrap();
@@ -684,13 +687,16 @@ fn topology_is_removed_on_drop_and_panic() {
         let mut n: Vec<String> = t.users.iter().map(|u| u.ns.name().to_string()).collect();
         n.push(t.gw_ns.name().to_string());
         n.push(t.sink_ns.name().to_string());
+        if let Some(w) = &t.wan_ns {
+            n.push(w.name().to_string());
+        }
         n.push(format!("/var/run/wireguard/{}.sock", t.user(1).wg.ifname()));
         *names.lock().unwrap() = n;
         panic!("deliberate");
     });
     assert!(r.is_err());
     let names = names.into_inner().unwrap();
-    assert_eq!(names.len(), 4);
+    assert_eq!(names.len(), if xdp_from_env() { 5 } else { 4 });
     for n in &names {
         let path = if n.starts_with('/') {
             PathBuf::from(n)

@@ -13,6 +13,7 @@
 //! mode = "auto"               # auto | xdp | socket
 //! workers = 2                 # data-path threads (default: one per core)
 //! cores = [0, 1]              # pin workers to these cores (default: 0..workers)
+//! outer = "eth0"              # the NIC the XDP program attaches to (xdp and auto modes)
 //!
 //! [metrics]
 //! listen = "127.0.0.1:9586"   # Prometheus /metrics and /healthz (optional)
@@ -84,6 +85,8 @@ pub struct Dataplane {
     pub mode: Mode,
     pub workers: usize,
     pub cores: Vec<usize>,
+    /// The outer NIC for the XDP fast path; required by `mode = "xdp"`.
+    pub outer: Option<String>,
 }
 
 /// A validated gateway configuration.
@@ -138,6 +141,7 @@ struct RawDataplane {
     mode: Option<Spanned<String>>,
     workers: Option<Spanned<i64>>,
     cores: Option<Spanned<Vec<i64>>>,
+    outer: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -289,10 +293,31 @@ fn dataplane(
             cores
         }
     };
+    let outer = match &raw.outer {
+        None => None,
+        Some(o) if valid_ifname(o.get_ref()) => Some(o.get_ref().clone()),
+        Some(o) => {
+            return Err(at(
+                o.span(),
+                format!(
+                    "dataplane.outer must be an interface name (1 to 15 of a-z A-Z 0-9 _ - .), got '{}'",
+                    o.get_ref()
+                ),
+            ))
+        }
+    };
+    if mode == Mode::Xdp && outer.is_none() {
+        let span = raw.mode.as_ref().map_or(0..0, |m| m.span());
+        return Err(at(
+            span,
+            "dataplane.mode = \"xdp\" needs dataplane.outer, the interface to attach to".into(),
+        ));
+    }
     Ok(Dataplane {
         mode,
         workers,
         cores,
+        outer,
     })
 }
 
@@ -485,7 +510,8 @@ mod tests {
             Dataplane {
                 mode: Mode::Socket,
                 workers: 2,
-                cores: vec![0, 1]
+                cores: vec![0, 1],
+                outer: None,
             }
         );
         assert_eq!(c.metrics, Some("127.0.0.1:9586".parse().unwrap()));

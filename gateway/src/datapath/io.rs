@@ -7,6 +7,7 @@
 use super::tun::TunQueue;
 use super::udp::{RecvBatch, Segments, UdpSocket, BATCH};
 use crate::proto::effects::Transmit;
+use crate::DropCounters;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -14,12 +15,18 @@ use std::sync::Mutex;
 
 /// The outer (WireGuard) side of a worker.
 pub trait Outer: Send + Sync {
-    /// Receive what is waiting, without blocking, into `batch` (cleared first).
-    fn recv_batch(&self, batch: &mut RecvBatch) -> usize;
+    /// Receive what is waiting, without blocking, into `batch` (cleared first). Frames that
+    /// are not well-formed datagrams are counted in `drops`.
+    fn recv_batch(&self, batch: &mut RecvBatch, drops: &mut DropCounters) -> usize;
     /// Send runs of datagrams; returns how many datagrams went out.
     fn send(&self, runs: &[Segments<'_>]) -> usize;
     /// A descriptor that polls readable when datagrams wait, if there is one.
     fn readiness_fd(&self) -> Option<RawFd>;
+    /// A second such descriptor, for an outer side that receives from two places (AF_XDP
+    /// rings, plus the kernel socket for what XDP passes).
+    fn extra_readiness_fd(&self) -> Option<RawFd> {
+        None
+    }
 }
 
 /// The inner (tunnel) side of a worker.
@@ -32,7 +39,7 @@ pub trait Inner: Send {
 }
 
 impl Outer for UdpSocket {
-    fn recv_batch(&self, batch: &mut RecvBatch) -> usize {
+    fn recv_batch(&self, batch: &mut RecvBatch, _drops: &mut DropCounters) -> usize {
         UdpSocket::recv_batch(self, batch).unwrap_or(0)
     }
     fn send(&self, runs: &[Segments<'_>]) -> usize {
@@ -63,7 +70,7 @@ pub struct MemOuter {
 }
 
 impl Outer for MemOuter {
-    fn recv_batch(&self, batch: &mut RecvBatch) -> usize {
+    fn recv_batch(&self, batch: &mut RecvBatch, _drops: &mut DropCounters) -> usize {
         batch.clear();
         let mut inbox = super::shared::lock(&self.inbox);
         while batch.len() < BATCH {

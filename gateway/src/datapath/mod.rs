@@ -18,10 +18,13 @@
 //! TUN device) and return.
 
 pub mod control;
+pub mod fastpath;
 pub mod fault;
+pub mod frame;
 pub mod handshake;
 pub mod icmp;
 pub mod io;
+pub mod netdev;
 pub mod observe;
 pub mod peers;
 pub mod shared;
@@ -29,6 +32,7 @@ mod status;
 pub mod tun;
 pub mod udp;
 pub mod worker;
+pub mod xsk;
 
 use crate::config::Config;
 use crate::log;
@@ -75,6 +79,66 @@ pub enum RunError {
     Uapi { name: String, err: std::io::Error },
     #[error("{0}")]
     Fault(String),
+    #[error("dataplane mode xdp on {ifname}: {err}")]
+    FastPath {
+        ifname: String,
+        err: fastpath::FastPathError,
+    },
+}
+
+/// Start one worker thread over any outer side.
+fn spawn_worker<O: io::Outer + 'static>(
+    w: Worker<O, TunQueue>,
+    core: Option<usize>,
+) -> Result<std::thread::JoinHandle<()>, RunError> {
+    let id = w.id;
+    std::thread::Builder::new()
+        .name(format!("sluice-w{id}"))
+        .spawn(move || {
+            if let Some(core) = core {
+                if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                    log::warn(&format!("worker {id}: could not pin to core {core}"));
+                }
+            }
+            let stats = w.stats.clone();
+            fault::run_contained("worker", id, &stats, move || w.run());
+        })
+        .map_err(RunError::Thread)
+}
+
+/// Decide the data path: xdp when configured (or `auto` and it works), else socket. Returns
+/// the fast path if any and the reason for the choice, for the start-up log.
+fn choose_dataplane(
+    cfg: &Config,
+    sockets: &[Arc<UdpSocket>],
+) -> Result<(Option<fastpath::FastPath>, String), RunError> {
+    use crate::config::Mode;
+    match (cfg.dataplane.mode, &cfg.dataplane.outer) {
+        (Mode::Socket, _) => Ok((None, "dataplane.mode = socket".into())),
+        (Mode::Auto, None) => Ok((
+            None,
+            "auto: no dataplane.outer interface is configured for XDP".into(),
+        )),
+        (mode, Some(ifname)) => match fastpath::FastPath::start(ifname, cfg.listen_port, sockets) {
+            Ok(fp) => {
+                let why = if mode == Mode::Auto {
+                    format!("auto: {ifname} took the XDP program")
+                } else {
+                    "dataplane.mode = xdp".into()
+                };
+                Ok((Some(fp), why))
+            }
+            Err(err) if mode == Mode::Auto => Ok((
+                None,
+                format!("auto: XDP on {ifname} is not available ({err})"),
+            )),
+            Err(err) => Err(RunError::FastPath {
+                ifname: ifname.clone(),
+                err,
+            }),
+        },
+        (Mode::Xdp, None) => Ok((None, "xdp without dataplane.outer".into())),
+    }
 }
 
 /// Block the signals the main thread waits for, in this thread and every thread it starts.
@@ -209,35 +273,44 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
         IpAddr::V4(_) => None,
     });
 
+    let (fast, why) = choose_dataplane(cfg, &sockets)?;
     let mut stats = Vec::new();
     let mut threads = Vec::new();
     for (id, (tun, udp)) in tuns.into_iter().zip(&sockets).enumerate() {
         let s = Arc::new(WorkerStats::default());
         stats.push(s.clone());
         let core = cfg.dataplane.cores.get(id).copied();
-        let w = Worker {
-            id,
-            shared: shared.clone(),
-            udp: udp.clone(),
-            tun,
-            handshakes: hs_tx.clone(),
-            handshake_capacity: HANDSHAKE_QUEUE,
-            stop: stop.clone(),
-            stats: s,
-            icmp: IcmpReplies::new(v4, v6),
+        let xsk = fast.as_ref().and_then(|f| f.sockets.get(id).cloned());
+        let t = match xsk {
+            Some(xsk) => spawn_worker(
+                Worker {
+                    id,
+                    shared: shared.clone(),
+                    udp: xsk,
+                    tun,
+                    handshakes: hs_tx.clone(),
+                    handshake_capacity: HANDSHAKE_QUEUE,
+                    stop: stop.clone(),
+                    stats: s,
+                    icmp: IcmpReplies::new(v4, v6),
+                },
+                core,
+            )?,
+            None => spawn_worker(
+                Worker {
+                    id,
+                    shared: shared.clone(),
+                    udp: udp.clone(),
+                    tun,
+                    handshakes: hs_tx.clone(),
+                    handshake_capacity: HANDSHAKE_QUEUE,
+                    stop: stop.clone(),
+                    stats: s,
+                    icmp: IcmpReplies::new(v4, v6),
+                },
+                core,
+            )?,
         };
-        let t = std::thread::Builder::new()
-            .name(format!("sluice-w{id}"))
-            .spawn(move || {
-                if let Some(core) = core {
-                    if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-                        log::warn(&format!("worker {id}: could not pin to core {core}"));
-                    }
-                }
-                let stats = w.stats.clone();
-                fault::run_contained("worker", id, &stats, move || w.run());
-            })
-            .map_err(RunError::Thread)?;
         threads.push(t);
     }
     // Kept only to read the queue depth for metrics; workers hold the senders that matter.
@@ -302,26 +375,38 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
     threads.push(uapi_thread);
 
     log::info(&format!(
-        "up interface={} public_key={} listen_port={} peers={} workers={} mode=socket gro={} gso={}",
+        "up interface={} public_key={} listen_port={} peers={} workers={} mode={} gro={} gso={}",
         cfg.name,
         crate::keys::encode_key(shared.identity.public_key()),
         cfg.listen_port,
         cfg.peers.len(),
         workers,
+        if fast.is_some() { "xdp" } else { "socket" },
         sockets[0].gro(),
         sockets[0].gso()
     ));
+    log::info(&format!(
+        "dataplane mode={} because {why}",
+        if fast.is_some() { "xdp" } else { "socket" }
+    ));
+    if let Some(f) = &fast {
+        log::info(&f.describe());
+    }
     let status = status::Status {
         cfg,
         shared: &shared,
         workers: &stats,
         handshakes: &hs_stats,
+        fast: fast.as_ref(),
     };
     loop {
         match wait_signal(&signals, Duration::from_secs(1)) {
             Some(libc::SIGINT) | Some(libc::SIGTERM) => break,
             Some(libc::SIGHUP) => reload(cfg, &shared),
             _ => {}
+        }
+        if let Some(f) = &fast {
+            f.refresh_addrs();
         }
         if let Some(path) = &opts.status_file {
             if let Err(e) = status.write(path) {
@@ -349,6 +434,10 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
     if let Some(path) = &opts.status_file {
         let _ = status.write(path);
     }
+    if let Some(f) = &fast {
+        f.report_frames();
+    }
+    drop(fast);
     log::info(&format!("stopped interface={}", cfg.name));
     Ok(())
 }

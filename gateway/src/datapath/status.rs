@@ -16,6 +16,7 @@ pub struct Status<'a> {
     pub shared: &'a Shared,
     pub workers: &'a [Arc<WorkerStats>],
     pub handshakes: &'a [Arc<WorkerStats>],
+    pub fast: Option<&'a super::fastpath::FastPath>,
 }
 
 impl Status<'_> {
@@ -56,7 +57,8 @@ impl Status<'_> {
             "interface": self.cfg.name,
             "public_key": encode_key(self.shared.identity.public_key()),
             "listen_port": self.cfg.listen_port,
-            "mode": "socket",
+            "mode": if self.fast.is_some() { "xdp" } else { "socket" },
+            "xdp": self.fast.map(|f| f.status()),
             "workers": self.workers.len(),
             "peers": peers,
             "drops": drops,

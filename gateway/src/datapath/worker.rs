@@ -141,17 +141,21 @@ impl<O: Outer, I: Inner> Worker<O, I> {
             batches: vec![0; MAX_COUNTED_BATCH + 1],
             rng: OsRng,
         };
-        let mut fds: Vec<libc::pollfd> = [self.udp.readiness_fd(), self.tun.readiness_fd()]
-            .into_iter()
-            .flatten()
-            .map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
+        let mut fds: Vec<libc::pollfd> = [
+            self.udp.readiness_fd(),
+            self.tun.readiness_fd(),
+            self.udp.extra_readiness_fd(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
         // Without descriptors to wait on (in-memory I/O), poll only sleeps: keep it short.
-        let max_sleep = if fds.len() == 2 {
+        let max_sleep = if fds.len() >= 2 {
             MAX_SLEEP
         } else {
             Duration::from_millis(1)
@@ -197,7 +201,7 @@ impl<O: Outer, I: Inner> Worker<O, I> {
 
     /// Receive and handle one batch from the UDP socket; returns how many datagrams.
     fn outer_batch(&self, l: &mut Local) -> usize {
-        let n = self.udp.recv_batch(&mut l.rx);
+        let n = self.udp.recv_batch(&mut l.rx, &mut l.drops);
         if n > 0 {
             l.batches[n.min(MAX_COUNTED_BATCH)] += 1;
         }

@@ -110,6 +110,8 @@ pub struct GatewaySpec {
     pub cores: Vec<usize>,
     /// Appended to sluice's `gateway.toml` (e.g. a `[metrics]` or `[log]` section).
     pub extra_toml: String,
+    /// Run sluice's XDP fast path on this interface (`mode = "xdp"`); `None`: socket mode.
+    pub xdp_outer: Option<String>,
     /// Environment variables for the sluice process (e.g. `SLUICE_LOG`).
     pub env: Vec<(String, String)>,
     /// Run sluice with `--status-file` (the default). Without it (for very many peers, where
@@ -132,13 +134,17 @@ pub fn sluice_config(spec: &GatewaySpec) -> (String, String) {
          wg_config = \"{name}.conf\"\n\
          \n\
          [dataplane]\n\
-         mode = \"socket\"\n\
+         {mode}\
          workers = {workers}\n\
          cores = [{cores}]\n\
          {extra}",
         name = spec.ifname,
         workers = spec.workers,
         extra = spec.extra_toml,
+        mode = match &spec.xdp_outer {
+            Some(outer) => format!("mode = \"xdp\"\nouter = \"{outer}\"\n"),
+            None => "mode = \"socket\"\n".to_string(),
+        },
     );
     let mut wg = String::new();
     let _ = writeln!(wg, "[Interface]");
@@ -212,6 +218,51 @@ pub struct GatewayStatus {
     pub rx_packets: Option<u64>,
     #[serde(default)]
     pub tx_packets: Option<u64>,
+    /// The XDP fast path (sluice in xdp mode only).
+    #[serde(default)]
+    pub xdp: Option<XdpStatus>,
+}
+
+/// sluice's XDP fast path in the status snapshot.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct XdpStatus {
+    pub interface: String,
+    /// `driver` or `skb`.
+    pub attach: String,
+    pub queues: u32,
+    /// The XDP program's counters by slot name (`redirect`, `pass_arp`, `drop_wg_reserved`...).
+    pub counters: BTreeMap<String, u64>,
+    pub sockets: Vec<XskStatus>,
+}
+
+impl XdpStatus {
+    pub fn counter(&self, name: &str) -> u64 {
+        self.counters.get(name).copied().unwrap_or(0)
+    }
+}
+
+/// One AF_XDP socket.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct XskStatus {
+    pub queue: u32,
+    /// `zero-copy` or `copy`.
+    pub mode: String,
+    pub rx_frames: u64,
+    pub tx_frames: u64,
+    pub rx_fallback: u64,
+    pub tx_fallback: u64,
+    pub frames: FrameStatus,
+}
+
+/// Where a socket's UMEM frames are.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct FrameStatus {
+    pub total: u64,
+    pub free: u64,
+    pub in_fill: u64,
+    pub in_tx: u64,
+    pub lost: u64,
+    pub violations: u64,
 }
 
 impl GatewayStatus {
@@ -455,6 +506,7 @@ impl Gateway {
             drops: None,
             rx_packets: None,
             tx_packets: None,
+            xdp: None,
         })
     }
 
@@ -547,6 +599,7 @@ mod tests {
             workers: 1,
             cores: vec![0],
             extra_toml: String::new(),
+            xdp_outer: None,
             env: Vec::new(),
             status_file: true,
         }

@@ -219,6 +219,28 @@ impl Netns {
         // A datagram socket for std's purposes: recv returns one packet, timeouts work.
         Ok(UdpSocket::from(fd))
     }
+
+    /// A packet socket that sees every IPv4 packet on every interface of this namespace,
+    /// received, sent or forwarded (unlike a raw socket, which sees only what is delivered
+    /// locally, and nothing an XDP program redirected). `SOCK_DGRAM`: each read returns one
+    /// IPv4 packet without its link-layer header.
+    pub fn packet_ipv4_socket(&self) -> Result<UdpSocket> {
+        let proto = (libc::ETH_P_IP as u16).to_be();
+        let fd = self
+            .enter(|| {
+                // SAFETY: socket(2) with constant arguments; the result is checked before use.
+                let fd =
+                    unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(proto)) };
+                if fd < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    // SAFETY: fd is a fresh descriptor that nothing else owns.
+                    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+                }
+            })?
+            .ctx(|| format!("opening a packet socket in {}", self.name))?;
+        Ok(UdpSocket::from(fd))
+    }
 }
 
 impl Drop for Netns {

@@ -32,6 +32,18 @@
 //!   via the gateway.
 //! - Names: namespaces `sl-ID-gw`, `sl-ID-sink`, `sl-ID-uK`; WireGuard interfaces `wgIDuK`
 //!   and the gateway's `slID`, unique machine-wide because UAPI sockets are shared.
+//!
+//! **xdp layout** ([`TopologySpec::xdp`]): sluice runs its XDP fast path, which serves one
+//! outer NIC, as a concentrator does. The users' links then end in a router namespace
+//! `sl-ID-wan` instead of the gateway (the same addresses: the router is each user's first
+//! hop), and the gateway has one multi-queue veth `outer` to the router with 198.51.100.1/24 and
+//! fd19::1/64, the endpoint every client uses. The gateway reaches the users via the router,
+//! so its next hop is the router's MAC, the routed case of a real deployment.
+//!
+//! ```text
+//!  user K --veth to-uK-- [sl-ID-wan router] --veth to-gw / outer (2 queues)-- gateway
+//!                         198.18.K.1/25                        198.51.100.1/24 fd19::1/64
+//! ```
 
 use super::gateway::{Gateway, GatewayKind, GatewayPeer, GatewaySpec, GatewayStatus};
 use super::netns::{veth, Netns};
@@ -60,6 +72,14 @@ pub const MAX_USERS: usize = 500;
 pub const SINK_VETH_GW: &str = "to-sink";
 pub const SINK_VETH_SINK: &str = "to-gw";
 pub const USER_VETH: &str = "to-gw";
+/// xdp layout: the gateway's single outer interface, its queues, and its addresses.
+pub const XDP_OUTER_DEV: &str = "outer";
+pub const XDP_OUTER_QUEUES: u16 = 2;
+pub const XDP_WAN_DEV: &str = "to-gw";
+pub const XDP_GW_OUTER_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+pub const XDP_WAN_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+pub const XDP_GW_OUTER_V6: Ipv6Addr = Ipv6Addr::new(0xfd19, 0, 0, 0, 0, 0, 0, 1);
+pub const XDP_WAN_V6: Ipv6Addr = Ipv6Addr::new(0xfd19, 0, 0, 0, 0, 0, 0, 2);
 
 /// The client's listen port for user `k` (fixed, so the gateway can be given its endpoint).
 pub fn client_listen_port(k: usize) -> u16 {
@@ -160,6 +180,8 @@ pub struct TopologySpec {
     pub sluice_env: Vec<(String, String)>,
     /// Run sluice with a status file (default); see [`GatewaySpec::status_file`].
     pub sluice_status_file: bool,
+    /// The xdp layout (see the module docs), with sluice in `mode = "xdp"` on `outer`.
+    pub xdp: bool,
 }
 
 impl TopologySpec {
@@ -174,6 +196,7 @@ impl TopologySpec {
             sluice_toml_extra: String::new(),
             sluice_env: Vec::new(),
             sluice_status_file: true,
+            xdp: false,
         }
     }
 }
@@ -261,9 +284,16 @@ pub struct Topology {
     pub id: String,
     pub gateway_key: KeyPair,
     pub dir: RunDir,
+    /// The router between the users and the gateway (xdp layout only).
+    pub wan_ns: Option<Netns>,
 }
 
 impl Topology {
+    /// The namespace the users' links end in: the router (xdp layout) or the gateway.
+    pub fn edge_ns(&self) -> &Netns {
+        self.wan_ns.as_ref().unwrap_or(&self.gw_ns)
+    }
+
     /// Build everything in `spec`, start the gateway and the clients. Does not wait for
     /// handshakes (see [`Topology::wait_handshakes`]).
     pub fn build(spec: &TopologySpec) -> Result<Topology> {
@@ -282,6 +312,27 @@ impl Topology {
         sink_ns.add_addr(SINK_VETH_SINK, &format!("{SINK_V6}/64"))?;
         sink_ns.add_route(TUNNEL_NET_V4, Some(IpAddr::V4(GW_INNER_V4)), None)?;
         sink_ns.add_route(TUNNEL_NET_V6, Some(IpAddr::V6(GW_INNER_V6)), None)?;
+        let wan_ns = if spec.xdp {
+            let wan = Netns::new(&format!("sl-{id}-wan"))?;
+            wan.enable_forwarding()?;
+            veth(
+                &gw_ns,
+                XDP_OUTER_DEV,
+                &wan,
+                XDP_WAN_DEV,
+                Some(XDP_OUTER_QUEUES),
+            )?;
+            gw_ns.add_addr(XDP_OUTER_DEV, &format!("{XDP_GW_OUTER_V4}/24"))?;
+            gw_ns.add_addr(XDP_OUTER_DEV, &format!("{XDP_GW_OUTER_V6}/64"))?;
+            wan.add_addr(XDP_WAN_DEV, &format!("{XDP_WAN_V4}/24"))?;
+            wan.add_addr(XDP_WAN_DEV, &format!("{XDP_WAN_V6}/64"))?;
+            gw_ns.add_route("198.18.0.0/15", Some(IpAddr::V4(XDP_WAN_V4)), None)?;
+            gw_ns.add_route("fd18::/16", Some(IpAddr::V6(XDP_WAN_V6)), None)?;
+            Some(wan)
+        } else {
+            None
+        };
+        let edge = wan_ns.as_ref().unwrap_or(&gw_ns);
 
         // Namespaces, veths and keys first: the gateway's config needs every client's key.
         let mut pending = Vec::new();
@@ -289,13 +340,17 @@ impl Topology {
             let k = i + 1;
             let ns = Netns::new(&format!("sl-{id}-u{k}"))?;
             let gw_dev = gw_link_name(k, 0);
-            veth(&ns, USER_VETH, &gw_ns, &gw_dev, None)?;
+            veth(&ns, USER_VETH, edge, &gw_dev, None)?;
             let (g4, g4len, g6, g6len) = outer_addrs(k, 0, true);
             let (u4, u4len, u6, u6len) = outer_addrs(k, 0, false);
-            gw_ns.add_addr(&gw_dev, &format!("{g4}/{g4len}"))?;
-            gw_ns.add_addr(&gw_dev, &format!("{g6}/{g6len}"))?;
+            edge.add_addr(&gw_dev, &format!("{g4}/{g4len}"))?;
+            edge.add_addr(&gw_dev, &format!("{g6}/{g6len}"))?;
             ns.add_addr(USER_VETH, &format!("{u4}/{u4len}"))?;
             ns.add_addr(USER_VETH, &format!("{u6}/{u6len}"))?;
+            if spec.xdp {
+                ns.add_route("198.51.100.0/24", Some(IpAddr::V4(g4)), None)?;
+                ns.add_route("fd19::/64", Some(IpAddr::V6(g6)), None)?;
+            }
             pending.push((k, us.clone(), ns, KeyPair::generate()));
         }
 
@@ -332,6 +387,7 @@ impl Topology {
             workers: spec.workers,
             cores: spec.cores.clone(),
             extra_toml: spec.sluice_toml_extra.clone(),
+            xdp_outer: spec.xdp.then(|| XDP_OUTER_DEV.to_string()),
             env: spec.sluice_env.clone(),
             status_file: spec.sluice_status_file,
         };
@@ -340,7 +396,12 @@ impl Topology {
         let mut users = Vec::new();
         for (k, us, ns, key) in pending {
             let (t4, t6) = tunnel_addrs(k);
-            let (g4, _, g6, _) = outer_addrs(k, 0, true);
+            let (g4, g6) = if spec.xdp {
+                (XDP_GW_OUTER_V4, XDP_GW_OUTER_V6)
+            } else {
+                let (g4, _, g6, _) = outer_addrs(k, 0, true);
+                (g4, g6)
+            };
             let ifname = format!("wg{id}u{k}");
             let wg = WgInterface::start(&ns, us.client, &ifname, &dir)?;
             let gw_endpoint = if us.outer_v6 {
@@ -392,6 +453,7 @@ impl Topology {
             id,
             gateway_key,
             dir,
+            wan_ns,
         })
     }
 
@@ -417,17 +479,18 @@ impl Topology {
         }
         let user_dev = User::link_name(new);
         let gw_dev = gw_link_name(k, new);
-        veth(&u.ns, &user_dev, &self.gw_ns, &gw_dev, None)?;
+        let edge = self.edge_ns();
+        veth(&u.ns, &user_dev, edge, &gw_dev, None)?;
         let (g4, g4len, g6, g6len) = outer_addrs(k, new, true);
         let (u4, u4len, u6, u6len) = outer_addrs(k, new, false);
-        self.gw_ns.add_addr(&gw_dev, &format!("{g4}/{g4len}"))?;
-        self.gw_ns.add_addr(&gw_dev, &format!("{g6}/{g6len}"))?;
+        edge.add_addr(&gw_dev, &format!("{g4}/{g4len}"))?;
+        edge.add_addr(&gw_dev, &format!("{g6}/{g6len}"))?;
         u.ns.add_addr(&user_dev, &format!("{u4}/{u4len}"))?;
         u.ns.add_addr(&user_dev, &format!("{u6}/{u6len}"))?;
         // The old network goes away first (its far end goes down), so nothing more arrives
         // at the old address; then the route to the gateway moves to the new network.
         let old_gw_dev = gw_link_name(k, new - 1);
-        self.gw_ns.ip(&["link", "set", &old_gw_dev, "down"])?;
+        edge.ip(&["link", "set", &old_gw_dev, "down"])?;
         for (dest, via, src) in [
             (
                 format!("{}/32", u.gw_outer_v4),
@@ -553,6 +616,9 @@ impl Topology {
         self.gateway.detach();
         self.gw_ns.keep();
         self.sink_ns.keep();
+        if let Some(w) = &mut self.wan_ns {
+            w.keep();
+        }
         self.dir.keep();
         let mut cmds = Vec::new();
         if !pids.is_empty() {
@@ -562,6 +628,9 @@ impl Topology {
         let mut names: Vec<&str> = self.users.iter().map(|u| u.ns.name()).collect();
         names.push(self.gw_ns.name());
         names.push(self.sink_ns.name());
+        if let Some(w) = &self.wan_ns {
+            names.push(w.name());
+        }
         for n in names {
             cmds.push(format!("ip netns del {n}"));
         }

@@ -38,9 +38,25 @@ pub fn gateway_under_test(test: &str) -> Option<GatewayKind> {
     Some(kind)
 }
 
+/// Whether the namespace tests run sluice on its XDP fast path (the xdp layout of
+/// `sluice::testbed::topology`): `SLUICE_TEST_DATAPLANE=xdp` (the default) or `socket`.
+pub fn xdp_from_env() -> bool {
+    match std::env::var("SLUICE_TEST_DATAPLANE").as_deref() {
+        Ok("socket") => false,
+        Ok("xdp") | Err(_) => true,
+        Ok(other) => panic!("SLUICE_TEST_DATAPLANE must be xdp or socket, got '{other}'"),
+    }
+}
+
+/// A topology spec for `kind` and `users`, in the data-path layout the environment selects.
+pub fn spec(kind: GatewayKind, users: Vec<UserSpec>) -> TopologySpec {
+    let mut spec = TopologySpec::new(kind, Some(PathBuf::from(SLUICE)), users);
+    spec.xdp = xdp_from_env();
+    spec
+}
+
 pub fn build(kind: GatewayKind, users: Vec<UserSpec>) -> Topology {
-    let spec = TopologySpec::new(kind, Some(PathBuf::from(SLUICE)), users);
-    Topology::build(&spec).or_fail("building the topology")
+    Topology::build(&spec(kind, users)).or_fail("building the topology")
 }
 
 pub fn wg_go() -> UserSpec {

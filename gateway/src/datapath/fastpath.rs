@@ -1,0 +1,210 @@
+//! xdp mode: the XDP program on the outer NIC plus one AF_XDP socket per worker and receive
+//! queue, set up before any worker starts and torn down (program detached, frames counted)
+//! when the gateway stops.
+//!
+//! ```text
+//!  outer NIC rx queue q ──> XDP program (ebpf/) ──WireGuard UDP to us──> XSKMAP[q] ──> AF_XDP
+//!        │                        │                                     socket q (UMEM q)
+//!        │                        └─ everything else: XDP_PASS ─> kernel      │ rx/tx rings
+//!        │                           (ARP, SSH, other UDP; queues with        v
+//!        │                            no socket -> sluice's UDP socket)  worker q (core q)
+//!        │                                                                    │ decrypt, route
+//!        └──────────────<── frames built by the worker (tx ring) <────────────┘ TUN / inner
+//! ```
+//!
+//! Queues beyond the worker count keep no socket: their WireGuard packets pass to the kernel
+//! and the workers' UDP sockets serve them. The set of local addresses the program accepts is
+//! re-read from the interface every second, so an address (a VIP) added or removed at run
+//! time is followed.
+
+use super::netdev;
+use super::udp::UdpSocket;
+use super::xsk::{FrameReport, Neighbours, XskError, XskMode, XskOuter};
+use crate::log;
+use crate::xdp::{AttachMode, XdpCounters, XdpError, XdpProgram};
+use serde_json::{json, Value};
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FastPathError {
+    #[error(transparent)]
+    Xdp(#[from] XdpError),
+    #[error(transparent)]
+    Xsk(#[from] XskError),
+    #[error("reading interface {ifname}: {err}")]
+    Interface { ifname: String, err: std::io::Error },
+}
+
+/// The running fast path of one outer interface.
+pub struct FastPath {
+    pub ifname: String,
+    pub attach: AttachMode,
+    pub sockets: Vec<Arc<XskOuter>>,
+    pub neighbours: Arc<Neighbours>,
+    /// Queues of the interface (those past `sockets.len()` are served by the kernel socket).
+    pub queues: u32,
+    program: Mutex<XdpProgram>,
+    addrs: Mutex<Vec<IpAddr>>,
+}
+
+impl std::fmt::Debug for FastPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FastPath")
+            .field("ifname", &self.ifname)
+            .field("attach", &self.attach)
+            .field("sockets", &self.sockets.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FastPath {
+    /// Load the program, open one AF_XDP socket per worker (at most one per receive queue),
+    /// register them, then attach. Any failure undoes everything done so far (the values are
+    /// dropped: sockets closed, program detached and unloaded).
+    pub fn start(
+        ifname: &str,
+        port: u16,
+        udp: &[Arc<UdpSocket>],
+    ) -> Result<FastPath, FastPathError> {
+        let iface_err = |err| FastPathError::Interface {
+            ifname: ifname.to_string(),
+            err,
+        };
+        let queues = netdev::rx_queues(ifname).map_err(iface_err)?;
+        let addrs = netdev::addresses(ifname).map_err(iface_err)?;
+        let mut program = XdpProgram::load()?;
+        program.set_ports(&[port])?;
+        program.set_local_addrs(&addrs)?;
+        let neighbours = Arc::new(Neighbours::default());
+        let n = (udp.len() as u32).min(queues);
+        let mut sockets = Vec::with_capacity(n as usize);
+        for q in 0..n {
+            let s = XskOuter::open(ifname, q, udp[q as usize].clone(), neighbours.clone())?;
+            program.register_xsk(q, s.fd())?;
+            sockets.push(Arc::new(s));
+        }
+        let attach = program.attach(ifname)?;
+        Ok(FastPath {
+            ifname: ifname.to_string(),
+            attach,
+            sockets,
+            neighbours,
+            queues,
+            program: Mutex::new(program),
+            addrs: Mutex::new(addrs),
+        })
+    }
+
+    /// One line for the start-up log.
+    pub fn describe(&self) -> String {
+        let modes: Vec<&str> = self.sockets.iter().map(|s| s.mode.label()).collect();
+        format!(
+            "xdp on {} ({} mode), AF_XDP sockets on queues 0..{} ({}), {} of {} queues served by the kernel socket, local addresses {:?}",
+            self.ifname,
+            self.attach.as_str(),
+            self.sockets.len(),
+            modes.first().copied().unwrap_or("none"),
+            self.queues.saturating_sub(self.sockets.len() as u32),
+            self.queues,
+            *super::shared::lock(&self.addrs)
+        )
+    }
+
+    /// Follow address changes on the interface (VIPs coming and going).
+    pub fn refresh_addrs(&self) {
+        let Ok(now) = netdev::addresses(&self.ifname) else {
+            return;
+        };
+        let mut addrs = super::shared::lock(&self.addrs);
+        if *addrs == now {
+            return;
+        }
+        match super::shared::lock(&self.program).set_local_addrs(&now) {
+            Ok(()) => {
+                log::info(&format!(
+                    "xdp local addresses on {} now {:?}",
+                    self.ifname, now
+                ));
+                *addrs = now;
+            }
+            Err(e) => log::warn(&format!("xdp: updating local addresses: {e}")),
+        }
+    }
+
+    pub fn counters(&self) -> Option<XdpCounters> {
+        super::shared::lock(&self.program).counters().ok()
+    }
+
+    pub fn frame_reports(&self) -> Vec<FrameReport> {
+        self.sockets.iter().map(|s| s.frame_report()).collect()
+    }
+
+    /// The status-file section.
+    pub fn status(&self) -> Value {
+        let counters: serde_json::Map<String, Value> = self
+            .counters()
+            .map(|c| {
+                c.iter()
+                    .map(|(k, n)| (k.name().to_string(), json!(n)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let sockets: Vec<Value> = self
+            .sockets
+            .iter()
+            .map(|s| {
+                let r = s.frame_report();
+                json!({
+                    "queue": s.queue,
+                    "mode": s.mode.label(),
+                    "rx_frames": s.stats.rx_frames.load(Ordering::Relaxed),
+                    "tx_frames": s.stats.tx_frames.load(Ordering::Relaxed),
+                    "rx_fallback": s.stats.rx_fallback.load(Ordering::Relaxed),
+                    "tx_fallback": s.stats.tx_fallback.load(Ordering::Relaxed),
+                    "frames": {"total": r.total, "free": r.free, "in_fill": r.in_fill,
+                               "in_tx": r.in_tx, "lost": r.lost, "violations": r.violations},
+                })
+            })
+            .collect();
+        json!({
+            "interface": self.ifname,
+            "attach": self.attach.as_str(),
+            "queues": self.queues,
+            "neighbours": self.neighbours.len(),
+            "counters": counters,
+            "sockets": sockets,
+        })
+    }
+
+    /// Log every socket's frame accounting; false if any frame is unaccounted for.
+    pub fn report_frames(&self) -> bool {
+        let mut ok = true;
+        for (s, r) in self.sockets.iter().zip(self.frame_reports()) {
+            let line = format!(
+                "xsk queue={} mode={} frames total={} free={} in_fill={} in_tx={} lost={} violations={}",
+                s.queue,
+                s.mode.label(),
+                r.total,
+                r.free,
+                r.in_fill,
+                r.in_tx,
+                r.lost,
+                r.violations
+            );
+            if r.lost == 0 && r.violations == 0 {
+                log::info(&line);
+            } else {
+                ok = false;
+                log::error(&line);
+            }
+        }
+        ok
+    }
+
+    /// Is any socket in zero-copy mode?
+    pub fn zero_copy(&self) -> bool {
+        self.sockets.iter().any(|s| s.mode == XskMode::ZeroCopy)
+    }
+}

@@ -1,0 +1,75 @@
+//! What the kernel says about a network interface: its addresses and its receive queues.
+
+use std::ffi::CStr;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// The IPv4 and IPv6 addresses currently on `ifname` (VIPs a VRRP daemon added included).
+pub fn addresses(ifname: &str) -> io::Result<Vec<IpAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list head we free with freeifaddrs below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, valid until freeifaddrs.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        let name = unsafe { CStr::from_ptr(ifa.ifa_name) };
+        if name.to_bytes() != ifname.as_bytes() {
+            continue;
+        }
+        // SAFETY: ifa_addr is non-null and points at a sockaddr whose family tells its type.
+        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+        match family {
+            libc::AF_INET => {
+                // SAFETY: the family says this is a sockaddr_in.
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                    sin.sin_addr.s_addr,
+                ))));
+            }
+            libc::AF_INET6 => {
+                // SAFETY: the family says this is a sockaddr_in6.
+                let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                out.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+            }
+            _ => {}
+        }
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// How many receive queues `ifname` has (from sysfs).
+pub fn rx_queues(ifname: &str) -> io::Result<u32> {
+    let dir = format!("/sys/class/net/{ifname}/queues");
+    let mut n = 0;
+    for e in std::fs::read_dir(dir)? {
+        if e?.file_name().to_string_lossy().starts_with("rx-") {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_has_its_addresses_and_a_queue() {
+        let a = super::addresses("lo").unwrap();
+        assert!(a.contains(&"127.0.0.1".parse().unwrap()), "{a:?}");
+        assert!(super::rx_queues("lo").unwrap() >= 1);
+        assert!(super::addresses("no-such-if0").unwrap().is_empty());
+        assert!(super::rx_queues("no-such-if0").is_err());
+    }
+}

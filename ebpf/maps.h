@@ -43,4 +43,30 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
+/* Appliance mode (inner NIC): AF_XDP sockets bound to the inner NIC's queues. A socket only
+ * receives from the device and queue it is bound to, hence a map of its own. */
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, SLUICE_XDP_MAX_QUEUES);
+	__type(key, __u32);
+	__type(value, __u32);
+} inner_xsks SEC(".maps");
+
+/* Appliance mode: the users' tunnel addresses (their AllowedIPs); the value is unused (1). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, SLUICE_XDP_MAX_TUNNEL_PREFIXES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sluice_prefix);
+	__type(value, __u8);
+} tunnel_prefixes SEC(".maps");
+
+/* Appliance mode: enum sluice_xdp_inner_counter, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SLUICE_XDP_INNER_CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} inner_counters SEC(".maps");
+
 #endif /* SLUICE_MAPS_H */

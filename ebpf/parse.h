@@ -106,32 +106,75 @@ static __always_inline int parse_eth(struct cursor *c, __be16 *ethertype)
 	return PARSE_OK;
 }
 
-/* IPv4 with options; fragments (MF set or offset nonzero) are left to the kernel to reassemble. */
-static __always_inline int parse_ipv4(struct cursor *c, struct udp_info *info)
+/* The IPv4 header at the cursor (options included) is whole and its lengths are sane. */
+static __always_inline int check_ipv4(struct cursor *c, __u32 *hdr_len, __u32 *tot_len)
 {
 	struct ipv4_hdr_ *ip = c->pos;
 	if ((void *)(ip + 1) > c->end)
 		return SLUICE_XDP_CNT_PASS_MALFORMED;
-	__u32 hdr_len = (ip->ver_ihl & 0x0f) * 4;
-	if ((ip->ver_ihl >> 4) != 4 || hdr_len < IPV4_MIN_HDR_LEN)
+	*hdr_len = (ip->ver_ihl & 0x0f) * 4;
+	if ((ip->ver_ihl >> 4) != 4 || *hdr_len < IPV4_MIN_HDR_LEN)
 		return SLUICE_XDP_CNT_PASS_MALFORMED;
 	/* The options, if any, must be in the frame too. */
-	if (c->pos + hdr_len > c->end)
+	if (c->pos + *hdr_len > c->end)
 		return SLUICE_XDP_CNT_PASS_MALFORMED;
-	__u32 tot_len = bpf_ntohs(ip->tot_len);
-	if (tot_len < hdr_len || c->pos + tot_len > c->end)
+	*tot_len = bpf_ntohs(ip->tot_len);
+	if (*tot_len < *hdr_len || c->pos + *tot_len > c->end)
+		return SLUICE_XDP_CNT_PASS_MALFORMED;
+	return PARSE_OK;
+}
+
+/* The 16-byte form of an IPv4 address: ::ffff:a.b.c.d. */
+static __always_inline void v4_mapped(struct sluice_addr *dst, const __be32 *v4)
+{
+	__builtin_memset(dst->addr, 0, 10);
+	dst->addr[10] = 0xff;
+	dst->addr[11] = 0xff;
+	__builtin_memcpy(&dst->addr[12], v4, 4);
+}
+
+/* IPv4 with options; fragments (MF set or offset nonzero) are left to the kernel to reassemble. */
+static __always_inline int parse_ipv4(struct cursor *c, struct udp_info *info)
+{
+	__u32 hdr_len = 0, tot_len = 0;
+	int r = check_ipv4(c, &hdr_len, &tot_len);
+	if (r != PARSE_OK)
+		return r;
+	struct ipv4_hdr_ *ip = c->pos;
+	if ((void *)(ip + 1) > c->end) /* for the verifier: check_ipv4 is inlined but not trusted */
 		return SLUICE_XDP_CNT_PASS_MALFORMED;
 	if (ip->frag_off & bpf_htons(IPV4_FRAG_MF | IPV4_FRAG_OFFSET))
 		return SLUICE_XDP_CNT_PASS_FRAGMENT;
 
-	__builtin_memset(info->dst.addr, 0, 10);
-	info->dst.addr[10] = 0xff;
-	info->dst.addr[11] = 0xff;
-	__builtin_memcpy(&info->dst.addr[12], &ip->daddr, 4);
+	v4_mapped(&info->dst, &ip->daddr);
 	info->proto = ip->protocol;
 	info->l4_len = tot_len - hdr_len;
 	c->pos += hdr_len;
 	return PARSE_OK;
+}
+
+/* The IPv6 base header at the cursor is whole, version 6, its payload within the frame. */
+static __always_inline int check_ipv6(struct cursor *c, __u32 *payload_len)
+{
+	struct ipv6_hdr_ *ip6 = c->pos;
+	if ((void *)(ip6 + 1) > c->end)
+		return SLUICE_XDP_CNT_PASS_MALFORMED;
+	if ((bpf_ntohl(ip6->ver_tc_flow) >> 28) != 6)
+		return SLUICE_XDP_CNT_PASS_MALFORMED;
+	*payload_len = bpf_ntohs(ip6->payload_len);
+	if ((void *)(ip6 + 1) + *payload_len > c->end)
+		return SLUICE_XDP_CNT_PASS_MALFORMED;
+	return PARSE_OK;
+}
+
+/* ::ffff:a.b.c.d as an IPv6 destination: never a real address on the wire, never ours. */
+static __always_inline int is_v4_mapped(const __u8 *addr)
+{
+	__u64 hi;
+	__u32 mid;
+	__builtin_memcpy(&hi, addr, 8);
+	__builtin_memcpy(&mid, &addr[8], 4);
+	return hi == 0 && mid == bpf_htonl(0x0000ffff);
 }
 
 /*
@@ -140,23 +183,17 @@ static __always_inline int parse_ipv4(struct cursor *c, struct udp_info *info)
  */
 static __always_inline int parse_ipv6(struct cursor *c, struct udp_info *info)
 {
+	__u32 payload_len = 0;
+	int r = check_ipv6(c, &payload_len);
+	if (r != PARSE_OK)
+		return r;
 	struct ipv6_hdr_ *ip6 = c->pos;
-	if ((void *)(ip6 + 1) > c->end)
+	if ((void *)(ip6 + 1) > c->end) /* for the verifier */
 		return SLUICE_XDP_CNT_PASS_MALFORMED;
-	if ((bpf_ntohl(ip6->ver_tc_flow) >> 28) != 6)
-		return SLUICE_XDP_CNT_PASS_MALFORMED;
-	__u32 payload_len = bpf_ntohs(ip6->payload_len);
 	c->pos = ip6 + 1;
-	/* A jumbogram (payload length 0) ends up malformed: no UDP header fits in 0 bytes. */
-	if (c->pos + payload_len > c->end)
-		return SLUICE_XDP_CNT_PASS_MALFORMED;
 	__builtin_memcpy(info->dst.addr, ip6->daddr, 16);
 	/* local_addrs keys IPv4 as ::ffff:a.b.c.d: such an IPv6 destination must not match. */
-	__u64 hi;
-	__u32 mid;
-	__builtin_memcpy(&hi, ip6->daddr, 8);
-	__builtin_memcpy(&mid, &ip6->daddr[8], 4);
-	info->v4_mapped_on_v6 = hi == 0 && mid == bpf_htonl(0x0000ffff);
+	info->v4_mapped_on_v6 = is_v4_mapped(ip6->daddr);
 
 	__u8 next = ip6->nexthdr;
 	__u32 ext_total = 0;

@@ -4,6 +4,8 @@
  * socket of the receive queue it arrived on, drop obviously invalid WireGuard early, and pass
  * everything else to the kernel untouched. Every packet moves exactly one counter slot.
  *
+ * sluice_xdp_inner is appliance mode's program for the inner NIC (appliance.h).
+ *
  * "For sluice" means: UDP (not a fragment) whose destination port is in udp_ports and whose
  * destination address is in local_addrs. Only such packets are ever dropped or redirected.
  */
@@ -15,14 +17,20 @@
 #include "sluice_xdp_shared.h"
 #include "maps.h"
 #include "parse.h"
+#include "appliance.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-static __always_inline void count(__u32 slot)
+static __always_inline void count_in(void *map, __u32 slot)
 {
-	__u64 *n = bpf_map_lookup_elem(&counters, &slot);
+	__u64 *n = bpf_map_lookup_elem(map, &slot);
 	if (n)
 		*n += 1; /* per-CPU slot: no other writer */
+}
+
+static __always_inline void count(__u32 slot)
+{
+	count_in(&counters, slot);
 }
 
 /*
@@ -110,5 +118,24 @@ int sluice_xdp(struct xdp_md *ctx)
 	__u32 queue = ctx->rx_queue_index;
 	long action = bpf_redirect_map(&xsks, queue, XDP_PASS);
 	count(action == XDP_REDIRECT ? SLUICE_XDP_CNT_REDIRECT : SLUICE_XDP_CNT_PASS_NO_XSK);
+	return action;
+}
+
+SEC("xdp")
+int sluice_xdp_inner(struct xdp_md *ctx)
+{
+	struct cursor c = {
+		.pos = (void *)(long)ctx->data,
+		.end = (void *)(long)ctx->data_end,
+	};
+	int r = classify_inner(&c);
+	if (r != PARSE_OK) {
+		count_in(&inner_counters, r);
+		return XDP_PASS;
+	}
+	__u32 queue = ctx->rx_queue_index;
+	long action = bpf_redirect_map(&inner_xsks, queue, XDP_PASS);
+	count_in(&inner_counters, action == XDP_REDIRECT ? SLUICE_XDP_INNER_CNT_REDIRECT
+							 : SLUICE_XDP_INNER_CNT_PASS_NO_XSK);
 	return action;
 }

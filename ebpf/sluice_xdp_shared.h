@@ -14,10 +14,18 @@
 #define SLUICE_XDP_MAX_QUEUES 256  /* XSKMAP slots: one per NIC receive queue */
 #define SLUICE_XDP_MAX_PORTS 64    /* UDP ports sluice listens on */
 #define SLUICE_XDP_MAX_ADDRS 4096  /* local and VIP addresses, both families */
+#define SLUICE_XDP_MAX_TUNNEL_PREFIXES 1048576 /* appliance mode: user tunnel prefixes */
 
 /* Key of the local_addrs map: an IPv6 address, or an IPv4 one as ::ffff:a.b.c.d. */
 #define SLUICE_XDP_ADDR_LEN 16 /* bytes of a local_addrs key */
 struct sluice_addr {
+	__u8 addr[SLUICE_XDP_ADDR_LEN];
+};
+
+/* Key of the tunnel_prefixes LPM trie: prefix length in bits over the 16-byte form above (an
+ * IPv4 /n is ::ffff:a.b.c.d/(96+n)). The layout of `struct bpf_lpm_trie_key`. */
+struct sluice_prefix {
+	__u32 prefixlen;
 	__u8 addr[SLUICE_XDP_ADDR_LEN];
 };
 
@@ -43,6 +51,20 @@ enum sluice_xdp_counter {
 	SLUICE_XDP_CNT_PASS_OTHER_PORT = 14, /* UDP to a port sluice does not serve */
 	SLUICE_XDP_CNT_PASS_OTHER_ADDR = 15, /* UDP to a sluice port but not to a local or VIP address */
 	SLUICE_XDP_CNT_MAX = 16, /* number of slots, not a counter */
+};
+
+/*
+ * Appliance mode: the inner-NIC program's counters, one slot per verdict and reason, every
+ * packet in exactly one.
+ */
+enum sluice_xdp_inner_counter {
+	SLUICE_XDP_INNER_CNT_REDIRECT = 0, /* to a user tunnel address, redirected to the AF_XDP socket of its queue */
+	SLUICE_XDP_INNER_CNT_PASS_NO_XSK = 1, /* to a user tunnel address, no AF_XDP socket on its queue: to the kernel */
+	SLUICE_XDP_INNER_CNT_PASS_MALFORMED = 2, /* truncated or inconsistent Ethernet/VLAN/IP header: the kernel validates it */
+	SLUICE_XDP_INNER_CNT_PASS_NOT_IP = 3, /* ARP or another EtherType */
+	SLUICE_XDP_INNER_CNT_PASS_VLAN_STACKED = 4, /* two or more VLAN tags (QinQ) */
+	SLUICE_XDP_INNER_CNT_PASS_NOT_TUNNEL = 5, /* IP not to a user tunnel address (the gateway itself, other hosts) */
+	SLUICE_XDP_INNER_CNT_MAX = 6, /* number of slots, not a counter */
 };
 
 #endif /* SLUICE_XDP_SHARED_H */

@@ -1,9 +1,10 @@
 #![allow(clippy::unwrap_used)]
-//! The XDP program (`ebpf/sluice_xdp.c`) on fixture frames through `BPF_PROG_TEST_RUN`: for
-//! each frame of a table, the action it returns and that exactly one counter slot moved by
-//! exactly one. Then: the redirect branch with a real AF_XDP socket in the XSKMAP, attaching
-//! to a veth in a fresh namespace (visible in `ip -d link`), and a process that attached and
-//! was SIGKILLed leaving no program behind (the bpf_link dies with the process).
+//! The XDP programs (`ebpf/sluice_xdp.c`: the outer NIC's, and appliance mode's for the inner
+//! NIC) on fixture frames through `BPF_PROG_TEST_RUN`: for each frame of a table, the action
+//! it returns and that exactly one counter slot moved by exactly one. Then: the redirect branch
+//! with a real AF_XDP socket in each XSKMAP, the port, address and prefix sets being replaced,
+//! attaching to a veth in a fresh namespace (visible in `ip -d link`), and a process that
+//! attached and was SIGKILLed leaving no program behind (the bpf_link dies with the process).
 //!
 //! Root only. Under `CI=true` a missing root or a failed load fails the test; otherwise the
 //! tests skip with a message.
@@ -15,7 +16,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice::testbed::{in_ci, is_root, netns::veth, unique_id, Netns};
-use sluice::xdp::{XdpCounter, XdpError, XdpProgram, XDP_DROP, XDP_PASS, XDP_REDIRECT};
+use sluice::xdp::{
+    XdpCounter, XdpError, XdpInnerCounter, XdpProgram, XDP_DROP, XDP_PASS, XDP_REDIRECT,
+};
 
 const PORT: u16 = 51820;
 const LOCAL4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -925,6 +928,212 @@ fn ports_and_addresses_are_replaced() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Appliance mode: the inner-NIC program
+
+const USER4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+const USER6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 2);
+const LAN4: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 2);
+
+/// The program with the inner fixture's tunnel prefixes: 10.77.0.0/16, fd77::/64 and
+/// 10.99.0.5/32.
+fn inner_fixture_program() -> XdpProgram {
+    let mut prog = fixture_program();
+    prog.set_tunnel_prefixes(&[
+        (IpAddr::V4(Ipv4Addr::new(10, 77, 0, 0)), 16),
+        (IpAddr::V6("fd77::".parse().unwrap()), 64),
+        (IpAddr::V4(Ipv4Addr::new(10, 99, 0, 5)), 32),
+    ])
+    .unwrap();
+    prog
+}
+
+struct InnerCase {
+    name: &'static str,
+    frame: Vec<u8>,
+    counter: XdpInnerCounter,
+}
+
+fn inner_case(name: &'static str, frame: Vec<u8>, counter: XdpInnerCounter) -> InnerCase {
+    InnerCase {
+        name,
+        frame,
+        counter,
+    }
+}
+
+fn inner_table() -> Vec<InnerCase> {
+    use XdpInnerCounter::*;
+    let payload = [0x5au8; 64];
+    let v4 = |dst: Ipv4Addr, proto: u8, frag: u16| {
+        eth(&[], ETH_IPV4, &ipv4(dst, proto, &[], frag, &payload))
+    };
+    let v6 = |dst: Ipv6Addr| eth(&[], ETH_IPV6, &ipv6(dst, &[], IP_TCP, &tcp(443)));
+    vec![
+        inner_case("v4 UDP to a user", v4(USER4, IP_UDP, 0), PassNoXsk),
+        inner_case("v4 TCP to a user", v4(USER4, IP_TCP, 0), PassNoXsk),
+        inner_case(
+            "v4 fragment to a user (steered too)",
+            v4(USER4, IP_UDP, 0x2000),
+            PassNoXsk,
+        ),
+        inner_case(
+            "v4 to a /32 user prefix",
+            v4(Ipv4Addr::new(10, 99, 0, 5), IP_UDP, 0),
+            PassNoXsk,
+        ),
+        inner_case(
+            "v4 next to a /32 user prefix",
+            v4(Ipv4Addr::new(10, 99, 0, 6), IP_UDP, 0),
+            PassNotTunnel,
+        ),
+        inner_case("v4 to the LAN", v4(LAN4, IP_UDP, 0), PassNotTunnel),
+        inner_case(
+            "v4 to the gateway's outer address",
+            v4(LOCAL4, IP_UDP, 0),
+            PassNotTunnel,
+        ),
+        inner_case("v6 to a user", v6(USER6), PassNoXsk),
+        inner_case(
+            "v6 outside the user /64",
+            v6("fd77:0:0:1::2".parse().unwrap()),
+            PassNotTunnel,
+        ),
+        inner_case(
+            "v6 to ::ffff:10.77.0.2",
+            v6(USER4.to_ipv6_mapped()),
+            PassNotTunnel,
+        ),
+        inner_case(
+            "v4 to a user behind one VLAN tag",
+            eth(
+                &[(ETH_VLAN, 7)],
+                ETH_IPV4,
+                &ipv4(USER4, IP_UDP, &[], 0, &payload),
+            ),
+            PassNoXsk,
+        ),
+        inner_case(
+            "QinQ",
+            eth(
+                &[(ETH_QINQ, 7), (ETH_VLAN, 8)],
+                ETH_IPV4,
+                &ipv4(USER4, IP_UDP, &[], 0, &payload),
+            ),
+            PassVlanStacked,
+        ),
+        inner_case("ARP", arp_request(), PassNotIp),
+        inner_case("LLDP", eth(&[], ETH_LLDP, &[0; 46]), PassNotIp),
+        inner_case(
+            "IPv6 neighbor solicitation",
+            neighbor_solicitation(),
+            PassNotTunnel,
+        ),
+        inner_case(
+            "IPv4 header cut",
+            cut(v4(USER4, IP_UDP, 0), ETH + 19),
+            PassMalformed,
+        ),
+        inner_case(
+            "IPv4 total length past the frame",
+            cut(v4(USER4, IP_UDP, 0), ETH + IP4 + 10),
+            PassMalformed,
+        ),
+        inner_case("IPv6 header cut", cut(v6(USER6), ETH + 30), PassMalformed),
+        inner_case(
+            "VLAN tag cut",
+            cut(eth(&[(ETH_VLAN, 7)], ETH_IPV4, &[]), ETH + 2),
+            PassMalformed,
+        ),
+    ]
+}
+
+fn check_inner(
+    prog: &XdpProgram,
+    name: &str,
+    frame: &[u8],
+    action: u32,
+    counter: XdpInnerCounter,
+) -> Vec<String> {
+    let before = prog.inner_counters().unwrap();
+    let outer_before = prog.counters().unwrap();
+    let got = match prog.test_run_inner(frame) {
+        Ok(a) => a,
+        Err(e) => return vec![format!("inner {name}: test run failed: {e}")],
+    };
+    let delta = prog.inner_counters().unwrap().delta(&before);
+    let mut problems = Vec::new();
+    if got != action {
+        problems.push(format!("inner {name}: action {got}, expected {action}"));
+    }
+    for (c, n) in delta.iter() {
+        let want = u64::from(c == counter);
+        if n != want {
+            problems.push(format!(
+                "inner {name}: counter {} moved by {n}, expected {want}",
+                c.name()
+            ));
+        }
+    }
+    if prog.counters().unwrap() != outer_before {
+        problems.push(format!("inner {name}: the outer program's counters moved"));
+    }
+    problems
+}
+
+#[test]
+fn inner_fixture_table() {
+    if !root_or_skip("inner_fixture_table") {
+        return;
+    }
+    let mut prog = inner_fixture_program();
+    let cases = inner_table();
+    let mut problems = Vec::new();
+    for c in &cases {
+        problems.extend(check_inner(&prog, c.name, &c.frame, XDP_PASS, c.counter));
+    }
+    assert!(
+        problems.is_empty(),
+        "{} of {} cases wrong:\n{}",
+        problems.len(),
+        cases.len(),
+        problems.join("\n")
+    );
+    for c in XdpInnerCounter::ALL {
+        if c != XdpInnerCounter::Redirect {
+            assert!(
+                cases.iter().any(|k| k.counter == c),
+                "no inner fixture for {}",
+                c.name()
+            );
+        }
+    }
+
+    // Replacing the prefixes: the /16 goes, a /24 inside it comes.
+    prog.set_tunnel_prefixes(&[(IpAddr::V4(Ipv4Addr::new(10, 77, 1, 0)), 24)])
+        .unwrap();
+    let to = |dst| eth(&[], ETH_IPV4, &ipv4(dst, IP_UDP, &[], 0, &[0; 32]));
+    problems.extend(check_inner(
+        &prog,
+        "old /16 gone",
+        &to(USER4),
+        XDP_PASS,
+        XdpInnerCounter::PassNotTunnel,
+    ));
+    problems.extend(check_inner(
+        &prog,
+        "new /24",
+        &to(Ipv4Addr::new(10, 77, 1, 9)),
+        XDP_PASS,
+        XdpInnerCounter::PassNoXsk,
+    ));
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(matches!(
+        prog.set_tunnel_prefixes(&[(IpAddr::V4(USER4), 33)]),
+        Err(XdpError::BadPrefix { .. })
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
 // The redirect branch, with a real AF_XDP socket
 
 /// An AF_XDP socket bound (copy mode) to queue 0 of `ifname` in the calling thread's
@@ -1089,6 +1298,34 @@ fn xsk_redirect() {
         XdpCounter::PassOtherPort,
     ));
 
+    // The inner program has its own XSKMAP: the outer registration does not steer it.
+    prog.set_tunnel_prefixes(&[(IpAddr::V4(USER4), 32)])
+        .unwrap();
+    let to_user = eth(&[], ETH_IPV4, &ipv4(USER4, IP_UDP, &[], 0, &[0; 32]));
+    problems.extend(check_inner(
+        &prog,
+        "outer socket only",
+        &to_user,
+        XDP_PASS,
+        XdpInnerCounter::PassNoXsk,
+    ));
+    prog.register_inner_xsk(0, xsk.fd.as_raw_fd()).unwrap();
+    problems.extend(check_inner(
+        &prog,
+        "to a user",
+        &to_user,
+        XDP_REDIRECT,
+        XdpInnerCounter::Redirect,
+    ));
+    prog.unregister_inner_xsk(0).unwrap();
+    problems.extend(check_inner(
+        &prog,
+        "inner unregistered",
+        &to_user,
+        XDP_PASS,
+        XdpInnerCounter::PassNoXsk,
+    ));
+
     prog.unregister_xsk(0).unwrap();
     prog.unregister_xsk(0).unwrap(); // already empty: fine
     problems.extend(check(
@@ -1200,9 +1437,23 @@ fn attach_to_veth_and_detach() {
     wait_no_xdp(&a, &dev).unwrap_or_else(|d| panic!("still attached after detach:\n{d}"));
     assert!(matches!(prog.detach(&dev), Err(XdpError::NotAttached(_))));
 
+    // The inner program (appliance mode) attaches the same way, under its own name.
+    a.enter(|| prog.attach_inner(&dev)).unwrap().unwrap();
+    let details = link_details(&a, &dev);
+    assert!(
+        details.contains("name sluice_xdp_inne"),
+        "inner program not shown:\n{details}"
+    );
+    prog.detach(&dev).unwrap();
+    wait_no_xdp(&a, &dev).unwrap_or_else(|d| panic!("inner still attached after detach:\n{d}"));
+
     // Dropping the program detaches too.
     a.enter(|| prog.attach(&dev)).unwrap().unwrap();
-    assert!(has_xdp(&link_details(&a, &dev)));
+    let details = link_details(&a, &dev);
+    assert!(
+        details.contains("name sluice_xdp "),
+        "outer program not shown:\n{details}"
+    );
     drop(prog);
     wait_no_xdp(&a, &dev).unwrap_or_else(|d| panic!("still attached after drop:\n{d}"));
 }

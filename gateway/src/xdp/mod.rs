@@ -18,15 +18,27 @@
 //!   AF_XDP socket of a receive queue; with none, that queue's packets pass to the kernel.
 //! - [`XdpProgram::counters`] → [`XdpCounters`], summed over CPUs, with names for metrics.
 //! - [`XdpProgram::test_run`]`(frame) -> action`: `BPF_PROG_TEST_RUN`, for fixtures.
+//!
+//! Appliance mode (a second program, `sluice_xdp_inner`, for the inner NIC, in the same
+//! object): [`XdpProgram::attach_inner`]`(ifname)`, [`XdpProgram::set_tunnel_prefixes`]`(&[(IpAddr,
+//! u8)])` (the users' AllowedIPs, an LPM trie), [`XdpProgram::register_inner_xsk`] /
+//! [`XdpProgram::unregister_inner_xsk`] (its own XSKMAP, `inner_xsks`: a socket receives only
+//! from the device it is bound to), [`XdpProgram::inner_counters`] → [`XdpInnerCounters`],
+//! [`XdpProgram::test_run_inner`]. Packets to a user's tunnel address (any protocol, fragments
+//! too) go to the AF_XDP socket of their queue; everything else passes.
 
+mod appliance;
 mod program;
 pub mod shared;
 mod test_run;
 
+pub use appliance::{INNER_PROGRAM_NAME, MAP_INNER_COUNTERS, MAP_INNER_XSKS, MAP_TUNNEL_PREFIXES};
 pub use program::{
     XdpProgram, MAP_COUNTERS, MAP_LOCAL_ADDRS, MAP_UDP_PORTS, MAP_XSKS, PROGRAM_NAME,
 };
-pub use shared::{AddrKey, Verdict, XdpCounter, XDP_DROP, XDP_PASS, XDP_REDIRECT};
+pub use shared::{
+    AddrKey, CounterSlot, Verdict, XdpCounter, XdpInnerCounter, XDP_DROP, XDP_PASS, XDP_REDIRECT,
+};
 
 /// How the program is attached to an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,28 +59,37 @@ impl AttachMode {
     }
 }
 
-/// The program's counters, summed over CPUs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct XdpCounters {
-    values: [u64; shared::CNT_MAX as usize],
+/// One program's counters, summed over CPUs: [`XdpCounters`] or [`XdpInnerCounters`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counters<C: CounterSlot> {
+    values: Vec<u64>,
+    _slots: std::marker::PhantomData<C>,
 }
 
-impl XdpCounters {
-    pub(crate) const fn new(values: [u64; shared::CNT_MAX as usize]) -> Self {
-        XdpCounters { values }
+/// The outer program's counters.
+pub type XdpCounters = Counters<XdpCounter>;
+/// The inner (appliance mode) program's counters.
+pub type XdpInnerCounters = Counters<XdpInnerCounter>;
+
+impl<C: CounterSlot> Counters<C> {
+    /// `values[i]` is slot `i`; missing slots read as 0.
+    pub(crate) fn new(mut values: Vec<u64>) -> Self {
+        values.resize(C::ALL.len(), 0);
+        Counters {
+            values,
+            _slots: std::marker::PhantomData,
+        }
     }
 
     /// The count of one slot.
-    pub fn get(&self, counter: XdpCounter) -> u64 {
-        self.values[counter as usize]
+    pub fn get(&self, counter: C) -> u64 {
+        self.values[counter.slot()]
     }
 
-    /// Every slot with its count, in slot order; [`XdpCounter::verdict`] and
-    /// [`XdpCounter::reason`] give the metric labels.
-    pub fn iter(&self) -> impl Iterator<Item = (XdpCounter, u64)> + '_ {
-        XdpCounter::ALL
-            .iter()
-            .map(|c| (*c, self.values[*c as usize]))
+    /// Every slot with its count, in slot order; [`CounterSlot::verdict`] and
+    /// [`CounterSlot::reason`] give the metric labels.
+    pub fn iter(&self) -> impl Iterator<Item = (C, u64)> + '_ {
+        C::ALL.iter().map(|c| (*c, self.values[c.slot()]))
     }
 
     /// Packets counted under `verdict`, all reasons.
@@ -80,12 +101,14 @@ impl XdpCounters {
     }
 
     /// Slot by slot `self - earlier` (wrapping), e.g. what one packet moved.
-    pub fn delta(&self, earlier: &XdpCounters) -> XdpCounters {
-        let mut values = self.values;
-        for (v, e) in values.iter_mut().zip(earlier.values.iter()) {
-            *v = v.wrapping_sub(*e);
-        }
-        XdpCounters { values }
+    pub fn delta(&self, earlier: &Self) -> Self {
+        let values = self
+            .values
+            .iter()
+            .zip(earlier.values.iter())
+            .map(|(v, e)| v.wrapping_sub(*e))
+            .collect();
+        Counters::new(values)
     }
 }
 
@@ -136,6 +159,14 @@ pub enum XdpError {
         map: &'static str,
         /// Its size (ebpf/sluice_xdp_shared.h).
         max: u32,
+    },
+    /// A tunnel prefix longer than its address.
+    #[error("tunnel prefix {addr}/{len}: longer than the address")]
+    BadPrefix {
+        /// The address.
+        addr: std::net::IpAddr,
+        /// The prefix length.
+        len: u8,
     },
     /// A receive queue beyond the XSKMAP.
     #[error("receive queue {queue} is beyond the XSKMAP's {max} slots")]

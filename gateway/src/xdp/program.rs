@@ -4,13 +4,17 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 
+use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::{HashMap, MapData, MapError, PerCpuArray, XskMap};
 use aya::programs::links::{FdLink, LinkType};
 use aya::programs::{loaded_links, Xdp, XdpMode};
 use aya::Ebpf;
 
-use super::shared::{AddrKey, XdpCounter, CNT_MAX, MAX_ADDRS, MAX_PORTS, MAX_QUEUES};
-use super::{test_run, AttachMode, XdpCounters, XdpError};
+use super::appliance::{
+    INNER_PROGRAM_NAME, MAP_INNER_COUNTERS, MAP_INNER_XSKS, MAP_TUNNEL_PREFIXES,
+};
+use super::shared::{AddrKey, CounterSlot, MAX_ADDRS, MAX_PORTS, MAX_QUEUES};
+use super::{test_run, AttachMode, Counters, XdpCounters, XdpError};
 
 /// The object file built by `gateway/build.rs` from `ebpf/sluice_xdp.c`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice_xdp.o"));
@@ -26,7 +30,8 @@ pub const MAP_LOCAL_ADDRS: &str = "local_addrs";
 /// Per-CPU counters, one slot per [`XdpCounter`].
 pub const MAP_COUNTERS: &str = "counters";
 
-/// The outer-NIC XDP program, loaded in the kernel, with its maps and attachments.
+/// The outer-NIC XDP program (and appliance mode's inner-NIC one), loaded in the kernel, with
+/// their maps and attachments.
 ///
 /// Dropping it detaches it from every interface (each attachment is a bpf_link owned by this
 /// process, so that also happens when the process dies, even by SIGKILL) and unloads it.
@@ -37,6 +42,9 @@ pub struct XdpProgram {
     udp_ports: HashMap<MapData, u16, u8>,
     local_addrs: HashMap<MapData, AddrKey, u8>,
     counters: PerCpuArray<MapData, u64>,
+    pub(super) inner_xsks: XskMap<MapData>,
+    pub(super) tunnel_prefixes: LpmTrie<MapData, [u8; 16], u8>,
+    pub(super) inner_counters: PerCpuArray<MapData, u64>,
     ebpf: Ebpf,
 }
 
@@ -65,21 +73,23 @@ impl std::fmt::Debug for XdpProgram {
 // and every bit pattern valid, so it may be copied to and from the kernel as bytes.
 unsafe impl aya::Pod for AddrKey {}
 
-fn map_err(map: &'static str) -> impl FnOnce(MapError) -> XdpError {
+pub(super) fn map_err(map: &'static str) -> impl FnOnce(MapError) -> XdpError {
     move |source| XdpError::Map { map, source }
 }
 
 impl XdpProgram {
-    /// Loads the program and creates its maps (empty: no port, no address, no socket, so every
-    /// packet passes). Needs root (CAP_BPF and CAP_NET_ADMIN).
+    /// Loads the programs and creates their maps (empty: no port, no address, no prefix, no
+    /// socket, so every packet passes). Needs root (CAP_BPF and CAP_NET_ADMIN).
     pub fn load() -> Result<Self, XdpError> {
         let mut ebpf = Ebpf::load(OBJECT).map_err(|e| XdpError::Object(Box::new(e)))?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(PROGRAM_NAME)
-            .ok_or(XdpError::Missing(PROGRAM_NAME))?
-            .try_into()
-            .map_err(XdpError::Program)?;
-        prog.load().map_err(XdpError::Program)?;
+        for name in [PROGRAM_NAME, INNER_PROGRAM_NAME] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or(XdpError::Missing(name))?
+                .try_into()
+                .map_err(XdpError::Program)?;
+            prog.load().map_err(XdpError::Program)?;
+        }
 
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(XdpError::Missing(name));
         let xsks = XskMap::try_from(take(MAP_XSKS)?).map_err(map_err(MAP_XSKS))?;
@@ -87,28 +97,37 @@ impl XdpProgram {
         let local_addrs =
             HashMap::try_from(take(MAP_LOCAL_ADDRS)?).map_err(map_err(MAP_LOCAL_ADDRS))?;
         let counters = PerCpuArray::try_from(take(MAP_COUNTERS)?).map_err(map_err(MAP_COUNTERS))?;
+        let inner_xsks =
+            XskMap::try_from(take(MAP_INNER_XSKS)?).map_err(map_err(MAP_INNER_XSKS))?;
+        let tunnel_prefixes =
+            LpmTrie::try_from(take(MAP_TUNNEL_PREFIXES)?).map_err(map_err(MAP_TUNNEL_PREFIXES))?;
+        let inner_counters = PerCpuArray::try_from(take(MAP_INNER_COUNTERS)?)
+            .map_err(map_err(MAP_INNER_COUNTERS))?;
         Ok(XdpProgram {
             attachments: Vec::new(),
             xsks,
             udp_ports,
             local_addrs,
             counters,
+            inner_xsks,
+            tunnel_prefixes,
+            inner_counters,
             ebpf,
         })
     }
 
-    fn prog(&self) -> Result<&Xdp, XdpError> {
+    fn prog(&self, name: &'static str) -> Result<&Xdp, XdpError> {
         self.ebpf
-            .program(PROGRAM_NAME)
-            .ok_or(XdpError::Missing(PROGRAM_NAME))?
+            .program(name)
+            .ok_or(XdpError::Missing(name))?
             .try_into()
             .map_err(XdpError::Program)
     }
 
-    fn prog_mut(&mut self) -> Result<&mut Xdp, XdpError> {
+    fn prog_mut(&mut self, name: &'static str) -> Result<&mut Xdp, XdpError> {
         self.ebpf
-            .program_mut(PROGRAM_NAME)
-            .ok_or(XdpError::Missing(PROGRAM_NAME))?
+            .program_mut(name)
+            .ok_or(XdpError::Missing(name))?
             .try_into()
             .map_err(XdpError::Program)
     }
@@ -117,18 +136,27 @@ impl XdpProgram {
     /// (SKB) mode if the driver has no XDP support, and logs which. The link belongs to this
     /// process, so the program is detached when this value is dropped or the process dies.
     pub fn attach(&mut self, ifname: &str) -> Result<AttachMode, XdpError> {
+        self.attach_program(PROGRAM_NAME, ifname)
+    }
+
+    /// Attaches program `name` to `ifname`, as [`XdpProgram::attach`] describes.
+    pub(super) fn attach_program(
+        &mut self,
+        name: &'static str,
+        ifname: &str,
+    ) -> Result<AttachMode, XdpError> {
         if self.attachments.iter().any(|a| a.ifname == ifname) {
             return Err(XdpError::AlreadyAttached(ifname.to_string()));
         }
-        let prog_id = self.prog()?.info().map_err(XdpError::Program)?.id();
-        let prog = self.prog_mut()?;
+        let prog_id = self.prog(name)?.info().map_err(XdpError::Program)?.id();
+        let prog = self.prog_mut(name)?;
         let (mode, link_id) = match prog.attach(ifname, XdpMode::Driver) {
             Ok(id) => (AttachMode::Driver, id),
             Err(driver) => match prog.attach(ifname, XdpMode::Skb) {
                 Ok(id) => {
                     crate::log::warn(&format!(
-                        "xdp: {ifname} has no native XDP ({driver}); attached in generic (SKB) \
-                         mode, which is slower"
+                        "xdp: {name}: {ifname} has no native XDP ({driver}); attached in generic \
+                         (SKB) mode, which is slower"
                     ));
                     (AttachMode::Skb, id)
                 }
@@ -154,7 +182,7 @@ impl XdpProgram {
         let link = prog.take_link(link_id).map_err(XdpError::Program)?;
         let link = FdLink::try_from(link).map_err(|_| XdpError::NoBpfLink(ifname.to_string()))?;
         crate::log::info(&format!(
-            "xdp: attached to {ifname} in {} mode",
+            "xdp: {name} attached to {ifname} in {} mode",
             mode.as_str()
         ));
         self.attachments.push(Attachment {
@@ -165,7 +193,7 @@ impl XdpProgram {
         Ok(mode)
     }
 
-    /// Detaches the program from `ifname` (closes its bpf_link).
+    /// Detaches whichever program is attached to `ifname` (closes its bpf_link).
     pub fn detach(&mut self, ifname: &str) -> Result<(), XdpError> {
         let i = self
             .attachments
@@ -176,7 +204,7 @@ impl XdpProgram {
         Ok(())
     }
 
-    /// The interfaces the program is attached to, with their modes.
+    /// The interfaces a program is attached to, with their modes.
     pub fn attachments(&self) -> impl Iterator<Item = (&str, AttachMode)> {
         self.attachments.iter().map(|a| (a.ifname.as_str(), a.mode))
     }
@@ -239,34 +267,47 @@ impl XdpProgram {
 
     /// The counters, summed over CPUs.
     pub fn counters(&self) -> Result<XdpCounters, XdpError> {
-        let mut values = [0u64; CNT_MAX as usize];
-        for c in XdpCounter::ALL {
-            let per_cpu = self
-                .counters
-                .get(&(c as u32), 0)
-                .map_err(map_err(MAP_COUNTERS))?;
-            values[c as usize] = per_cpu.iter().copied().fold(0u64, u64::wrapping_add);
-        }
-        Ok(XdpCounters::new(values))
+        read_counters(&self.counters, MAP_COUNTERS)
     }
 
     /// Runs the program once on `frame` with `BPF_PROG_TEST_RUN` (no interface needed; the
     /// maps and counters are the live ones) and returns the XDP action (see
     /// [`super::Verdict::action`]). The kernel runs it as if received on queue 0.
     pub fn test_run(&self, frame: &[u8]) -> Result<u32, XdpError> {
-        let fd = self.prog()?.fd().map_err(XdpError::Program)?;
+        self.test_run_program(PROGRAM_NAME, frame)
+    }
+
+    pub(super) fn test_run_program(
+        &self,
+        name: &'static str,
+        frame: &[u8],
+    ) -> Result<u32, XdpError> {
+        let fd = self.prog(name)?.fd().map_err(XdpError::Program)?;
         test_run::test_run(fd.as_fd(), frame).map_err(XdpError::TestRun)
     }
 
     /// The program's file descriptor (for `bpftool`-style inspection and tests).
     pub fn program_fd(&self) -> Result<RawFd, XdpError> {
         Ok(self
-            .prog()?
+            .prog(PROGRAM_NAME)?
             .fd()
             .map_err(XdpError::Program)?
             .as_fd()
             .as_raw_fd())
     }
+}
+
+/// A per-CPU counters map summed over CPUs.
+pub(super) fn read_counters<C: CounterSlot>(
+    map: &PerCpuArray<MapData, u64>,
+    name: &'static str,
+) -> Result<Counters<C>, XdpError> {
+    let mut values = Vec::with_capacity(C::ALL.len());
+    for c in C::ALL {
+        let per_cpu = map.get(&(c.slot() as u32), 0).map_err(map_err(name))?;
+        values.push(per_cpu.iter().copied().fold(0u64, u64::wrapping_add));
+    }
+    Ok(Counters::new(values))
 }
 
 /// Makes the keys of `map` equal `new` (its current keys are `old`): adds first, so a key in

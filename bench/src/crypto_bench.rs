@@ -16,6 +16,7 @@ use chacha20poly1305::aead::AeadInOut;
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce};
 use serde::Serialize;
 use sluice::crypto::batch::{self, OpenInPlaceJob, Path, SealInPlaceJob, TAG_LEN};
+use std::cell::Cell;
 use std::path::PathBuf;
 
 const SIZES: [usize; 7] = [64, 128, 256, 512, 1024, 1420, 8192];
@@ -26,10 +27,11 @@ pub struct Args {
     /// Core to pin the benchmark thread to [default: the last core]
     #[arg(long)]
     core: Option<usize>,
-    /// Timed seconds per repeat [default: 0.3, or 0.05 with --quick]
+    /// Timed seconds per contender per round [default: 0.1, or 0.05 with --quick]
     #[arg(long)]
     seconds: Option<f64>,
-    /// Repeats per measurement; the median is reported [default: 3, or 1 with --quick]
+    /// Rounds per measurement, each timing every contender in turn; medians are reported
+    /// [default: 7, or 1 with --quick]
     #[arg(long)]
     repeat: Option<usize>,
     /// Packets per batch (each with its own key)
@@ -41,6 +43,13 @@ pub struct Args {
     /// Also write the results as JSON to this file
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Only these packet sizes (comma-separated) [default: all]
+    #[arg(long, value_delimiter = ',')]
+    sizes: Vec<usize>,
+    /// Only these contenders (comma-separated: auto, avx512, avx2, portable, ring, rustcrypto)
+    /// [default: all this CPU has]
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -71,6 +80,8 @@ struct Record {
     gb_per_s: f64,
     min_gb_per_s: f64,
     max_gb_per_s: f64,
+    /// Median over interleaved rounds of this rate over ring's in the same round.
+    vs_ring: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -216,52 +227,100 @@ fn label(imp: Impl, path: Path) -> String {
     }
 }
 
-fn measure_one(
+/// Measure every contender on one shape, interleaved: each round times every contender in
+/// turn for `timing.seconds`, so load from other processes hits them alike. Each record's
+/// `vs_ring` is the median over rounds of its rate divided by ring's in the same round.
+fn measure_shape(
     timing: &Timing,
     op: Op,
     size: usize,
     batch: usize,
-    (imp, path): (Impl, Path),
-) -> Result<Record, String> {
-    let mut w = Workload::new(batch, size);
-    let mut failed = false;
-    let rates = harness::measure(
-        timing,
-        harness::batched(|n| {
-            for _ in 0..n {
-                failed |= !w.run(op, imp, path);
-            }
-            n
-        }),
-    );
-    if failed {
-        return Err(format!(
-            "{op:?} {size} B with {} did not verify",
-            label(imp, path)
-        ));
+    contenders: &[(Impl, Path)],
+) -> Result<Vec<Record>, String> {
+    let failed: Vec<Cell<bool>> = contenders.iter().map(|_| Cell::new(false)).collect();
+    let mut steps: Vec<Box<dyn FnMut() -> harness::Sample + '_>> = contenders
+        .iter()
+        .zip(&failed)
+        .map(|(&(imp, path), failed)| {
+            let mut w = Workload::new(batch, size);
+            let step = harness::batched(move |n| {
+                for _ in 0..n {
+                    if !w.run(op, imp, path) {
+                        failed.set(true);
+                    }
+                }
+                n
+            });
+            Box::new(step) as Box<dyn FnMut() -> harness::Sample>
+        })
+        .collect();
+    let warm = Timing {
+        seconds: timing.warmup,
+        warmup: 0.0,
+        repeat: 1,
+    };
+    let once = Timing {
+        warmup: 0.0,
+        repeat: 1,
+        ..*timing
+    };
+    for step in &mut steps {
+        harness::measure(&warm, &mut **step);
     }
     let bytes = (batch * size) as f64 / 1e9;
-    let mut gb: Vec<f64> = rates.iter().map(|r| r * bytes).collect();
-    gb.sort_by(f64::total_cmp);
-    Ok(Record {
-        op,
-        size,
-        batch,
-        imp,
-        path: label(imp, path),
-        gb_per_s: gb[gb.len() / 2],
-        min_gb_per_s: gb[0],
-        max_gb_per_s: gb[gb.len() - 1],
-    })
+    let mut gb: Vec<Vec<f64>> = vec![Vec::new(); contenders.len()];
+    for _ in 0..timing.repeat {
+        for (step, g) in steps.iter_mut().zip(&mut gb) {
+            g.extend(
+                harness::measure(&once, &mut **step)
+                    .iter()
+                    .map(|r| r * bytes),
+            );
+        }
+    }
+    drop(steps);
+    if let Some(((imp, path), _)) = contenders.iter().zip(&failed).find(|(_, f)| f.get()) {
+        return Err(format!(
+            "{op:?} {size} B with {} did not verify",
+            label(*imp, *path)
+        ));
+    }
+    let ring = contenders.iter().position(|c| c.0 == Impl::Ring);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok(contenders
+        .iter()
+        .zip(&gb)
+        .map(|(&(imp, path), g)| {
+            let vs_ring = ring.map_or(f64::NAN, |r| {
+                median(g.iter().zip(&gb[r]).map(|(a, b)| a / b).collect())
+            });
+            let mut sorted = g.clone();
+            sorted.sort_by(f64::total_cmp);
+            Record {
+                op,
+                size,
+                batch,
+                imp,
+                path: label(imp, path),
+                gb_per_s: median(g.clone()),
+                min_gb_per_s: sorted[0],
+                max_gb_per_s: sorted[sorted.len() - 1],
+                vs_ring,
+            }
+        })
+        .collect())
 }
 
 pub fn run(args: &Args) -> Result<(), String> {
     let mut machine = Machine::collect();
     machine.pinned_core = Some(harness::pin(args.core)?);
     let timing = Timing {
-        seconds: args.seconds.unwrap_or(if args.quick { 0.05 } else { 0.3 }),
-        warmup: if args.quick { 0.02 } else { 0.2 },
-        repeat: args.repeat.unwrap_or(if args.quick { 1 } else { 3 }).max(1),
+        seconds: args.seconds.unwrap_or(if args.quick { 0.05 } else { 0.1 }),
+        warmup: if args.quick { 0.02 } else { 0.1 },
+        repeat: args.repeat.unwrap_or(if args.quick { 1 } else { 7 }).max(1),
     };
     let batch = usize::from(args.batch);
     let params = serde_json::json!({
@@ -271,10 +330,12 @@ pub fn run(args: &Args) -> Result<(), String> {
     });
     let report = Report::new("crypto", machine.clone(), params.clone());
     print!("{}", report.header());
+    let wanted = |s: &usize| args.sizes.is_empty() || args.sizes.contains(s);
     let shapes = SIZES
         .iter()
+        .filter(|s| wanted(s))
         .map(|&s| (s, batch))
-        .chain(SINGLE_SIZES.iter().map(|&s| (s, 1)));
+        .chain(SINGLE_SIZES.iter().filter(|s| wanted(s)).map(|&s| (s, 1)));
     let mut records = Vec::new();
     println!(
         "{:<5} {:>6} {:>5}  {:<10} {:>8} {:>8}",
@@ -282,14 +343,11 @@ pub fn run(args: &Args) -> Result<(), String> {
     );
     for (size, batch) in shapes {
         for op in [Op::Seal, Op::Open] {
-            let rows: Vec<Record> = contenders()
+            let chosen: Vec<(Impl, Path)> = contenders()
                 .into_iter()
-                .map(|c| measure_one(&timing, op, size, batch, c))
-                .collect::<Result<_, _>>()?;
-            let ring = rows
-                .iter()
-                .find(|r| r.imp == Impl::Ring)
-                .map_or(f64::NAN, |r| r.gb_per_s);
+                .filter(|&(i, p)| args.only.is_empty() || args.only.contains(&label(i, p)))
+                .collect();
+            let rows = measure_shape(&timing, op, size, batch, &chosen)?;
             for r in &rows {
                 println!(
                     "{:<5} {:>6} {:>5}  {:<10} {:>8} {:>7.2}x",
@@ -298,7 +356,7 @@ pub fn run(args: &Args) -> Result<(), String> {
                     r.batch,
                     r.path,
                     fmt_num(r.gb_per_s),
-                    r.gb_per_s / ring
+                    r.vs_ring
                 );
             }
             records.extend(rows);

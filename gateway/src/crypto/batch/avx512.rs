@@ -6,7 +6,7 @@
 //! No AVX-512 IFMA Poly1305 is implemented (the development machine lacks IFMA, so it could
 //! not be tested); Poly1305 uses `vpmuludq` in radix 2^26 on every AVX-512 CPU.
 
-use super::engine::{Blocks, ChachaLanes, Engine, PolyLanes, MAX_LANES};
+use super::engine::{Blocks, ChachaLanes, CoreJob, Engine, PolyLanes, MAX_LANES};
 use super::poly1305::{HIBIT, MASK26};
 use super::portable::SIGMA;
 use std::arch::x86_64::*;
@@ -25,6 +25,12 @@ impl Engine for Avx512 {
     unsafe fn poly_blocks(st: &mut PolyLanes, msgs: &[&[u8]; MAX_LANES], hibit: bool) {
         // SAFETY: as above.
         unsafe { poly16(st, msgs, hibit) }
+    }
+
+    unsafe fn fused_group(group: &mut [Option<&mut CoreJob<'_>>]) -> bool {
+        // SAFETY: as above.
+        unsafe { super::avx512_fused::group(group) };
+        true
     }
 }
 
@@ -60,7 +66,18 @@ fn chacha16(st: &ChachaLanes, out: &mut Blocks) {
     for w in 0..3 {
         x[13 + w] = load16(&st.nonce[w]);
     }
-    let init = x;
+    block16(&mut x);
+    for (packet, row) in out.iter_mut().zip(transpose16(&x)) {
+        // SAFETY: `out[packet]` is 64 writable bytes; the store is unaligned.
+        unsafe { _mm512_storeu_si512(packet.as_mut_ptr().cast(), row) };
+    }
+}
+
+/// The ChaCha20 block function on sixteen word-major states: the twenty rounds, then the
+/// initial state added back. `x[w]` is word `w` of every lane's state.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) fn block16(x: &mut [__m512i; 16]) {
+    let init = *x;
     for _ in 0..10 {
         quarter!(x, 0, 4, 8, 12);
         quarter!(x, 1, 5, 9, 13);
@@ -74,14 +91,14 @@ fn chacha16(st: &ChachaLanes, out: &mut Blocks) {
     for (v, i) in x.iter_mut().zip(init) {
         *v = _mm512_add_epi32(*v, i);
     }
-    transpose_store(&x, out);
 }
 
-/// `out[p]` = word 0..16 of packet `p`, from `x[w]` = word `w` of packets 0..16.
+/// Word-major to lane-major: result `p` holds words 0..16 of lane `p`, from `x[w]` = word `w`
+/// of lanes 0..16.
 // `j` picks both the source registers and the destination packets.
 #[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f,avx512bw")]
-fn transpose_store(x: &[__m512i; 16], out: &mut Blocks) {
+pub(super) fn transpose16(x: &[__m512i; 16]) -> [__m512i; 16] {
     // u[g][j], 128-bit lane k: words 4g..4g+4 of packet 4k+j.
     let mut u = [[_mm512_setzero_si512(); 4]; 4];
     for (g, ug) in u.iter_mut().enumerate() {
@@ -97,23 +114,19 @@ fn transpose_store(x: &[__m512i; 16], out: &mut Blocks) {
             _mm512_unpackhi_epi64(t1, t3),
         ];
     }
+    let mut out = [_mm512_setzero_si512(); 16];
     for j in 0..4 {
         // A 4×4 transpose of 128-bit blocks: packet 4k+j gets lane k of u[0..4][j].
         let v0 = _mm512_shuffle_i32x4::<0x44>(u[0][j], u[1][j]);
         let v1 = _mm512_shuffle_i32x4::<0xee>(u[0][j], u[1][j]);
         let v2 = _mm512_shuffle_i32x4::<0x44>(u[2][j], u[3][j]);
         let v3 = _mm512_shuffle_i32x4::<0xee>(u[2][j], u[3][j]);
-        let rows = [
-            _mm512_shuffle_i32x4::<0x88>(v0, v2),
-            _mm512_shuffle_i32x4::<0xdd>(v0, v2),
-            _mm512_shuffle_i32x4::<0x88>(v1, v3),
-            _mm512_shuffle_i32x4::<0xdd>(v1, v3),
-        ];
-        for (k, row) in rows.into_iter().enumerate() {
-            // SAFETY: `out[4k+j]` is 64 writable bytes; the store is unaligned.
-            unsafe { _mm512_storeu_si512(out[4 * k + j].as_mut_ptr().cast(), row) };
-        }
+        out[j] = _mm512_shuffle_i32x4::<0x88>(v0, v2);
+        out[4 + j] = _mm512_shuffle_i32x4::<0xdd>(v0, v2);
+        out[8 + j] = _mm512_shuffle_i32x4::<0x88>(v1, v3);
+        out[12 + j] = _mm512_shuffle_i32x4::<0xdd>(v1, v3);
     }
+    out
 }
 
 /// Eight lanes' worth of one Poly1305 limb array.
@@ -195,7 +208,7 @@ fn poly16(st: &mut PolyLanes, msgs: &[&[u8]; MAX_LANES], hibit: bool) {
 
 /// A 16-byte block (low and high 64 bits per lane) as five 26-bit limbs.
 #[target_feature(enable = "avx512f,avx512bw")]
-fn split_limbs(lo: __m512i, hi: __m512i, hib: __m512i) -> [__m512i; 5] {
+pub(super) fn split_limbs(lo: __m512i, hi: __m512i, hib: __m512i) -> [__m512i; 5] {
     let m26 = _mm512_set1_epi64(MASK26 as i64);
     [
         _mm512_and_si512(lo, m26),
@@ -211,7 +224,7 @@ fn split_limbs(lo: __m512i, hi: __m512i, hib: __m512i) -> [__m512i; 5] {
 
 /// `(h + m) · r`, partially reduced; the vector form of `poly1305::mul_block`.
 #[target_feature(enable = "avx512f,avx512bw")]
-fn mul_block(
+pub(super) fn mul_block(
     h: &[__m512i; 5],
     m: &[__m512i; 5],
     r: &[__m512i; 5],

@@ -97,6 +97,16 @@ pub(crate) trait Engine {
     /// # Safety
     /// As for [`Engine::chacha_blocks`].
     unsafe fn poly_blocks(st: &mut PolyLanes, msgs: &[&[u8]; MAX_LANES], hibit: bool);
+
+    /// Seal or open a whole group (at most `LANES` jobs) in one fused pass, if the path has
+    /// one, with the same contract as the generic [`run_group`]; `false` leaves the group to
+    /// the generic code built on the two kernels above.
+    ///
+    /// # Safety
+    /// As for [`Engine::chacha_blocks`].
+    unsafe fn fused_group(_group: &mut [Option<&mut CoreJob<'_>>]) -> bool {
+        false
+    }
 }
 
 /// Plaintext or ciphertext of one packet, transformed in place or from `input` to `output`
@@ -207,7 +217,11 @@ pub(crate) unsafe fn run<E: Engine>(jobs: &mut [Option<CoreJob<'_>>], ring_below
                 .for_each(|j| ring_fallback::process(j));
         } else {
             // SAFETY: the caller guarantees E's target features.
-            unsafe { run_group::<E>(group) };
+            unsafe {
+                if !E::fused_group(group) {
+                    run_group::<E>(group);
+                }
+            }
         }
     }
 }

@@ -30,12 +30,15 @@
 //!   ([`Path::Auto`]) or forced. Under `Auto`, lane groups too small to pay for the vector setup
 //!   go through ring one packet at a time, so a batch of one is never slower than ring.
 //!
-//! All `unsafe` and intrinsics of the batched AEAD live in `avx2.rs` and `avx512.rs`.
+//! All `unsafe` and intrinsics of the batched AEAD live in `avx2.rs`, `avx512.rs` and
+//! `avx512_fused.rs`.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512_fused;
 mod engine;
 mod jobs;
 mod poly1305;

@@ -21,7 +21,7 @@ mod prom_text;
 
 use netns_common::*;
 
-use sluice::testbed::topology::{Topology, TopologySpec, User, UserSpec, SINK_V4, SINK_V6};
+use sluice::testbed::topology::{Topology, User, UserSpec, SINK_V4, SINK_V6};
 use sluice::testbed::traffic::{
     iperf3_client, udp_arrives, udp_round_trip, Iperf3Server, IperfOpts,
 };
@@ -661,7 +661,7 @@ const METRICS_ADDR: &str = "127.0.0.1:9586";
 /// [`build`] with sluice serving `/metrics` on [`METRICS_ADDR`] from the start, and
 /// `env` set for the sluice process.
 fn build_with_metrics(kind: GatewayKind, users: Vec<UserSpec>, env: &[(&str, &str)]) -> Topology {
-    let mut spec = TopologySpec::new(kind, Some(std::path::PathBuf::from(SLUICE)), users);
+    let mut spec = netns_common::spec(kind, users);
     spec.sluice_toml_extra = format!("\n[metrics]\nlisten = \"{METRICS_ADDR}\"\n");
     spec.sluice_env = env
         .iter()
@@ -940,7 +940,7 @@ fn healthz_flips_to_503_when_a_worker_dies() {
     // Long enough for the topology to come up and /healthz to be read healthy first.
     const PANIC_AFTER_MS: u64 = 12_000;
     let started = std::time::Instant::now();
-    let mut spec = TopologySpec::new(kind, Some(std::path::PathBuf::from(SLUICE)), vec![wg_go()]);
+    let mut spec = netns_common::spec(kind, vec![wg_go()]);
     spec.workers = 2;
     spec.cores = vec![0, 1];
     // The config asks for debug logs and SLUICE_LOG overrides it: warnings and errors only.

@@ -17,6 +17,7 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 mod netns_common;
+mod prom_text;
 
 use netns_common::*;
 use sluice::testbed::gateway::GatewayStatus;
@@ -40,9 +41,13 @@ fn sluice_under_test(test: &str) -> Option<GatewayKind> {
     Some(kind)
 }
 
+/// Where sluice serves `/metrics` inside the gateway namespace.
+const METRICS_ADDR: &str = "127.0.0.1:9586";
+
 fn build_xdp(kind: GatewayKind, users: Vec<UserSpec>) -> Topology {
     let mut spec = TopologySpec::new(kind, Some(PathBuf::from(SLUICE)), users);
     spec.xdp = true;
+    spec.sluice_toml_extra = format!("\n[metrics]\nlisten = \"{METRICS_ADDR}\"\n");
     spec.workers = 2;
     spec.cores = vec![0, 1];
     Topology::build(&spec).or_fail("building the xdp topology")
@@ -52,6 +57,24 @@ fn xdp_of(s: &GatewayStatus) -> &sluice::testbed::gateway::XdpStatus {
     s.xdp
         .as_ref()
         .unwrap_or_else(|| panic!("sluice is not in xdp mode: {s:?}"))
+}
+
+/// One scrape of `/metrics` from inside the gateway namespace, parsed strictly.
+fn scrape(t: &Topology) -> prom_text::Exposition {
+    let mut s = t
+        .gw_ns
+        .tcp_connect(METRICS_ADDR.parse().unwrap(), TRAFFIC_TIMEOUT)
+        .or_fail("connecting to /metrics");
+    s.set_read_timeout(Some(TRAFFIC_TIMEOUT)).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).or_fail("reading /metrics");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.") && head.contains(" 200"),
+        "{head}"
+    );
+    prom_text::parse(body)
 }
 
 fn gw_endpoint() -> SocketAddr {
@@ -154,6 +177,35 @@ fn steers_wireguard_and_passes_everything_else() {
             assert_eq!(*n, 0, "{name}: real clients send nothing malformed");
         }
     }
+    // The same counters in Prometheus.
+    let m = scrape(&t);
+    let redirected = m.value(
+        "sluice_xdp_verdicts_total",
+        &[("verdict", "redirect"), ("reason", "xsk")],
+    );
+    assert!(
+        redirected >= after.counter("redirect") as f64,
+        "{redirected}"
+    );
+    assert!(
+        m.value(
+            "sluice_xdp_verdicts_total",
+            &[("verdict", "pass"), ("reason", "not_udp")]
+        ) >= 1.0
+    );
+    for q in ["0", "1"] {
+        assert_eq!(m.value("sluice_xsk_umem_frames_lost", &[("queue", q)]), 0.0);
+    }
+    let rx: f64 = ["0", "1"]
+        .iter()
+        .map(|q| {
+            m.value(
+                "sluice_xsk_frames_total",
+                &[("queue", q), ("direction", "rx")],
+            )
+        })
+        .sum();
+    assert!(rx > 0.0);
 }
 
 #[test]

@@ -137,6 +137,30 @@ impl FastPath {
         super::shared::lock(&self.program).counters().ok()
     }
 
+    /// The program's counters as metric samples: (verdict, reason, count).
+    pub fn verdicts(&self) -> Vec<(String, String, u64)> {
+        self.counters().map_or_else(Vec::new, |c| {
+            c.iter()
+                .map(|(k, n)| (k.verdict().as_str().to_string(), k.reason().to_string(), n))
+                .collect()
+        })
+    }
+
+    /// Each socket's counters for metrics.
+    pub fn xsk_samples(&self) -> Vec<crate::metrics::XskSample> {
+        self.sockets
+            .iter()
+            .map(|s| crate::metrics::XskSample {
+                queue: s.queue,
+                rx: s.stats.rx_frames.load(Ordering::Relaxed),
+                tx: s.stats.tx_frames.load(Ordering::Relaxed),
+                rx_kernel: s.stats.rx_fallback.load(Ordering::Relaxed),
+                tx_kernel: s.stats.tx_fallback.load(Ordering::Relaxed),
+                lost: s.frame_report().lost as u64,
+            })
+            .collect()
+    }
+
     pub fn frame_reports(&self) -> Vec<FrameReport> {
         self.sockets.iter().map(|s| s.frame_report()).collect()
     }

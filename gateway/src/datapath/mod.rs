@@ -274,6 +274,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
     });
 
     let (fast, why) = choose_dataplane(cfg, &sockets)?;
+    let fast = fast.map(Arc::new);
     let mut stats = Vec::new();
     let mut threads = Vec::new();
     for (id, (tun, udp)) in tuns.into_iter().zip(&sockets).enumerate() {
@@ -351,6 +352,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
             workers: stats.clone(),
             handshakes: hs_stats.clone(),
             queue: hs_tx_observe.clone(),
+            fast: fast.clone(),
         });
         let metrics_stop = stop.clone();
         let t = std::thread::Builder::new()
@@ -397,7 +399,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
         shared: &shared,
         workers: &stats,
         handshakes: &hs_stats,
-        fast: fast.as_ref(),
+        fast: fast.as_deref(),
     };
     loop {
         match wait_signal(&signals, Duration::from_secs(1)) {

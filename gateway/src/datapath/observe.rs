@@ -27,6 +27,8 @@ pub struct GatewayObserver {
     pub handshakes: Vec<Arc<WorkerStats>>,
     /// A handle on the handshake queue, only to read its depth.
     pub queue: Sender<HandshakeJob>,
+    /// The XDP fast path, in xdp mode.
+    pub fast: Option<Arc<super::fastpath::FastPath>>,
 }
 
 impl std::fmt::Debug for GatewayObserver {
@@ -92,7 +94,11 @@ impl MetricsSource for GatewayObserver {
             interface: self.interface.clone(),
             peers,
             workers,
-            xdp: Vec::new(),
+            xdp: self.fast.as_ref().map_or_else(Vec::new, |f| f.verdicts()),
+            xsk: self
+                .fast
+                .as_ref()
+                .map_or_else(Vec::new, |f| f.xsk_samples()),
             handshake_queue_depth: self.queue.len() as u64,
             under_load: self.shared.is_under_load(self.shared.clock.now()),
             cookie_replies_sent: cookie_replies,

@@ -36,7 +36,34 @@ fn families(snap: &Snapshot) -> Vec<MetricFamily> {
         MetricType::COUNTER,
         snap.xdp
             .iter()
-            .map(|(v, n)| counter(labels(&[("verdict", v)]), *n))
+            .map(|(v, r, n)| counter(labels(&[("verdict", v), ("reason", r)]), *n))
+            .collect(),
+    ));
+    mfs.push(family(
+        "sluice_xsk_frames_total",
+        "Frames through each AF_XDP socket (rx, tx), and datagrams its worker received or sent through the kernel socket instead (rx_kernel, tx_kernel)",
+        MetricType::COUNTER,
+        snap.xsk
+            .iter()
+            .flat_map(|x| {
+                let q = x.queue.to_string();
+                [
+                    ("rx", x.rx),
+                    ("tx", x.tx),
+                    ("rx_kernel", x.rx_kernel),
+                    ("tx_kernel", x.tx_kernel),
+                ]
+                .map(|(d, n)| counter(labels(&[("queue", &q), ("direction", d)]), n))
+            })
+            .collect(),
+    ));
+    mfs.push(family(
+        "sluice_xsk_umem_frames_lost",
+        "UMEM frames of each AF_XDP socket in no known place (free, fill ring, tx ring); must be 0",
+        MetricType::GAUGE,
+        snap.xsk
+            .iter()
+            .map(|x| gauge(labels(&[("queue", &x.queue.to_string())]), x.lost as f64))
             .collect(),
     ));
     mfs.extend(gateway_families(snap));
@@ -277,7 +304,8 @@ mod tests {
             interface: "sl0".into(),
             peers: vec![peer(1)],
             workers: vec![WorkerSample::default()],
-            xdp: vec![("pass".into(), 3)],
+            xdp: vec![("pass".into(), "arp".into(), 3)],
+            xsk: vec![crate::metrics::XskSample::default()],
             ..Snapshot::default()
         };
         let peer_labels = ["interface", "public_key", "allowed_ips"].map(String::from);

@@ -20,7 +20,9 @@
 //! | `sluice_worker_tx_packets_total` | counter | `worker` |
 //! | `sluice_worker_drops_total` | counter | `worker`, `reason` (every [`DropReason`]) |
 //! | `sluice_worker_batch_size` | histogram | `worker` |
-//! | `sluice_xdp_verdicts_total` | counter | `verdict` |
+//! | `sluice_xdp_verdicts_total` | counter | `verdict` (`redirect`, `pass`, `drop`), `reason` |
+//! | `sluice_xsk_frames_total` | counter | `queue`, `direction` (`rx`, `tx`, `rx_kernel`, `tx_kernel`) |
+//! | `sluice_xsk_umem_frames_lost` | gauge (must be 0) | `queue` |
 //! | `sluice_handshake_queue_depth` | gauge | |
 //! | `sluice_under_load` | gauge (0/1) | |
 //! | `sluice_cookie_replies_sent_total` | counter | |
@@ -110,6 +112,17 @@ impl Default for WorkerSample {
     }
 }
 
+/// One AF_XDP socket's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct XskSample {
+    pub queue: u32,
+    pub rx: u64,
+    pub tx: u64,
+    pub rx_kernel: u64,
+    pub tx_kernel: u64,
+    pub lost: u64,
+}
+
 /// Everything one scrape reports. The source builds it without blocking the data path
 /// (atomics, short per-peer locks); rendering then works on this owned copy only.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -121,8 +134,11 @@ pub struct Snapshot {
     pub peers: Vec<PeerSample>,
     /// Workers in index order; the index is the `worker` label.
     pub workers: Vec<WorkerSample>,
-    /// XDP verdict counters `(verdict, count)`; empty until the XDP path exists.
-    pub xdp: Vec<(String, u64)>,
+    /// XDP verdict counters `(verdict, reason, count)`; empty in socket mode.
+    pub xdp: Vec<(String, String, u64)>,
+    /// AF_XDP sockets in queue order: frames received, sent, received and sent through the
+    /// kernel socket instead, and UMEM frames unaccounted for. Empty in socket mode.
+    pub xsk: Vec<XskSample>,
     pub handshake_queue_depth: u64,
     pub under_load: bool,
     pub cookie_replies_sent: u64,

@@ -14,6 +14,8 @@
 //! workers = 2                 # data-path threads (default: one per core)
 //! cores = [0, 1]              # pin workers to these cores (default: 0..workers)
 //! outer = "eth0"              # the NIC the XDP program attaches to (xdp and auto modes)
+//! inner = "eth1"              # appliance mode: the inside NIC, also run by XDP/AF_XDP
+//! inner_next_hop = ["10.88.0.2", "fd88::2"]  # the inside gateway, at most one per family
 //!
 //! [metrics]
 //! listen = "127.0.0.1:9586"   # Prometheus /metrics and /healthz (optional)
@@ -29,7 +31,7 @@ use crate::proto::allowedips::AllowedIps;
 use crate::proto::peer::PeerConfig;
 use serde::Deserialize;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 use wgquick::{Cidr, WgConfig};
@@ -87,6 +89,11 @@ pub struct Dataplane {
     pub cores: Vec<usize>,
     /// The outer NIC for the XDP fast path; required by `mode = "xdp"`.
     pub outer: Option<String>,
+    /// Appliance mode: the inside NIC, run by XDP and AF_XDP too (needs the xdp data path).
+    pub inner: Option<String>,
+    /// The inside gateway per family (at most one each); a family without one sends to the
+    /// packet's own destination (directly attached inside hosts).
+    pub inner_next_hop: Vec<IpAddr>,
 }
 
 /// A validated gateway configuration.
@@ -142,6 +149,8 @@ struct RawDataplane {
     workers: Option<Spanned<i64>>,
     cores: Option<Spanned<Vec<i64>>>,
     outer: Option<Spanned<String>>,
+    inner: Option<Spanned<String>>,
+    inner_next_hop: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -313,11 +322,68 @@ fn dataplane(
             "dataplane.mode = \"xdp\" needs dataplane.outer, the interface to attach to".into(),
         ));
     }
+    let inner = match &raw.inner {
+        None => None,
+        Some(i) if !valid_ifname(i.get_ref()) => {
+            return Err(at(
+                i.span(),
+                format!(
+                    "dataplane.inner must be an interface name (1 to 15 of a-z A-Z 0-9 _ - .), got '{}'",
+                    i.get_ref()
+                ),
+            ))
+        }
+        Some(i) if mode == Mode::Socket || outer.is_none() => {
+            return Err(at(
+                i.span(),
+                "dataplane.inner (appliance mode) needs the xdp data path: mode = \"xdp\" or \"auto\" with dataplane.outer".into(),
+            ))
+        }
+        Some(i) if Some(i.get_ref()) == outer.as_ref() => {
+            return Err(at(
+                i.span(),
+                "dataplane.inner must be another interface than dataplane.outer".into(),
+            ))
+        }
+        Some(i) => Some(i.get_ref().clone()),
+    };
+    let mut inner_next_hop: Vec<IpAddr> = Vec::new();
+    if let Some(hops) = &raw.inner_next_hop {
+        if inner.is_none() {
+            return Err(at(
+                hops.span(),
+                "dataplane.inner_next_hop needs dataplane.inner".into(),
+            ));
+        }
+        for h in hops.get_ref() {
+            let ip: IpAddr = h.parse().map_err(|_| {
+                at(
+                    hops.span(),
+                    format!("dataplane.inner_next_hop: '{h}' is not an IP address"),
+                )
+            })?;
+            if ip.is_unspecified() || ip.is_multicast() {
+                return Err(at(
+                    hops.span(),
+                    format!("dataplane.inner_next_hop: '{h}' is not a unicast address"),
+                ));
+            }
+            if inner_next_hop.iter().any(|o| o.is_ipv4() == ip.is_ipv4()) {
+                return Err(at(
+                    hops.span(),
+                    "dataplane.inner_next_hop lists two addresses of one family (at most one IPv4 and one IPv6)".into(),
+                ));
+            }
+            inner_next_hop.push(ip);
+        }
+    }
     Ok(Dataplane {
         mode,
         workers,
         cores,
         outer,
+        inner,
+        inner_next_hop,
     })
 }
 
@@ -512,6 +578,8 @@ mod tests {
                 workers: 2,
                 cores: vec![0, 1],
                 outer: None,
+                inner: None,
+                inner_next_hop: Vec::new(),
             }
         );
         assert_eq!(c.metrics, Some("127.0.0.1:9586".parse().unwrap()));
@@ -649,6 +717,86 @@ mod tests {
             )),
         );
         assert!(load(&d.write("gateway.toml", GOOD_TOML)).is_ok());
+    }
+
+    #[test]
+    fn appliance_mode_settings_are_checked_with_their_line() {
+        let xdp = GOOD_TOML.replace("mode = \"socket\"", "mode = \"xdp\"\nouter = \"eth0\"");
+        let d = Dir::new("appliance");
+        d.write("wg.conf", &wg(""));
+        let p = d.write(
+            "gateway.toml",
+            &xdp.replace(
+                "cores = [0, 1]",
+                "cores = [0, 1]\ninner = \"eth1\"\ninner_next_hop = [\"10.88.0.2\", \"fd88::2\"]",
+            ),
+        );
+        let c = load(&p).unwrap();
+        assert_eq!(c.dataplane.inner.as_deref(), Some("eth1"));
+        assert_eq!(
+            c.dataplane.inner_next_hop,
+            vec![
+                "10.88.0.2".parse::<IpAddr>().unwrap(),
+                "fd88::2".parse().unwrap()
+            ]
+        );
+        // auto with an outer interface may run appliance mode too; no next hop is fine.
+        let auto = xdp.replace("mode = \"xdp\"", "mode = \"auto\"");
+        let p = d.write(
+            "gateway.toml",
+            &auto.replace("cores = [0, 1]", "cores = [0, 1]\ninner = \"eth1\""),
+        );
+        let c = load(&p).unwrap();
+        assert!(c.dataplane.inner_next_hop.is_empty());
+        let with = |base: &str, extra: &str| {
+            base.replace("cores = [0, 1]", &format!("cores = [0, 1]\n{extra}"))
+        };
+        let cases = [
+            (
+                with(GOOD_TOML, "inner = \"eth1\""),
+                9,
+                "needs the xdp data path",
+            ),
+            (
+                with(
+                    &GOOD_TOML.replace("mode = \"socket\"", "mode = \"auto\""),
+                    "inner = \"eth1\"",
+                ),
+                9,
+                "needs the xdp data path",
+            ),
+            (with(&xdp, "inner = \"eth0\""), 10, "another interface"),
+            (with(&xdp, "inner = \"bad name!\""), 10, "interface name"),
+            (
+                with(&xdp, "inner_next_hop = [\"10.88.0.2\"]"),
+                10,
+                "needs dataplane.inner",
+            ),
+            (
+                with(
+                    &xdp,
+                    "inner = \"eth1\"\ninner_next_hop = [\"10.88.0.2\", \"10.88.0.3\"]",
+                ),
+                11,
+                "two addresses of one family",
+            ),
+            (
+                with(&xdp, "inner = \"eth1\"\ninner_next_hop = [\"gateway\"]"),
+                11,
+                "'gateway' is not an IP address",
+            ),
+            (
+                with(&xdp, "inner = \"eth1\"\ninner_next_hop = [\"ff02::1\"]"),
+                11,
+                "not a unicast address",
+            ),
+        ];
+        for (toml, line, reason) in cases {
+            let e = err(&toml, &wg(""));
+            assert!(e.file.ends_with("gateway.toml"), "{e}");
+            assert_eq!(e.line, Some(line), "{toml}\n{e}");
+            assert!(e.reason.contains(reason), "expected '{reason}' in: {e}");
+        }
     }
 
     #[test]

@@ -509,7 +509,7 @@ fn write_json(
 }
 
 /// Install missing tools, or fail with the exact commands.
-fn ensure_tools() -> Result<(), String> {
+pub(crate) fn ensure_tools() -> Result<(), String> {
     let missing = tools::missing(&Tool::ALL);
     if missing.is_empty() {
         return Ok(());
@@ -527,7 +527,7 @@ fn ensure_tools() -> Result<(), String> {
 
 /// The sluice binary: `--sluice`, else a release build from this workspace (built now, so it
 /// is never stale), else the `sluice` next to this executable.
-fn sluice_binary(given: Option<&Path>) -> Result<PathBuf, String> {
+pub(crate) fn sluice_binary(given: Option<&Path>) -> Result<PathBuf, String> {
     if let Some(p) = given {
         return if p.is_file() {
             Ok(p.to_path_buf())

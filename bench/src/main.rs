@@ -5,10 +5,13 @@
 //! - `lab`: remote users in network namespaces with real WireGuard clients, traffic through
 //!   the gateway, and a summary of handshakes, throughput and drops; see [`lab`].
 //! - `crypto`: batched ChaCha20-Poly1305 against ring and RustCrypto; see [`crypto_bench`].
+//! - `churn`: peers added per second through the `wg` API with many peers present, and the
+//!   data plane's throughput while peers change; see [`churn`].
 //!
 //! This file only parses the command line and dispatches; each subcommand lives in its own
 //! module and reports through [`report`], so all of them share one header and JSON layout.
 
+mod churn;
 mod crypto_bench;
 mod harness;
 mod lab;
@@ -37,6 +40,10 @@ enum Command {
     /// Batched ChaCha20-Poly1305 against ring and RustCrypto on one pinned core: GB/s per
     /// packet size, seal and open.
     Crypto(crypto_bench::Args),
+    /// Peers added per second through the `wg` API with 100,000 peers present, and TCP
+    /// throughput through the tunnel while peers are added and removed continuously, against
+    /// the same without changes. Needs root.
+    Churn(churn::Args),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +52,7 @@ fn main() -> ExitCode {
         Command::Proto(args) => proto_bench::run(&args),
         Command::Lab(args) => lab::run(&args),
         Command::Crypto(args) => crypto_bench::run(&args),
+        Command::Churn(args) => churn::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

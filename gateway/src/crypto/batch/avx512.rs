@@ -75,6 +75,7 @@ fn chacha16(st: &ChachaLanes, out: &mut Blocks) {
 
 /// The ChaCha20 block function on sixteen word-major states: the twenty rounds, then the
 /// initial state added back. `x[w]` is word `w` of every lane's state.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 pub(super) fn block16(x: &mut [__m512i; 16]) {
     let init = *x;
@@ -97,6 +98,7 @@ pub(super) fn block16(x: &mut [__m512i; 16]) {
 /// of lanes 0..16.
 // `j` picks both the source registers and the destination packets.
 #[allow(clippy::needless_range_loop)]
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 pub(super) fn transpose16(x: &[__m512i; 16]) -> [__m512i; 16] {
     // u[g][j], 128-bit lane k: words 4g..4g+4 of packet 4k+j.
@@ -130,6 +132,7 @@ pub(super) fn transpose16(x: &[__m512i; 16]) -> [__m512i; 16] {
 }
 
 /// Eight lanes' worth of one Poly1305 limb array.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 fn load8(limb: &[u64; MAX_LANES], half: usize) -> __m512i {
     // SAFETY: `limb[8*half..8*half+8]` is in bounds (half < 2): 64 readable bytes.
@@ -207,6 +210,7 @@ fn poly16(st: &mut PolyLanes, msgs: &[&[u8]; MAX_LANES], hibit: bool) {
 }
 
 /// A 16-byte block (low and high 64 bits per lane) as five 26-bit limbs.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 pub(super) fn split_limbs(lo: __m512i, hi: __m512i, hib: __m512i) -> [__m512i; 5] {
     let m26 = _mm512_set1_epi64(MASK26 as i64);
@@ -223,6 +227,7 @@ pub(super) fn split_limbs(lo: __m512i, hi: __m512i, hib: __m512i) -> [__m512i; 5
 }
 
 /// `(h + m) · r`, partially reduced; the vector form of `poly1305::mul_block`.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 pub(super) fn mul_block(
     h: &[__m512i; 5],

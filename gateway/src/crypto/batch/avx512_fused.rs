@@ -38,6 +38,7 @@ struct PolyHalf {
 }
 
 /// A mask of the first `n` bytes (`n` ≤ 64) of a 64-byte vector.
+#[inline]
 fn first_bytes(n: usize) -> u64 {
     if n >= 64 {
         u64::MAX
@@ -148,6 +149,7 @@ pub(super) unsafe fn group(group: &mut [Option<&mut CoreJob<'_>>]) {
 
 /// The clamped `r` limbs (RFC 8439 §2.5) of all sixteen lanes from keystream words 0..4 of
 /// block 0, in the two halves Poly1305 runs on; accumulators zero.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 fn poly_keys(x: &[__m512i; 16]) -> [PolyHalf; 2] {
     let and = |v: __m512i, m: u32| _mm512_and_si512(v, _mm512_set1_epi32(m as i32));
@@ -281,6 +283,7 @@ unsafe fn mac(
 /// The tags' four 32-bit words for all sixteen lanes (`result[k]` = word `k`): each
 /// accumulator fully reduced modulo 2^130 − 5 plus the `s` half of its one-time key, as the
 /// scalar `poly1305::finish`, without branches on secret values.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 fn finish(poly: &[PolyHalf; 2], pad: [__m512i; 4]) -> [__m512i; 4] {
     let m26 = _mm512_set1_epi64(MASK26 as i64);
@@ -343,6 +346,7 @@ fn finish(poly: &[PolyHalf; 2], pad: [__m512i; 4]) -> [__m512i; 4] {
     })
 }
 
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 fn load8(v: &[u64; LANES], half: usize) -> __m512i {
     // SAFETY: `v[8 * half..8 * half + 8]` is 64 readable bytes (half < 2).
@@ -397,6 +401,7 @@ unsafe fn absorb(poly: &mut [PolyHalf; 2], runs: &Runs<*const u8>) {
 }
 
 /// An 8×8 transpose of 64-bit words: result `j` holds word `j` of rows 0..8.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 fn transpose8(r: &[__m512i; 8]) -> [__m512i; 8] {
     // t[2i], 128-bit lane c: word 2c of rows 2i and 2i+1; t[2i+1]: word 2c+1.

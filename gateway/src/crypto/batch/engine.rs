@@ -9,7 +9,6 @@
 
 use super::poly1305;
 use super::ring_fallback;
-use std::cmp::Reverse;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
@@ -192,35 +191,29 @@ pub(crate) struct CoreJob<'a> {
     pub ok: bool,
 }
 
-/// Jobs the public API hands to [`run`] at a time.
+/// Jobs the public API sorts by length at a time, before cutting them into lane groups.
 pub(crate) const CHUNK: usize = 64;
 
-/// Seal or open up to [`CHUNK`] jobs with engine `E` (`None` entries are skipped). Groups with
-/// fewer than `ring_below` packets go through ring one packet at a time instead, where that
-/// is faster.
+/// Seal or open one group of at most `E::LANES` jobs (`None` entries are skipped): on `E` if
+/// `simd_pays(jobs, longest text)`, else through ring one packet at a time.
 ///
 /// # Safety
 /// The CPU supports `E`'s target features.
-pub(crate) unsafe fn run<E: Engine>(jobs: &mut [Option<CoreJob<'_>>], ring_below: usize) {
-    let mut sorted: [Option<&mut CoreJob<'_>>; CHUNK] = [const { None }; CHUNK];
-    let mut n = 0;
-    for (slot, job) in sorted.iter_mut().zip(jobs.iter_mut().flatten()) {
-        *slot = Some(job);
-        n += 1;
-    }
-    sorted[..n].sort_unstable_by_key(|j| Reverse(j.as_ref().map_or(0, |j| j.text.len())));
-    for group in sorted[..n].chunks_mut(E::LANES) {
-        if group.len() < ring_below {
-            group
-                .iter_mut()
-                .flatten()
-                .for_each(|j| ring_fallback::process(j));
-        } else {
-            // SAFETY: the caller guarantees E's target features.
-            unsafe {
-                if !E::fused_group(group) {
-                    run_group::<E>(group);
-                }
+pub(crate) unsafe fn run<E: Engine>(
+    group: &mut [Option<&mut CoreJob<'_>>],
+    simd_pays: fn(usize, usize) -> bool,
+) {
+    let longest = group.iter().flatten().map(|j| j.text.len()).max();
+    if !simd_pays(group.len(), longest.unwrap_or(0)) {
+        group
+            .iter_mut()
+            .flatten()
+            .for_each(|j| ring_fallback::process(j));
+    } else {
+        // SAFETY: the caller guarantees E's target features.
+        unsafe {
+            if !E::fused_group(group) {
+                run_group::<E>(group);
             }
         }
     }

@@ -32,6 +32,8 @@ fn split_sealed(sealed: &[u8]) -> Option<(&[u8], [u8; TAG_LEN])> {
 pub(crate) trait Job {
     /// Refuse a malformed job before anything in the batch is touched.
     fn check(&self, index: usize) -> Result<(), BatchError>;
+    /// Length of the text (plaintext or ciphertext without the tag); orders lane groups.
+    fn text_len(&self) -> usize;
     /// The engine's view of the job, or `None` if it fails without work (too short to open).
     fn core(&mut self) -> Option<CoreJob<'_>>;
     /// Record the verdict.
@@ -65,6 +67,10 @@ impl<'a> SealJob<'a> {
 }
 
 impl Job for SealJob<'_> {
+    fn text_len(&self) -> usize {
+        self.input.len()
+    }
+
     fn check(&self, index: usize) -> Result<(), BatchError> {
         let n = self.input.len();
         check_len(index, n, n.saturating_add(TAG_LEN), self.output.len())
@@ -99,6 +105,10 @@ impl<'a> SealInPlaceJob<'a> {
 }
 
 impl Job for SealInPlaceJob<'_> {
+    fn text_len(&self) -> usize {
+        self.buf.len().saturating_sub(TAG_LEN)
+    }
+
     fn check(&self, index: usize) -> Result<(), BatchError> {
         let n = self.buf.len().saturating_sub(TAG_LEN);
         check_len(index, n, TAG_LEN, self.buf.len())
@@ -152,6 +162,10 @@ impl<'a> OpenJob<'a> {
 }
 
 impl Job for OpenJob<'_> {
+    fn text_len(&self) -> usize {
+        self.input.len().saturating_sub(TAG_LEN)
+    }
+
     fn check(&self, index: usize) -> Result<(), BatchError> {
         let n = self.input.len().saturating_sub(TAG_LEN);
         check_len(index, n, n, self.output.len())
@@ -206,6 +220,10 @@ impl<'a> OpenInPlaceJob<'a> {
 }
 
 impl Job for OpenInPlaceJob<'_> {
+    fn text_len(&self) -> usize {
+        self.buf.len().saturating_sub(TAG_LEN)
+    }
+
     fn check(&self, index: usize) -> Result<(), BatchError> {
         check_len(index, self.buf.len(), 0, 0)
     }
@@ -272,6 +290,13 @@ impl<'a> AeadJob<'a> {
 }
 
 impl Job for AeadJob<'_> {
+    fn text_len(&self) -> usize {
+        match self.sealing {
+            true => self.input.len(),
+            false => self.input.len().saturating_sub(TAG_LEN),
+        }
+    }
+
     fn check(&self, index: usize) -> Result<(), BatchError> {
         let n = self.input.len();
         match self.sealing {

@@ -28,7 +28,8 @@
 //!   The other packets of the batch are unaffected.
 //! - Paths: AVX-512 (16 lanes), AVX2 (8 lanes) and portable Rust, chosen at run time
 //!   ([`Path::Auto`]) or forced. Under `Auto`, lane groups too small to pay for the vector setup
-//!   go through ring one packet at a time, so a batch of one is never slower than ring.
+//!   for their packet size go through ring one packet at a time (so a batch of one is ring),
+//!   and CPUs without AVX-512 use ring throughout (see [`Path::detect`]).
 //!
 //! All `unsafe` and intrinsics of the batched AEAD live in `avx2.rs`, `avx512.rs` and
 //! `avx512_fused.rs`.
@@ -48,7 +49,7 @@ mod ring_fallback;
 pub use super::{OpenError, KEY_LEN, TAG_LEN};
 pub use jobs::{AeadJob, OpenInPlaceJob, OpenJob, SealInPlaceJob, SealJob};
 
-use engine::{CoreJob, Engine, CHUNK};
+use engine::{CoreJob, Engine, CHUNK, MAX_LANES};
 use jobs::Job;
 
 /// Which implementation runs a batch.
@@ -86,12 +87,14 @@ impl Path {
     }
 
     /// The path `Auto` runs lane groups on, on this CPU (`Portable` means: everything goes
-    /// through ring).
+    /// through ring). Only AVX-512 beats ring: the AVX2 path's eight lanes measured 0.45–0.8×
+    /// ring, so on a CPU without AVX-512 `Auto` is ring, packet by packet.
     pub fn detect() -> Path {
-        [Path::Avx512, Path::Avx2]
-            .into_iter()
-            .find(|p| p.is_available())
-            .unwrap_or(Path::Portable)
+        if Path::Avx512.is_available() {
+            Path::Avx512
+        } else {
+            Path::Portable
+        }
     }
 
     pub fn name(self) -> &'static str {
@@ -104,11 +107,23 @@ impl Path {
     }
 }
 
-/// Under [`Path::Auto`], lane groups with fewer packets than this go through ring instead
-/// (measured with `sluice-bench crypto`: below it, ring's per-packet cost is lower than the
-/// group's fixed cost).
-const AUTO_RING_BELOW_AVX512: usize = 8;
-const AUTO_RING_BELOW_AVX2: usize = 4;
+/// Under [`Path::Auto`], whether a lane group of `packets` packets whose longest text is
+/// `longest` bytes runs on the AVX-512 path rather than through ring packet by packet.
+///
+/// A group costs about the same whatever number of its sixteen lanes are filled, so it pays
+/// once it holds more packets than `16 / speed-up`, where the speed-up of a full group over
+/// ring falls with the packet size (measured with `sluice-bench crypto` on the development
+/// machine: about 2.5× at 64 B, 1.6× at 512 B, 1.3× at 1420 B). The counts below keep a margin,
+/// so that `Auto` is never slower than ring at any batch size.
+fn auto_simd_pays(packets: usize, longest: usize) -> bool {
+    let needed = match longest {
+        0..=191 => 8,
+        192..=767 => 11,
+        768..=2047 => 13,
+        _ => 16,
+    };
+    packets >= needed
+}
 
 /// Longest text (plaintext or ciphertext without tag) per packet: ChaCha20's 32-bit block
 /// counter starts at 1 for data.
@@ -257,37 +272,54 @@ fn drive<J: Job>(path: Path, jobs: &mut [J]) -> Result<usize, BatchError> {
     for (index, j) in jobs.iter().enumerate() {
         j.check(index)?;
     }
-    if path == Path::Auto && jobs.len() < auto_ring_below() {
+    if path == Path::Auto && (Path::detect() != Path::Avx512 || !auto_simd_pays(jobs.len(), 0)) {
         // Too few packets to fill a lane group: skip the batch bookkeeping entirely.
         return Ok(jobs.iter_mut().map(|j| usize::from(!ring_one(j))).sum());
     }
+    let (path, simd_pays): (Path, fn(usize, usize) -> bool) = match path {
+        Path::Auto => (Path::detect(), auto_simd_pays),
+        forced => (forced, |_, _| true),
+    };
+    let lanes = match path {
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512 => avx512::Avx512::LANES,
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx2 => avx2::Avx2::LANES,
+        _ => portable::Portable::LANES,
+    };
     let mut failed = 0;
     for chunk in jobs.chunks_mut(CHUNK) {
-        let n = chunk.len();
-        let mut oks = [false; CHUNK];
-        let mut core: [Option<CoreJob<'_>>; CHUNK] = [const { None }; CHUNK];
-        for (c, j) in core.iter_mut().zip(chunk.iter_mut()) {
-            *c = j.core();
+        // Longest first, so that each lane group holds packets of similar lengths.
+        let mut order = [(0usize, 0usize); CHUNK];
+        for (o, (i, j)) in order.iter_mut().zip(chunk.iter().enumerate()) {
+            *o = (j.text_len(), i);
         }
-        run(path, &mut core[..n]);
-        for (ok, c) in oks.iter_mut().zip(&core) {
-            *ok = c.as_ref().is_some_and(|c| c.ok);
+        let order = &mut order[..chunk.len()];
+        order.sort_unstable_by(|a, b| b.cmp(a));
+        let mut rank = [0usize; CHUNK];
+        for (r, &(_, i)) in order.iter().enumerate() {
+            rank[i] = r;
         }
-        for (j, ok) in chunk.iter_mut().zip(oks) {
-            j.finish(ok);
-            failed += usize::from(!ok);
+        let mut sorted: [Option<&mut J>; CHUNK] = [const { None }; CHUNK];
+        for (i, j) in chunk.iter_mut().enumerate() {
+            sorted[rank[i]] = Some(j);
+        }
+        for group in sorted[..order.len()].chunks_mut(lanes) {
+            let n = group.len();
+            let mut core: [Option<CoreJob<'_>>; MAX_LANES] = [const { None }; MAX_LANES];
+            for (c, j) in core.iter_mut().zip(group.iter_mut().flatten()) {
+                *c = j.core();
+            }
+            let mut refs = core.each_mut().map(Option::as_mut);
+            run(path, &mut refs[..n], simd_pays);
+            let oks = core.each_ref().map(|c| c.as_ref().is_some_and(|c| c.ok));
+            for (j, ok) in group.iter_mut().flatten().zip(oks) {
+                j.finish(ok);
+                failed += usize::from(!ok);
+            }
         }
     }
     Ok(failed)
-}
-
-/// The lane-group size below which `Auto` uses ring.
-fn auto_ring_below() -> usize {
-    match Path::detect() {
-        Path::Avx512 => AUTO_RING_BELOW_AVX512,
-        Path::Avx2 => AUTO_RING_BELOW_AVX2,
-        _ => usize::MAX,
-    }
 }
 
 /// One job through ring; whether it succeeded.
@@ -303,21 +335,17 @@ fn ring_one<J: Job>(j: &mut J) -> bool {
     ok
 }
 
-/// Dispatch one chunk to an available path.
-fn run(path: Path, core: &mut [Option<CoreJob<'_>>]) {
-    let (path, ring_below) = match path {
-        Path::Auto => (Path::detect(), auto_ring_below()),
-        forced => (forced, 0),
-    };
+/// Dispatch one lane group to an available path (not `Auto`).
+fn run(path: Path, group: &mut [Option<&mut CoreJob<'_>>], simd_pays: fn(usize, usize) -> bool) {
     // SAFETY: `drive` checked `is_available` for forced paths and `detect` only returns
     // available ones, so the engine's target features are present.
     unsafe {
         match path {
             #[cfg(target_arch = "x86_64")]
-            Path::Avx512 => engine::run::<avx512::Avx512>(core, ring_below),
+            Path::Avx512 => engine::run::<avx512::Avx512>(group, simd_pays),
             #[cfg(target_arch = "x86_64")]
-            Path::Avx2 => engine::run::<avx2::Avx2>(core, ring_below),
-            _ => engine::run::<portable::Portable>(core, ring_below),
+            Path::Avx2 => engine::run::<avx2::Avx2>(group, simd_pays),
+            _ => engine::run::<portable::Portable>(group, simd_pays),
         }
     }
 }

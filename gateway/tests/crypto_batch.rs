@@ -458,6 +458,65 @@ fn tampered_packet_fails_alone() {
     }
 }
 
+/// Several failing packets inside full lane groups of small packets (the shape `Auto` runs
+/// on SIMD): each fails alone, its output is zeroed, its neighbours in the same group open.
+#[test]
+fn many_tampered_packets_in_full_groups() {
+    let mut rng = Rng(0x5eed_0003);
+    for path in paths("many_tampered_packets_in_full_groups") {
+        for round in 0..12 {
+            let n = 16 + rng.below(49);
+            let pkts: Vec<Packet> = (0..n)
+                .map(|_| {
+                    let n = rng.below(200);
+                    packet(&mut rng, n)
+                })
+                .collect();
+            let mut sealed: Vec<Vec<u8>> = pkts.iter().map(|p| p.sealed.clone()).collect();
+            let bad: Vec<bool> = (0..n).map(|i| (i + round) % 3 == 0).collect();
+            for (s, _) in sealed.iter_mut().zip(&bad).filter(|(_, b)| **b) {
+                let at = rng.below(s.len());
+                s[at] ^= 1 << rng.below(8);
+            }
+            let want_failed = bad.iter().filter(|b| **b).count();
+            let mut outs: Vec<Vec<u8>> = pkts.iter().map(|p| vec![0x77; p.plain.len()]).collect();
+            let mut jobs: Vec<OpenJob> = pkts
+                .iter()
+                .zip(&mut outs)
+                .zip(&sealed)
+                .map(|((p, o), s)| OpenJob::new(&p.key, p.counter, s, o))
+                .collect();
+            assert_eq!(open_batch_on(path, &mut jobs).unwrap(), want_failed);
+            let verdicts: Vec<bool> = jobs.iter().map(|j| j.result().is_ok()).collect();
+            drop(jobs);
+            let mut bufs = sealed.clone();
+            let mut jobs: Vec<OpenInPlaceJob> = pkts
+                .iter()
+                .zip(&mut bufs)
+                .map(|(p, b)| OpenInPlaceJob::new(&p.key, p.counter, b))
+                .collect();
+            assert_eq!(
+                open_batch_in_place_on(path, &mut jobs).unwrap(),
+                want_failed
+            );
+            drop(jobs);
+            for i in 0..n {
+                let plain = &pkts[i].plain[..];
+                let in_place = &bufs[i][..plain.len()];
+                if bad[i] {
+                    assert!(!verdicts[i], "{path:?}: tampered packet {i} accepted");
+                    assert!(outs[i].iter().all(|b| *b == 0), "{path:?}: {i} not zeroed");
+                    assert!(in_place.iter().all(|b| *b == 0), "{path:?}: {i} not zeroed");
+                } else {
+                    assert!(verdicts[i], "{path:?}: packet {i} rejected");
+                    assert_eq!(&outs[i][..], plain, "{path:?}: packet {i}");
+                    assert_eq!(in_place, plain, "{path:?}: packet {i} in place");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn malformed_batches_are_refused_whole() {
     let key = [1u8; 32];

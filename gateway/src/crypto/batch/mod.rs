@@ -295,7 +295,10 @@ fn drive<J: Job>(path: Path, jobs: &mut [J]) -> Result<usize, BatchError> {
             *o = (j.text_len(), i);
         }
         let order = &mut order[..chunk.len()];
-        order.sort_unstable_by(|a, b| b.cmp(a));
+        // Bursts of equal-sized packets (full-MTU traffic) are common and already in order.
+        if order.windows(2).any(|w| w[0].0 < w[1].0) {
+            order.sort_unstable_by(|a, b| b.cmp(a));
+        }
         let mut rank = [0usize; CHUNK];
         for (r, &(_, i)) in order.iter().enumerate() {
             rank[i] = r;
@@ -306,10 +309,9 @@ fn drive<J: Job>(path: Path, jobs: &mut [J]) -> Result<usize, BatchError> {
         }
         for group in sorted[..order.len()].chunks_mut(lanes) {
             let n = group.len();
-            let mut core: [Option<CoreJob<'_>>; MAX_LANES] = [const { None }; MAX_LANES];
-            for (c, j) in core.iter_mut().zip(group.iter_mut().flatten()) {
-                *c = j.core();
-            }
+            let mut jobs = group.iter_mut().flatten();
+            let mut core: [Option<CoreJob<'_>>; MAX_LANES] =
+                std::array::from_fn(|_| jobs.next().and_then(|j| j.core()));
             let mut refs = core.each_mut().map(Option::as_mut);
             run(path, &mut refs[..n], simd_pays);
             let oks = core.each_ref().map(|c| c.as_ref().is_some_and(|c| c.ok));

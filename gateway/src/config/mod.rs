@@ -612,6 +612,20 @@ mod tests {
                 "workers",
             ),
             (
+                GOOD_TOML.replace("mode = \"socket\"", "mode = \"xdp\""),
+                wg(""),
+                "gateway.toml",
+                6,
+                "needs dataplane.outer",
+            ),
+            (
+                GOOD_TOML.replace("cores = [0, 1]", "cores = [0, 1]\nouter = \"eth 0\""),
+                wg(""),
+                "gateway.toml",
+                9,
+                "dataplane.outer must be an interface name",
+            ),
+            (
                 GOOD_TOML.replace("cores = [0, 1]", "cores = [0]"),
                 wg(""),
                 "gateway.toml",

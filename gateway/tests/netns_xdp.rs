@@ -9,7 +9,10 @@
 //! - malformed WireGuard messages are dropped in XDP, each counted under its reason, and none
 //!   reaches userspace;
 //! - no XDP program stays attached after SIGTERM, nor after SIGKILL;
-//! - after more than a million frames through the rings, every UMEM frame is accounted for.
+//! - after more than a million frames through the rings, every UMEM frame is accounted for;
+//! - appliance mode: the sink veth is sluice's inner NIC, also run by XDP and AF_XDP, and
+//!   UDP (IPv4 and IPv6 inner) and TCP both ways between the users and the sink go through
+//!   the inner program's redirect and the inner sockets' rx and tx rings, not the TUN.
 //!
 //! Root only; under `CI=true` a missing prerequisite fails loudly. These tests are about
 //! sluice: with a stand-in gateway (`SLUICE_TEST_GATEWAY`) they return at once, saying so.
@@ -22,7 +25,8 @@ mod prom_text;
 use netns_common::*;
 use sluice::testbed::gateway::GatewayStatus;
 use sluice::testbed::topology::{
-    Topology, TopologySpec, UserSpec, LISTEN_PORT, SINK_V4, XDP_GW_OUTER_V4, XDP_OUTER_DEV,
+    Topology, TopologySpec, UserSpec, LISTEN_PORT, SINK_V4, SINK_V6, SINK_VETH_GW, XDP_GW_OUTER_V4,
+    XDP_OUTER_DEV,
 };
 use sluice::testbed::traffic::{iperf3_client, udp_round_trip, Iperf3Server, IperfOpts};
 use sluice::testbed::GatewayKind;
@@ -370,6 +374,123 @@ fn every_umem_frame_is_accounted_for_after_a_million_packets() {
     let reports: Vec<&str> = log.lines().filter(|l| l.contains("xsk queue=")).collect();
     assert_eq!(reports.len(), 2, "a frame report per socket:\n{log}");
     for r in reports {
+        assert!(r.contains(" lost=0 violations=0"), "{r}");
+    }
+}
+
+#[test]
+fn appliance_mode_forwards_through_af_xdp_on_both_nics() {
+    let Some(kind) = sluice_under_test("appliance_mode_forwards_through_af_xdp_on_both_nics")
+    else {
+        return;
+    };
+    let mut spec = TopologySpec::new(
+        kind,
+        Some(PathBuf::from(SLUICE)),
+        vec![wg_go(), boringtun()],
+    );
+    spec.xdp = true;
+    spec.appliance = true;
+    spec.workers = 2;
+    spec.cores = vec![0, 1];
+    let mut t = Topology::build(&spec).or_fail("building the appliance topology");
+    let s = t.wait_handshakes(HANDSHAKE_TIMEOUT).or_fail("handshakes");
+    let inner = xdp_of(&s)
+        .inner
+        .clone()
+        .unwrap_or_else(|| panic!("no inner side in appliance mode: {s:?}"));
+    assert_eq!(inner.interface, SINK_VETH_GW);
+    assert_eq!(inner.attach, "driver", "veth takes native XDP");
+    assert_eq!(inner.sockets.len(), 2, "one inner AF_XDP socket per worker");
+    let before = inner;
+
+    // UDP both ways (the echo answers back), IPv4 and IPv6 inside the tunnel.
+    for u in &t.users {
+        let port = 7200 + u.index as u16;
+        udp_round_trip(
+            &u.ns,
+            IpAddr::V4(u.tunnel_v4),
+            &t.sink_ns,
+            v4(SINK_V4, port),
+            TRAFFIC_TIMEOUT,
+        )
+        .or_fail(&format!("IPv4 inner UDP of {}", u.label()));
+        udp_round_trip(
+            &u.ns,
+            IpAddr::V6(u.tunnel_v6),
+            &t.sink_ns,
+            v6(SINK_V6, port),
+            TRAFFIC_TIMEOUT,
+        )
+        .or_fail(&format!("IPv6 inner UDP of {}", u.label()));
+    }
+    // TCP both directions between each user and the sink.
+    let server = Iperf3Server::start(&t.sink_ns, 5201, &t.dir).or_fail("iperf3 server");
+    for u in &t.users {
+        for reverse in [false, true] {
+            let mut o = IperfOpts::tcp(2);
+            o.reverse = reverse;
+            let r = iperf3_client(&u.ns, IpAddr::V4(SINK_V4), server.port(), &o)
+                .or_fail(&format!("iperf3 {} reverse={reverse}", u.label()));
+            assert!(r.bytes > 0, "{} reverse={reverse}: {r:?}", u.label());
+        }
+    }
+
+    // The inside traffic really went through XDP and AF_XDP on the inner NIC: redirected by
+    // the inner program, received and transmitted through the inner sockets' rings.
+    let s = t
+        .gateway
+        .wait_status("inner AF_XDP counters", TRAFFIC_TIMEOUT, |s| {
+            s.xdp
+                .as_ref()
+                .and_then(|x| x.inner.as_ref())
+                .is_some_and(|i| {
+                    i.counter("redirect") > before.counter("redirect")
+                        && i.sockets.iter().map(|k| k.rx_frames).sum::<u64>() > 0
+                        && i.sockets.iter().map(|k| k.tx_frames).sum::<u64>() > 0
+                })
+        })
+        .or_fail("inner redirect, rx and tx frames");
+    let x = xdp_of(&s);
+    let inner = x.inner.as_ref().unwrap();
+    let rx: u64 = inner.sockets.iter().map(|k| k.rx_frames).sum();
+    let tx: u64 = inner.sockets.iter().map(|k| k.tx_frames).sum();
+    let tun_rx: u64 = inner.sockets.iter().map(|k| k.rx_fallback).sum();
+    let tun_tx: u64 = inner.sockets.iter().map(|k| k.tx_fallback).sum();
+    eprintln!(
+        "inner: redirect={} rx_frames={rx} tx_frames={tx} rx_fallback={tun_rx} tx_fallback={tun_tx}",
+        inner.counter("redirect")
+    );
+    // Most of the bulk traffic took the rings (the TUN only serves what the kernel routes
+    // and packets sent before the neighbour was resolved).
+    assert!(
+        rx > tun_rx,
+        "inner rx: {rx} through AF_XDP, {tun_rx} through the TUN"
+    );
+    assert!(
+        tx > tun_tx,
+        "inner tx: {tx} through AF_XDP, {tun_tx} through the TUN"
+    );
+    assert!(x.counter("redirect") > 0, "outer redirect");
+    for k in x.sockets.iter().chain(&inner.sockets) {
+        let f = &k.frames;
+        assert_eq!(f.lost, 0, "queue {}: {f:?}", k.queue);
+        assert_eq!(f.violations, 0, "queue {}: {f:?}", k.queue);
+    }
+    drop(server);
+
+    // At shutdown every socket, outer and inner, reports its frames: none lost.
+    let (status, killed) = t.gateway.stop(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()) && !killed, "{status:?}");
+    let log = t.gateway.log_tail(60);
+    let outer: Vec<&str> = log.lines().filter(|l| l.contains("xsk queue=")).collect();
+    let inner: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("xsk inner queue="))
+        .collect();
+    assert_eq!(outer.len(), 2, "a frame report per outer socket:\n{log}");
+    assert_eq!(inner.len(), 2, "a frame report per inner socket:\n{log}");
+    for r in outer.iter().chain(&inner) {
         assert!(r.contains(" lost=0 violations=0"), "{r}");
     }
 }

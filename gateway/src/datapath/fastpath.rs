@@ -12,16 +12,22 @@
 //!        └──────────────<── frames built by the worker (tx ring) <────────────┘ TUN / inner
 //! ```
 //!
+//! Appliance mode (`dataplane.inner`): the inner program (`sluice_xdp_inner`) on the inside
+//! NIC steers packets to a user's tunnel prefix (every peer's AllowedIPs, kept in step with
+//! the peer table) into one AF_XDP socket per worker on that NIC ([`super::xsk_inner`]).
+//!
 //! Queues beyond the worker count keep no socket: their WireGuard packets pass to the kernel
 //! and the workers' UDP sockets serve them. The set of local addresses the program accepts is
 //! re-read from the interface every second, so an address (a VIP) added or removed at run
 //! time is followed.
 
 use super::netdev;
+use super::peers::PeerTable;
 use super::udp::UdpSocket;
 use super::xsk::{FrameReport, Neighbours, XskError, XskMode, XskOuter};
+use super::xsk_inner::{NextHops, XskInner};
 use crate::log;
-use crate::xdp::{AttachMode, XdpCounters, XdpError, XdpProgram};
+use crate::xdp::{AttachMode, XdpCounters, XdpError, XdpInnerCounters, XdpProgram};
 use serde_json::{json, Value};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -45,8 +51,31 @@ pub struct FastPath {
     pub neighbours: Arc<Neighbours>,
     /// Queues of the interface (those past `sockets.len()` are served by the kernel socket).
     pub queues: u32,
+    /// Appliance mode's inner NIC, if configured.
+    pub inner: Option<InnerSide>,
     program: Mutex<XdpProgram>,
     addrs: Mutex<Vec<IpAddr>>,
+    /// The peer table the tunnel prefixes were last taken from.
+    prefixes_from: Mutex<Option<Arc<PeerTable>>>,
+}
+
+/// What appliance mode asks of [`FastPath::start`].
+#[derive(Clone, Debug)]
+pub struct InnerConfig<'a> {
+    pub ifname: &'a str,
+    pub next_hops: &'a [IpAddr],
+}
+
+/// Appliance mode's inner NIC: its program attachment and one AF_XDP socket per worker.
+#[derive(Debug)]
+pub struct InnerSide {
+    pub ifname: String,
+    pub attach: AttachMode,
+    pub sockets: Vec<Arc<XskInner>>,
+    pub queues: u32,
+    pub mac: [u8; 6],
+    pub ifindex: u32,
+    pub next_hops: NextHops,
 }
 
 impl std::fmt::Debug for FastPath {
@@ -67,6 +96,7 @@ impl FastPath {
         ifname: &str,
         port: u16,
         udp: &[Arc<UdpSocket>],
+        inner: Option<InnerConfig<'_>>,
     ) -> Result<FastPath, FastPathError> {
         let iface_err = |err| FastPathError::Interface {
             ifname: ifname.to_string(),
@@ -86,15 +116,81 @@ impl FastPath {
             sockets.push(Arc::new(s));
         }
         let attach = program.attach(ifname)?;
+        let inner = match inner {
+            None => None,
+            Some(ic) => {
+                let ierr = |err| FastPathError::Interface {
+                    ifname: ic.ifname.to_string(),
+                    err,
+                };
+                let iq = netdev::rx_queues(ic.ifname).map_err(ierr)?;
+                let mac = netdev::mac_address(ic.ifname).map_err(ierr)?;
+                let ifindex = netdev::index(ic.ifname).map_err(ierr)?;
+                let n = (udp.len() as u32).min(iq);
+                let mut isocks = Vec::with_capacity(n as usize);
+                for q in 0..n {
+                    let s = XskInner::open(ic.ifname, q)?;
+                    program.register_inner_xsk(q, s.fd())?;
+                    isocks.push(Arc::new(s));
+                }
+                let iattach = program.attach_inner(ic.ifname)?;
+                Some(InnerSide {
+                    ifname: ic.ifname.to_string(),
+                    attach: iattach,
+                    sockets: isocks,
+                    queues: iq,
+                    mac,
+                    ifindex,
+                    next_hops: NextHops::from_list(ic.next_hops),
+                })
+            }
+        };
         Ok(FastPath {
             ifname: ifname.to_string(),
             attach,
             sockets,
             neighbours,
             queues,
+            inner,
             program: Mutex::new(program),
             addrs: Mutex::new(addrs),
+            prefixes_from: Mutex::new(None),
         })
+    }
+
+    /// Appliance mode: keep the inner program's tunnel prefixes equal to every peer's
+    /// AllowedIPs. Cheap when the peer table has not changed since the last call (a new
+    /// table is a new snapshot: wg set, syncconf, SIGHUP reload).
+    pub fn sync_prefixes(&self, table: &Arc<PeerTable>) {
+        if self.inner.is_none() {
+            return;
+        }
+        let mut from = super::shared::lock(&self.prefixes_from);
+        if from.as_ref().is_some_and(|t| Arc::ptr_eq(t, table)) {
+            return;
+        }
+        let mut prefixes: Vec<(IpAddr, u8)> = table
+            .allowed_ips_by_peer()
+            .into_values()
+            .flatten()
+            .collect();
+        prefixes.sort();
+        prefixes.dedup();
+        match super::shared::lock(&self.program).set_tunnel_prefixes(&prefixes) {
+            Ok(()) => {
+                log::info(&format!(
+                    "xdp inner: {} tunnel prefixes steered to AF_XDP",
+                    prefixes.len()
+                ));
+                *from = Some(table.clone());
+            }
+            Err(e) => log::warn(&format!("xdp inner: updating tunnel prefixes: {e}")),
+        }
+    }
+
+    pub fn inner_counters(&self) -> Option<XdpInnerCounters> {
+        self.inner.as_ref()?;
+        super::shared::lock(&self.program).inner_counters().ok()
     }
 
     /// One line for the start-up log.
@@ -109,7 +205,16 @@ impl FastPath {
             self.queues.saturating_sub(self.sockets.len() as u32),
             self.queues,
             *super::shared::lock(&self.addrs)
-        )
+        ) + &self.inner.as_ref().map_or(String::new(), |i| {
+            format!(
+                "; appliance mode: inner {} ({} mode), AF_XDP sockets on queues 0..{} ({}), next hops {:?}",
+                i.ifname,
+                i.attach.as_str(),
+                i.sockets.len(),
+                i.sockets.first().map_or("none", |s| s.mode.label()),
+                i.next_hops
+            )
+        })
     }
 
     /// Follow address changes on the interface (VIPs coming and going).
@@ -192,6 +297,41 @@ impl FastPath {
                 })
             })
             .collect();
+        let inner = self.inner.as_ref().map(|i| {
+            let counters: serde_json::Map<String, Value> = self
+                .inner_counters()
+                .map(|c| {
+                    c.iter()
+                        .map(|(k, n)| (k.name().to_string(), json!(n)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let sockets: Vec<Value> = i
+                .sockets
+                .iter()
+                .map(|s| {
+                    let r = s.frame_report();
+                    json!({
+                        "queue": s.queue,
+                        "mode": s.mode.label(),
+                        "rx_frames": s.stats.rx_frames.load(Ordering::Relaxed),
+                        "tx_frames": s.stats.tx_frames.load(Ordering::Relaxed),
+                        "rx_fallback": s.stats.rx_fallback.load(Ordering::Relaxed),
+                        "tx_fallback": s.stats.tx_fallback.load(Ordering::Relaxed),
+                        "malformed": s.stats.malformed.load(Ordering::Relaxed),
+                        "frames": {"total": r.total, "free": r.free, "in_fill": r.in_fill,
+                                   "in_tx": r.in_tx, "lost": r.lost, "violations": r.violations},
+                    })
+                })
+                .collect();
+            json!({
+                "interface": i.ifname,
+                "attach": i.attach.as_str(),
+                "queues": i.queues,
+                "counters": counters,
+                "sockets": sockets,
+            })
+        });
         json!({
             "interface": self.ifname,
             "attach": self.attach.as_str(),
@@ -199,6 +339,7 @@ impl FastPath {
             "neighbours": self.neighbours.len(),
             "counters": counters,
             "sockets": sockets,
+            "inner": inner,
         })
     }
 
@@ -208,6 +349,26 @@ impl FastPath {
         for (s, r) in self.sockets.iter().zip(self.frame_reports()) {
             let line = format!(
                 "xsk queue={} mode={} frames total={} free={} in_fill={} in_tx={} lost={} violations={}",
+                s.queue,
+                s.mode.label(),
+                r.total,
+                r.free,
+                r.in_fill,
+                r.in_tx,
+                r.lost,
+                r.violations
+            );
+            if r.lost == 0 && r.violations == 0 {
+                log::info(&line);
+            } else {
+                ok = false;
+                log::error(&line);
+            }
+        }
+        for s in self.inner.iter().flat_map(|i| &i.sockets) {
+            let r = s.frame_report();
+            let line = format!(
+                "xsk inner queue={} mode={} frames total={} free={} in_fill={} in_tx={} lost={} violations={}",
                 s.queue,
                 s.mode.label(),
                 r.total,

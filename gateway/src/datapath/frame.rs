@@ -70,6 +70,52 @@ fn mac(b: &[u8], at: usize) -> Mac {
     m
 }
 
+/// The IP packet inside an Ethernet frame from the inner NIC (appliance mode): one optional
+/// 802.1Q tag is skipped, and the range ends where the IP header's length says (Ethernet
+/// padding of short frames is cut off).
+pub fn inner_packet(f: &[u8]) -> Result<std::ops::Range<usize>, FrameError> {
+    let mut off = ETH_HLEN;
+    let mut ethertype = be16(f, 12).ok_or(FrameError::Truncated)?;
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        ethertype = be16(f, off + 2).ok_or(FrameError::Truncated)?;
+        off += VLAN_HLEN;
+    }
+    let len = match ethertype {
+        ETH_P_IPV4 => {
+            if f.get(off).map(|b| b >> 4) != Some(4) {
+                return Err(FrameError::NotIp);
+            }
+            usize::from(be16(f, off + 2).ok_or(FrameError::Truncated)?)
+        }
+        ETH_P_IPV6 => {
+            if f.get(off).map(|b| b >> 4) != Some(6) {
+                return Err(FrameError::NotIp);
+            }
+            IPV6_HLEN + usize::from(be16(f, off + 4).ok_or(FrameError::Truncated)?)
+        }
+        _ => return Err(FrameError::NotIp),
+    };
+    if len < IPV4_HLEN || off + len > f.len() {
+        return Err(FrameError::BadLength);
+    }
+    Ok(off..off + len)
+}
+
+/// Write an Ethernet header for the IP `packet` that follows it in `frame[ETH_HLEN..]`
+/// (appliance mode: to the inner NIC's next hop). `None` if the packet is not IP.
+pub fn build_ethernet(frame: &mut [u8], dst: &Mac, src: &Mac) -> Option<()> {
+    let ethertype = match frame.get(ETH_HLEN).map(|b| b >> 4)? {
+        4 => ETH_P_IPV4,
+        6 => ETH_P_IPV6,
+        _ => return None,
+    };
+    let hdr = frame.get_mut(..ETH_HLEN)?;
+    hdr[0..6].copy_from_slice(dst);
+    hdr[6..12].copy_from_slice(src);
+    hdr[12..14].copy_from_slice(&ethertype.to_be_bytes());
+    Some(())
+}
+
 /// Parse Ethernet (one optional 802.1Q tag), IPv4 (any options) or IPv6 (hop-by-hop, routing
 /// and destination-options headers walked), then UDP. The UDP length field bounds the
 /// payload (Ethernet padding after it is ignored).
@@ -429,5 +475,40 @@ mod tests {
         assert_eq!(p.payload.len(), 12);
         g[l3 + IPV6_HLEN] = IPV6_FRAGMENT;
         assert_eq!(parse_udp(&g), Err(FrameError::Fragment));
+    }
+    #[test]
+    fn inner_packets_come_out_of_their_frames_and_go_back_in() {
+        let mut v4 = vec![0u8; IPV4_HLEN + 8];
+        v4[0] = 0x45;
+        v4[2..4].copy_from_slice(&((IPV4_HLEN + 8) as u16).to_be_bytes());
+        let mut v6 = vec![0u8; IPV6_HLEN + 3];
+        v6[0] = 0x60;
+        v6[4..6].copy_from_slice(&3u16.to_be_bytes());
+        let (a, b) = ([2u8, 0, 0, 0, 0, 1], [2u8, 0, 0, 0, 0, 2]);
+        for p in [&v4, &v6] {
+            let mut f = vec![0u8; ETH_HLEN];
+            f.extend_from_slice(p);
+            build_ethernet(&mut f, &a, &b).unwrap();
+            assert_eq!(f[..6], a);
+            assert_eq!(f[6..12], b);
+            // Ethernet padding is cut off.
+            let mut padded = f.clone();
+            padded.resize(64, 0xee);
+            assert_eq!(&padded[inner_packet(&padded).unwrap()], &p[..]);
+            // One VLAN tag is skipped.
+            let mut tagged = f[..12].to_vec();
+            tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x07]);
+            tagged.extend_from_slice(&f[12..]);
+            assert_eq!(&tagged[inner_packet(&tagged).unwrap()], &p[..]);
+            // Truncated, or claiming more than the frame holds.
+            assert!(inner_packet(&f[..f.len() - 1]).is_err());
+            assert!(inner_packet(&f[..13]).is_err());
+        }
+        let mut arp = vec![0u8; 42];
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(inner_packet(&arp), Err(FrameError::NotIp));
+        let mut junk = vec![0u8; ETH_HLEN + 20];
+        junk[ETH_HLEN] = 0x15;
+        assert!(build_ethernet(&mut junk, &a, &b).is_none());
     }
 }

@@ -36,6 +36,14 @@ pub trait Inner: Send {
     /// Write one packet; false if it was dropped (queue full, device gone).
     fn write(&self, packet: &[u8]) -> bool;
     fn readiness_fd(&self) -> Option<RawFd>;
+    /// A second readiness descriptor, for an inner side that reads from two places (appliance
+    /// mode: the inner NIC's AF_XDP rings, plus the TUN queue for what the kernel routes).
+    fn extra_readiness_fd(&self) -> Option<RawFd> {
+        None
+    }
+    /// Push out packets written so far (an inner side that batches its writes); the worker
+    /// calls it after each received batch.
+    fn flush(&self) {}
 }
 
 impl Outer for UdpSocket {

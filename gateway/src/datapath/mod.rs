@@ -24,6 +24,7 @@ pub mod frame;
 pub mod handshake;
 pub mod icmp;
 pub mod io;
+pub mod neigh;
 pub mod netdev;
 pub mod observe;
 pub mod peers;
@@ -33,6 +34,7 @@ pub mod tun;
 pub mod udp;
 pub mod worker;
 pub mod xsk;
+pub mod xsk_inner;
 
 use crate::config::Config;
 use crate::log;
@@ -86,9 +88,9 @@ pub enum RunError {
     },
 }
 
-/// Start one worker thread over any outer side.
-fn spawn_worker<O: io::Outer + 'static>(
-    w: Worker<O, TunQueue>,
+/// Start one worker thread over any outer and inner side.
+fn spawn_worker<O: io::Outer + 'static, I: io::Inner + 'static>(
+    w: Worker<O, I>,
     core: Option<usize>,
 ) -> Result<std::thread::JoinHandle<()>, RunError> {
     let id = w.id;
@@ -119,7 +121,18 @@ fn choose_dataplane(
             None,
             "auto: no dataplane.outer interface is configured for XDP".into(),
         )),
-        (mode, Some(ifname)) => match fastpath::FastPath::start(ifname, cfg.listen_port, sockets) {
+        (mode, Some(ifname)) => match fastpath::FastPath::start(
+            ifname,
+            cfg.listen_port,
+            sockets,
+            cfg.dataplane
+                .inner
+                .as_deref()
+                .map(|i| fastpath::InnerConfig {
+                    ifname: i,
+                    next_hops: &cfg.dataplane.inner_next_hop,
+                }),
+        ) {
             Ok(fp) => {
                 let why = if mode == Mode::Auto {
                     format!("auto: {ifname} took the XDP program")
@@ -282,35 +295,41 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
         stats.push(s.clone());
         let core = cfg.dataplane.cores.get(id).copied();
         let xsk = fast.as_ref().and_then(|f| f.sockets.get(id).cloned());
-        let t = match xsk {
-            Some(xsk) => spawn_worker(
-                Worker {
-                    id,
-                    shared: shared.clone(),
-                    udp: xsk,
+        let appliance = fast.as_ref().and_then(|f| {
+            let i = f.inner.as_ref()?;
+            Some((i, i.sockets.get(id)?.clone()))
+        });
+        macro_rules! worker {
+            ($udp:expr, $tun:expr) => {
+                spawn_worker(
+                    Worker {
+                        id,
+                        shared: shared.clone(),
+                        udp: $udp,
+                        tun: $tun,
+                        handshakes: hs_tx.clone(),
+                        handshake_capacity: HANDSHAKE_QUEUE,
+                        stop: stop.clone(),
+                        stats: s,
+                        icmp: IcmpReplies::new(v4, v6),
+                    },
+                    core,
+                )?
+            };
+        }
+        let t = match (xsk, appliance) {
+            (Some(xsk), Some((side, ixsk))) => worker!(
+                xsk,
+                xsk_inner::ApplianceInner::new(
+                    ixsk,
                     tun,
-                    handshakes: hs_tx.clone(),
-                    handshake_capacity: HANDSHAKE_QUEUE,
-                    stop: stop.clone(),
-                    stats: s,
-                    icmp: IcmpReplies::new(v4, v6),
-                },
-                core,
-            )?,
-            None => spawn_worker(
-                Worker {
-                    id,
-                    shared: shared.clone(),
-                    udp: udp.clone(),
-                    tun,
-                    handshakes: hs_tx.clone(),
-                    handshake_capacity: HANDSHAKE_QUEUE,
-                    stop: stop.clone(),
-                    stats: s,
-                    icmp: IcmpReplies::new(v4, v6),
-                },
-                core,
-            )?,
+                    side.mac,
+                    side.ifindex,
+                    side.next_hops.clone()
+                )
+            ),
+            (Some(xsk), None) => worker!(xsk, tun),
+            (None, _) => worker!(udp.clone(), tun),
         };
         threads.push(t);
     }
@@ -393,6 +412,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
     ));
     if let Some(f) = &fast {
         log::info(&f.describe());
+        f.sync_prefixes(&shared.table());
     }
     let status = status::Status {
         cfg,
@@ -409,6 +429,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
         }
         if let Some(f) = &fast {
             f.refresh_addrs();
+            f.sync_prefixes(&shared.table());
         }
         if let Some(path) = &opts.status_file {
             if let Err(e) = status.write(path) {

@@ -62,6 +62,29 @@ pub fn rx_queues(ifname: &str) -> io::Result<u32> {
     Ok(n)
 }
 
+/// The interface's hardware (MAC) address (from sysfs).
+pub fn mac_address(ifname: &str) -> io::Result<[u8; 6]> {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{ifname}/address"))?;
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("MAC address {text:?}"));
+    let mut mac = [0u8; 6];
+    let mut parts = text.trim().split(':');
+    for b in &mut mac {
+        *b = u8::from_str_radix(parts.next().ok_or_else(bad)?, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    Ok(mac)
+}
+
+/// The interface's index (from sysfs).
+pub fn index(ifname: &str) -> io::Result<u32> {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{ifname}/ifindex"))?;
+    text.trim()
+        .parse()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "ifindex"))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -71,5 +94,8 @@ mod tests {
         assert!(super::rx_queues("lo").unwrap() >= 1);
         assert!(super::addresses("no-such-if0").unwrap().is_empty());
         assert!(super::rx_queues("no-such-if0").is_err());
+        assert_eq!(super::mac_address("lo").unwrap(), [0; 6]);
+        assert_eq!(super::index("lo").unwrap(), 1);
+        assert!(super::mac_address("no-such-if0").is_err());
     }
 }

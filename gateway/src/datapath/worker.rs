@@ -145,6 +145,7 @@ impl<O: Outer, I: Inner> Worker<O, I> {
             self.udp.readiness_fd(),
             self.tun.readiness_fd(),
             self.udp.extra_readiness_fd(),
+            self.tun.extra_readiness_fd(),
         ]
         .into_iter()
         .flatten()
@@ -229,6 +230,7 @@ impl<O: Outer, I: Inner> Worker<O, I> {
                 Err(reason) => l.drops.count(reason),
             }
         }
+        self.tun.flush();
         n
     }
 

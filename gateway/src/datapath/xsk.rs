@@ -195,7 +195,9 @@ pub struct XskStats {
     pub rx_fallback: AtomicU64,
 }
 
-struct Rings {
+/// The rings and UMEM of one AF_XDP socket, with the ledger of where each frame is: shared
+/// by the outer side here and the inner side ([`super::xsk_inner`]).
+pub(super) struct Rings {
     umem: Umem,
     fill: FillQueue,
     comp: CompQueue,
@@ -204,16 +206,33 @@ struct Rings {
     free: Vec<FrameDesc>,
     scratch: Vec<FrameDesc>,
     ledger: FrameLedger,
-    /// Routes this worker already published, so the shared table is only written on change.
-    known: HashMap<IpAddr, Route>,
+}
+
+/// One AF_XDP socket and its UMEM on one NIC queue (either side).
+pub struct XskSocket {
+    pub(super) rings: Mutex<Rings>,
+    fd: RawFd,
+    pub queue: u32,
+    pub mode: XskMode,
+}
+
+impl std::fmt::Debug for XskSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XskSocket")
+            .field("queue", &self.queue)
+            .field("mode", &self.mode)
+            .field("fd", &self.fd)
+            .finish()
+    }
 }
 
 /// One AF_XDP socket (and its UMEM) on one NIC queue, as a worker's [`Outer`].
 pub struct XskOuter {
-    rings: Mutex<Rings>,
-    fd: RawFd,
+    sock: XskSocket,
     pub queue: u32,
     pub mode: XskMode,
+    /// Routes this worker already published, so the shared table is only written on change.
+    known: Mutex<HashMap<IpAddr, Route>>,
     fallback: Arc<UdpSocket>,
     neighbours: Arc<Neighbours>,
     pub stats: Arc<XskStats>,
@@ -224,7 +243,7 @@ impl std::fmt::Debug for XskOuter {
         f.debug_struct("XskOuter")
             .field("queue", &self.queue)
             .field("mode", &self.mode)
-            .field("fd", &self.fd)
+            .field("fd", &self.sock.fd)
             .finish()
     }
 }
@@ -234,15 +253,42 @@ fn mk_err(e: impl std::fmt::Display) -> String {
 }
 
 impl XskOuter {
-    /// Create the UMEM and socket for `ifname` queue `queue`, zero-copy if the driver allows,
-    /// else copy mode. libxdp's own program loading is inhibited: the caller puts [`Self::fd`]
-    /// into sluice's XSKMAP.
+    /// Create the UMEM and socket for `ifname` queue `queue` ([`XskSocket::open`]); datagrams
+    /// with no learned route go through `fallback`.
     pub fn open(
         ifname: &str,
         queue: u32,
         fallback: Arc<UdpSocket>,
         neighbours: Arc<Neighbours>,
     ) -> Result<XskOuter, XskError> {
+        let sock = XskSocket::open(ifname, queue)?;
+        Ok(XskOuter {
+            queue: sock.queue,
+            mode: sock.mode,
+            sock,
+            known: Mutex::new(HashMap::new()),
+            fallback,
+            neighbours,
+            stats: Arc::new(XskStats::default()),
+        })
+    }
+
+    /// The socket descriptor, for the XSKMAP.
+    pub fn fd(&self) -> RawFd {
+        self.sock.fd
+    }
+
+    /// Take back completed transmits and report where every frame is.
+    pub fn frame_report(&self) -> FrameReport {
+        self.sock.frame_report()
+    }
+}
+
+impl XskSocket {
+    /// Create the UMEM and socket for `ifname` queue `queue`, zero-copy if the driver allows,
+    /// else copy mode. libxdp's own program loading is inhibited: the caller puts [`Self::fd`]
+    /// into sluice's XSKMAP. Half the frames start in the fill ring.
+    pub fn open(ifname: &str, queue: u32) -> Result<XskSocket, XskError> {
         let iface = Interface::new(
             CString::new(ifname).map_err(|_| XskError::BadName(ifname.to_string()))?,
         );
@@ -296,17 +342,13 @@ impl XskOuter {
             free: descs,
             scratch: vec![FrameDesc::default(); BATCH.max(COPY_MODE_TX_PER_KICK) * 2],
             ledger: FrameLedger::new(FRAMES as usize),
-            known: HashMap::new(),
         };
         r.refill(FRAMES as usize / 2);
-        Ok(XskOuter {
+        Ok(XskSocket {
             rings: Mutex::new(r),
             fd,
             queue,
             mode,
-            fallback,
-            neighbours,
-            stats: Arc::new(XskStats::default()),
         })
     }
 
@@ -355,8 +397,111 @@ impl Rings {
         self.ledger.fill += n;
     }
 
+    /// Hand up to `max` received frames' contents to `f`, each frame going back to the free
+    /// list right after; then take completions back, refill the fill ring and wake the driver
+    /// if it asks. Returns how many frames were received.
+    pub(super) fn receive(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> usize {
+        let max = max.min(self.scratch.len());
+        let Rings {
+            umem,
+            rx,
+            scratch,
+            ledger,
+            free,
+            ..
+        } = self;
+        // SAFETY: the rx ring returns frames of this UMEM the kernel finished writing; the
+        // descriptors go into our scratch space.
+        let n = unsafe { rx.consume(&mut scratch[..max]) };
+        for d in &scratch[..n] {
+            ledger.moved(d.addr(), Place::Fill, Place::Held);
+            ledger.fill = ledger.fill.saturating_sub(1);
+            // SAFETY: `d` is a frame of this UMEM just handed to us by the rx ring; nothing
+            // else reads or writes it until we put it back on the free list below.
+            let data = unsafe { umem.data(d) };
+            f(data.contents());
+            ledger.moved(d.addr(), Place::Held, Place::Free);
+            free.push(*d);
+        }
+        self.reclaim();
+        self.refill(FRAMES as usize / 2);
+        if self.fill.needs_wakeup() {
+            // A zero-timeout poll on the socket wakes the driver to use the new fill entries.
+            let fd = self.rx.fd_mut();
+            let _ = fd_poll(fd.as_raw_fd());
+        }
+        n
+    }
+
+    /// Take a free frame, size it to `len` bytes and let `write` fill it; `None` (the frame
+    /// back on the free list) when no frame is free, `len` does not fit, or `write` fails.
+    pub(super) fn write_frame(
+        &mut self,
+        len: usize,
+        write: impl FnOnce(&mut [u8]) -> bool,
+    ) -> Option<FrameDesc> {
+        let mut desc = self.free.pop()?;
+        // SAFETY: `desc` came off our free list, so it is a frame of this UMEM that neither
+        // the kernel nor any other code is using.
+        let mut data = unsafe { self.umem.data_mut(&mut desc) };
+        let fits = {
+            let mut cur = data.cursor();
+            cur.set_pos(len);
+            cur.pos() == len
+        };
+        if !fits || !write(data.contents_mut()) {
+            self.free.push(desc);
+            return None;
+        }
+        Some(desc)
+    }
+
+    /// Put written frames on the tx ring and kick the kernel (copy mode: one kick per 32
+    /// descriptors). Frames the ring would not take go back to the free list. Returns how
+    /// many went out; `produced` is left empty.
+    pub(super) fn transmit(&mut self, produced: &mut Vec<FrameDesc>, mode: XskMode) -> usize {
+        let mut done = 0;
+        while done < produced.len() {
+            // SAFETY: each descriptor is a frame of this UMEM we just wrote and hand to
+            // the kernel; we don't touch it until the completion ring returns it.
+            let n = unsafe { self.tx.produce(&produced[done..]) };
+            if n == 0 {
+                // Tx ring full: kick, take completions back, and try once more.
+                let _ = self.tx.wakeup();
+                self.reclaim();
+                // SAFETY: as above.
+                let m = unsafe { self.tx.produce(&produced[done..]) };
+                if m == 0 {
+                    break;
+                }
+                for d in &produced[done..done + m] {
+                    self.ledger.moved(d.addr(), Place::Free, Place::Tx);
+                }
+                done += m;
+                continue;
+            }
+            for d in &produced[done..done + n] {
+                self.ledger.moved(d.addr(), Place::Free, Place::Tx);
+            }
+            done += n;
+        }
+        // Frames the tx ring would not take go back to the free list.
+        for d in produced.drain(..).skip(done) {
+            self.free.push(d);
+        }
+        produced.clear();
+        let kicks = match mode {
+            XskMode::Copy => done.div_ceil(COPY_MODE_TX_PER_KICK),
+            XskMode::ZeroCopy => usize::from(done > 0 && self.tx.needs_wakeup()),
+        };
+        for _ in 0..kicks {
+            let _ = self.tx.wakeup();
+        }
+        done
+    }
+
     /// Take completed transmits back onto the free list.
-    fn reclaim(&mut self) {
+    pub(super) fn reclaim(&mut self) {
         loop {
             let room = self.scratch.len();
             // SAFETY: the completion ring only returns frames of this UMEM we put on the tx
@@ -375,50 +520,22 @@ impl Rings {
 
 impl XskOuter {
     fn recv_frames(&self, batch: &mut RecvBatch, drops: &mut DropCounters) -> usize {
-        let mut r = lock(&self.rings);
-        let Rings {
-            umem,
-            rx,
-            scratch,
-            ledger,
-            free,
-            known,
-            ..
-        } = &mut *r;
-        // SAFETY: the rx ring returns frames of this UMEM the kernel finished writing; the
-        // descriptors go into our scratch space.
-        let n = unsafe { rx.consume(&mut scratch[..BATCH]) };
-        for d in &scratch[..n] {
-            ledger.moved(d.addr(), Place::Fill, Place::Held);
-            ledger.fill = ledger.fill.saturating_sub(1);
-            // SAFETY: `d` is a frame of this UMEM just handed to us by the rx ring; nothing
-            // else reads or writes it until we put it back on the free list below.
-            let data = unsafe { umem.data(d) };
-            let bytes = data.contents();
-            match frame::parse_udp(bytes) {
-                Ok(f) => {
-                    if known.get(&f.remote.ip()) != Some(&f.route) {
-                        known.insert(f.remote.ip(), f.route);
-                        self.neighbours.learn(f.remote.ip(), f.route);
-                    }
-                    if !batch.push(f.remote, &bytes[f.payload]) {
-                        drops.count(DropReason::MalformedFrame);
-                    }
+        let mut r = lock(&self.sock.rings);
+        let mut known = lock(&self.known);
+        let n = r.receive(BATCH, |bytes| match frame::parse_udp(bytes) {
+            Ok(f) => {
+                if known.get(&f.remote.ip()) != Some(&f.route) {
+                    known.insert(f.remote.ip(), f.route);
+                    self.neighbours.learn(f.remote.ip(), f.route);
                 }
-                Err(_) => drops.count(DropReason::MalformedFrame),
+                if !batch.push(f.remote, &bytes[f.payload]) {
+                    drops.count(DropReason::MalformedFrame);
+                }
             }
-            ledger.moved(d.addr(), Place::Held, Place::Free);
-            free.push(*d);
-        }
+            Err(_) => drops.count(DropReason::MalformedFrame),
+        });
         if known.len() > MAX_NEIGHBOURS {
             known.clear();
-        }
-        r.reclaim();
-        r.refill(FRAMES as usize / 2);
-        if r.fill.needs_wakeup() {
-            // A zero-timeout poll on the socket wakes the driver to use the new fill entries.
-            let fd = r.rx.fd_mut();
-            let _ = fd_poll(fd.as_raw_fd());
         }
         self.stats.rx_frames.fetch_add(n as u64, Ordering::Relaxed);
         n
@@ -428,12 +545,12 @@ impl XskOuter {
         let mut sent = 0;
         let mut fallback: Vec<Segments<'_>> = Vec::new();
         {
-            let mut r = lock(&self.rings);
+            let mut r = lock(&self.sock.rings);
+            let known = lock(&self.known);
             r.reclaim();
             let mut produced = Vec::with_capacity(COPY_MODE_TX_PER_KICK * 2);
             for run in runs {
-                let route = r
-                    .known
+                let route = known
                     .get(&run.dst.ip())
                     .copied()
                     .or_else(|| self.neighbours.get(&run.dst.ip()));
@@ -446,36 +563,22 @@ impl XskOuter {
                     continue;
                 };
                 let seg = run.segment.max(1);
+                let hlen = frame::header_len(&route, &run.dst);
                 let mut leftover = None;
                 for (i, chunk) in run.data.chunks(seg).enumerate() {
-                    let hlen = frame::header_len(&route, &run.dst);
-                    let Some(mut desc) = r.free.pop() else {
-                        leftover = Some(i * seg);
-                        break;
-                    };
-                    // SAFETY: `desc` came off our free list, so it is a frame of this UMEM
-                    // that neither the kernel nor any other code is using.
-                    let mut data = unsafe { r.umem.data_mut(&mut desc) };
-                    let want = hlen + chunk.len();
-                    let fits = {
-                        let mut cur = data.cursor();
-                        cur.set_pos(want);
-                        cur.pos() == want
-                    };
-                    if !fits {
-                        // Too big for a frame: the kernel socket can still send it.
-                        r.free.push(desc);
-                        leftover = Some(i * seg);
-                        break;
+                    let desc = r.write_frame(hlen + chunk.len(), |buf| {
+                        buf[hlen..].copy_from_slice(chunk);
+                        frame::build_udp(buf, &route, &run.dst, chunk.len()).is_some()
+                    });
+                    match desc {
+                        Some(d) => produced.push(d),
+                        None => {
+                            // No frame free, or too big for one: the kernel socket sends
+                            // the rest of the run.
+                            leftover = Some(i * seg);
+                            break;
+                        }
                     }
-                    let buf = data.contents_mut();
-                    buf[hlen..].copy_from_slice(chunk);
-                    if frame::build_udp(buf, &route, &run.dst, chunk.len()).is_none() {
-                        r.free.push(desc);
-                        leftover = Some(i * seg);
-                        break;
-                    }
-                    produced.push(desc);
                 }
                 if let Some(from) = leftover {
                     fallback.push(Segments {
@@ -485,43 +588,7 @@ impl XskOuter {
                     });
                 }
             }
-            let mut done = 0;
-            while done < produced.len() {
-                // SAFETY: each descriptor is a frame of this UMEM we just wrote and hand to
-                // the kernel; we don't touch it until the completion ring returns it.
-                let n = unsafe { r.tx.produce(&produced[done..]) };
-                if n == 0 {
-                    // Tx ring full: kick, take completions back, and try once more.
-                    let _ = r.tx.wakeup();
-                    r.reclaim();
-                    // SAFETY: as above.
-                    let m = unsafe { r.tx.produce(&produced[done..]) };
-                    if m == 0 {
-                        break;
-                    }
-                    for d in &produced[done..done + m] {
-                        r.ledger.moved(d.addr(), Place::Free, Place::Tx);
-                    }
-                    done += m;
-                    continue;
-                }
-                for d in &produced[done..done + n] {
-                    r.ledger.moved(d.addr(), Place::Free, Place::Tx);
-                }
-                done += n;
-            }
-            // Frames the tx ring would not take go back to the free list.
-            for d in produced.drain(done..) {
-                r.free.push(d);
-            }
-            // Copy mode transmits at most 32 descriptors per kick.
-            let kicks = match self.mode {
-                XskMode::Copy => done.div_ceil(COPY_MODE_TX_PER_KICK),
-                XskMode::ZeroCopy => usize::from(done > 0 && r.tx.needs_wakeup()),
-            };
-            for _ in 0..kicks {
-                let _ = r.tx.wakeup();
-            }
+            let done = r.transmit(&mut produced, self.mode);
             sent += done;
             self.stats
                 .tx_frames
@@ -572,7 +639,7 @@ impl Outer for XskOuter {
     }
 
     fn readiness_fd(&self) -> Option<RawFd> {
-        Some(self.fd)
+        Some(self.sock.fd)
     }
 
     fn extra_readiness_fd(&self) -> Option<RawFd> {

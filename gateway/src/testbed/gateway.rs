@@ -119,6 +119,16 @@ pub struct GatewaySpec {
     pub status_file: bool,
 }
 
+/// The `[dataplane]` lines of appliance mode (`inner`, `inner_next_hop`), to lead
+/// [`GatewaySpec::extra_toml`] (which follows the `[dataplane]` section's other keys).
+pub fn appliance_toml(inner: &str, next_hops: &[std::net::IpAddr]) -> String {
+    let hops: Vec<String> = next_hops.iter().map(|h| format!("\"{h}\"")).collect();
+    format!(
+        "inner = \"{inner}\"\ninner_next_hop = [{}]\n",
+        hops.join(", ")
+    )
+}
+
 /// The contents of `gateway.toml` and of the wg-quick file it points to (`IFNAME.conf`).
 pub fn sluice_config(spec: &GatewaySpec) -> (String, String) {
     let cores = spec
@@ -233,9 +243,29 @@ pub struct XdpStatus {
     /// The XDP program's counters by slot name (`redirect`, `pass_arp`, `drop_wg_reserved`...).
     pub counters: BTreeMap<String, u64>,
     pub sockets: Vec<XskStatus>,
+    /// Appliance mode's inner NIC, if configured.
+    #[serde(default)]
+    pub inner: Option<InnerXdpStatus>,
 }
 
 impl XdpStatus {
+    pub fn counter(&self, name: &str) -> u64 {
+        self.counters.get(name).copied().unwrap_or(0)
+    }
+}
+
+/// Appliance mode's inner NIC in the status snapshot: the inner program's counters
+/// (`redirect`, `pass_not_tunnel`...) and one AF_XDP socket per worker.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct InnerXdpStatus {
+    pub interface: String,
+    pub attach: String,
+    pub queues: u32,
+    pub counters: BTreeMap<String, u64>,
+    pub sockets: Vec<XskStatus>,
+}
+
+impl InnerXdpStatus {
     pub fn counter(&self, name: &str) -> u64 {
         self.counters.get(name).copied().unwrap_or(0)
     }
@@ -617,6 +647,22 @@ mod tests {
         assert_eq!(cfg.peers.len(), 2);
         assert_eq!(cfg.addresses.len(), 2);
         assert_eq!(cfg.dataplane.workers, 1);
+    }
+
+    /// Appliance mode's lines land in `[dataplane]` and load as sluice reads them.
+    #[test]
+    fn written_appliance_config_loads() {
+        let mut s = spec();
+        s.xdp_outer = Some("outer".into());
+        s.extra_toml = appliance_toml(
+            "to-sink",
+            &["10.88.0.2".parse().unwrap(), "fd88::2".parse().unwrap()],
+        ) + "\n[log]\nlevel = \"info\"\n";
+        let dir = RunDir::new(&format!("cfgtest-{}", super::super::unique_id())).unwrap();
+        let cfg = crate::config::load(&write_sluice_config(&s, &dir).unwrap()).unwrap();
+        assert_eq!(cfg.dataplane.inner.as_deref(), Some("to-sink"));
+        assert_eq!(cfg.dataplane.inner_next_hop.len(), 2);
+        assert_eq!(cfg.log_level.as_deref(), Some("info"));
     }
 
     #[test]

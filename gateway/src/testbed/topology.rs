@@ -44,6 +44,11 @@
 //!  user K --veth to-uK-- [sl-ID-wan router] --veth to-gw / outer (2 queues)-- gateway
 //!                         198.18.K.1/25                        198.51.100.1/24 fd19::1/64
 //! ```
+//!
+//! **appliance layout** ([`TopologySpec::appliance`], on top of the xdp layout): the sink veth
+//! gets 2 queues too and is sluice's `dataplane.inner`, with the sink as the inside gateway
+//! (`inner_next_hop = [SINK_V4, SINK_V6]`). The sink's end has transmit checksum offload off,
+//! as a real wire carries final checksums (veth would otherwise hand XDP partial ones).
 
 use super::gateway::{Gateway, GatewayKind, GatewayPeer, GatewaySpec, GatewayStatus};
 use super::netns::{veth, Netns};
@@ -182,6 +187,8 @@ pub struct TopologySpec {
     pub sluice_status_file: bool,
     /// The xdp layout (see the module docs), with sluice in `mode = "xdp"` on `outer`.
     pub xdp: bool,
+    /// The appliance layout (needs `xdp`): the sink veth is sluice's inner NIC.
+    pub appliance: bool,
 }
 
 impl TopologySpec {
@@ -197,6 +204,7 @@ impl TopologySpec {
             sluice_env: Vec::new(),
             sluice_status_file: true,
             xdp: false,
+            appliance: false,
         }
     }
 }
@@ -300,12 +308,19 @@ impl Topology {
         if spec.users.len() > MAX_USERS {
             return Err(err!("at most {MAX_USERS} users"));
         }
+        if spec.appliance && !spec.xdp {
+            return Err(err!("the appliance layout needs the xdp layout"));
+        }
         let id = unique_id();
         let dir = RunDir::new(&id)?;
         let gw_ns = Netns::new(&format!("sl-{id}-gw"))?;
         let sink_ns = Netns::new(&format!("sl-{id}-sink"))?;
         gw_ns.enable_forwarding()?;
-        veth(&gw_ns, SINK_VETH_GW, &sink_ns, SINK_VETH_SINK, None)?;
+        let sink_queues = spec.appliance.then_some(XDP_OUTER_QUEUES);
+        veth(&gw_ns, SINK_VETH_GW, &sink_ns, SINK_VETH_SINK, sink_queues)?;
+        if spec.appliance {
+            sink_ns.run(&["ethtool", "-K", SINK_VETH_SINK, "tx", "off"])?;
+        }
         gw_ns.add_addr(SINK_VETH_GW, &format!("{GW_INNER_V4}/24"))?;
         gw_ns.add_addr(SINK_VETH_GW, &format!("{GW_INNER_V6}/64"))?;
         sink_ns.add_addr(SINK_VETH_SINK, &format!("{SINK_V4}/24"))?;
@@ -386,7 +401,14 @@ impl Topology {
             sluice_bin: spec.sluice_bin.clone(),
             workers: spec.workers,
             cores: spec.cores.clone(),
-            extra_toml: spec.sluice_toml_extra.clone(),
+            extra_toml: if spec.appliance {
+                super::gateway::appliance_toml(
+                    SINK_VETH_GW,
+                    &[IpAddr::V4(SINK_V4), IpAddr::V6(SINK_V6)],
+                ) + &spec.sluice_toml_extra
+            } else {
+                spec.sluice_toml_extra.clone()
+            },
             xdp_outer: spec.xdp.then(|| XDP_OUTER_DEV.to_string()),
             env: spec.sluice_env.clone(),
             status_file: spec.sluice_status_file,

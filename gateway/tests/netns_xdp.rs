@@ -25,13 +25,13 @@ mod prom_text;
 use netns_common::*;
 use sluice::testbed::gateway::GatewayStatus;
 use sluice::testbed::topology::{
-    Topology, TopologySpec, UserSpec, LISTEN_PORT, SINK_V4, SINK_V6, SINK_VETH_GW, XDP_GW_OUTER_V4,
-    XDP_OUTER_DEV,
+    Topology, TopologySpec, UserSpec, GW_INNER_V4, LISTEN_PORT, SINK_V4, SINK_V6, SINK_VETH_GW,
+    XDP_GW_OUTER_V4, XDP_OUTER_DEV,
 };
 use sluice::testbed::traffic::{iperf3_client, udp_round_trip, Iperf3Server, IperfOpts};
 use sluice::testbed::GatewayKind;
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -478,6 +478,49 @@ fn appliance_mode_forwards_through_af_xdp_on_both_nics() {
         assert_eq!(f.violations, 0, "queue {}: {f:?}", k.queue);
     }
     drop(server);
+
+    // The steered prefixes follow the peer table: 10.99.0.0/24 passes to the kernel until a
+    // peer with it is added with `wg set`, then the inner program steers it to the sockets.
+    t.sink_ns
+        .add_route("10.99.0.0/24", Some(IpAddr::V4(GW_INNER_V4)), None)
+        .or_fail("sink route");
+    let probe = t.sink_ns.udp_bind(v4(SINK_V4, 0)).or_fail("probe socket");
+    let send = || {
+        for _ in 0..5 {
+            probe
+                .send_to(b"probe", v4(Ipv4Addr::new(10, 99, 0, 5), 9))
+                .unwrap();
+        }
+    };
+    let inner_of = |s: &GatewayStatus| xdp_of(s).inner.clone().unwrap();
+    let b = inner_of(&t.gateway.status().or_fail("status"));
+    send();
+    let s = t
+        .gateway
+        .wait_status("not steered before wg set", TRAFFIC_TIMEOUT, |s| {
+            inner_of(s).counter("pass_not_tunnel") >= b.counter("pass_not_tunnel") + 5
+        })
+        .or_fail("probes passed as not_tunnel");
+    let b = inner_of(&s);
+    let key = sluice::testbed::KeyPair::generate();
+    let ifname = t.gateway.ifname().to_string();
+    t.gw_ns
+        .run(&[
+            "wg",
+            "set",
+            &ifname,
+            "peer",
+            &key.public,
+            "allowed-ips",
+            "10.99.0.0/24",
+        ])
+        .or_fail("wg set");
+    t.gateway
+        .wait_status("steered after wg set", TRAFFIC_TIMEOUT, |s| {
+            send();
+            inner_of(s).counter("redirect") >= b.counter("redirect") + 5
+        })
+        .or_fail("probes to the new peer's prefix redirected");
 
     // At shutdown every socket, outer and inner, reports its frames: none lost.
     let (status, killed) = t.gateway.stop(Duration::from_secs(10));

@@ -461,6 +461,7 @@ fn health_turns_bad_when_a_worker_stops_and_metrics_count_traffic() {
         workers: vec![gw.worker.clone()],
         handshakes: vec![gw.handshakes.clone()],
         queue,
+        fast: None,
     };
     let mut c = Client::new(2, &gw);
     connect(&gw, &mut c, &ipv4(CLIENT_TUN, SINK, b"counted"));

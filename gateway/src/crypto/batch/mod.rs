@@ -113,13 +113,15 @@ impl Path {
 /// A group costs about the same whatever number of its sixteen lanes are filled, so it pays
 /// once it holds more packets than `16 / speed-up`, where the speed-up of a full group over
 /// ring falls with the packet size (measured with `sluice-bench crypto` on the development
-/// machine: about 2.5× at 64 B, 1.6× at 512 B, 1.3× at 1420 B). The counts below keep a margin,
-/// so that `Auto` is never slower than ring at any batch size.
+/// machine: about 2.4× at 64 B, 1.7× at 128 and 256 B, 1.55× at 512 B, 1.25–1.45× at 1024 and
+/// 1420 B, 1.1× at 8192 B). The counts below keep a margin, so that `Auto` is not slower than
+/// ring at any batch size.
 fn auto_simd_pays(packets: usize, longest: usize) -> bool {
     let needed = match longest {
-        0..=191 => 8,
-        192..=767 => 11,
-        768..=2047 => 13,
+        0..=95 => 8,
+        96..=383 => 11,
+        384..=1023 => 12,
+        1024..=2047 => 14,
         _ => 16,
     };
     packets >= needed

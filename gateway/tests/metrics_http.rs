@@ -90,10 +90,15 @@ fn sample_snapshot() -> Snapshot {
         interface: "sluice0".into(),
         peers: (1..=3).map(peer).collect(),
         workers: vec![worker(1), worker(2)],
-        xdp: vec![("pass".into(), 11), ("redirect".into(), 22)],
+        handshake_threads: vec![worker(3)],
+        xdp: vec![
+            ("pass".into(), "not_wireguard".into(), 11),
+            ("redirect".into(), "wireguard".into(), 22),
+        ],
         handshake_queue_depth: 17,
         under_load: true,
         cookie_replies_sent: 9,
+        ..Snapshot::default()
     }
 }
 
@@ -147,7 +152,9 @@ struct Reply {
 /// Send raw bytes as one request, half-close, read the whole reply.
 fn raw(addr: SocketAddr, request: &[u8]) -> Reply {
     let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // Generous: a debug build rendering 100,000 peers on a loaded 2-core machine is slow, and
+    // this bounds a hang, it does not time anything.
+    s.set_read_timeout(Some(Duration::from_secs(180))).unwrap();
     s.write_all(request).unwrap();
     s.shutdown(Shutdown::Write).unwrap();
     let mut buf = Vec::new();
@@ -226,8 +233,40 @@ fn check_against(e: &Exposition, snap: &Snapshot) {
         }
         check_histogram(e, &id, &w.batch_sizes);
     }
-    for (v, n) in &snap.xdp {
-        let got = e.value("sluice_xdp_verdicts_total", &[("verdict", v)]);
+    // Handshake threads have their own series, never `worker` ones.
+    for (i, t) in snap.handshake_threads.iter().enumerate() {
+        let id = i.to_string();
+        let tl = [("thread", id.as_str())];
+        assert_eq!(
+            e.value("sluice_handshake_thread_handled_total", &tl),
+            t.rx_packets as f64
+        );
+        assert_eq!(
+            e.value("sluice_handshake_thread_sent_total", &tl),
+            t.tx_packets as f64
+        );
+        for r in DropReason::ALL {
+            let l = [("thread", id.as_str()), ("reason", r.label())];
+            let got = e.value("sluice_handshake_thread_drops_total", &l);
+            assert_eq!(got, t.drops[r as usize] as f64, "{r:?}");
+        }
+    }
+    let workers: std::collections::BTreeSet<&str> = e
+        .of("sluice_worker_rx_packets_total")
+        .into_iter()
+        .flat_map(|s| s.1.iter().filter(|(k, _)| k == "worker"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(
+        workers.len(),
+        snap.workers.len(),
+        "worker series: {workers:?}"
+    );
+    for (v, r, n) in &snap.xdp {
+        let got = e.value(
+            "sluice_xdp_verdicts_total",
+            &[("verdict", v), ("reason", r)],
+        );
         assert_eq!(got, *n as f64);
     }
     let depth = snap.handshake_queue_depth as f64;
@@ -271,6 +310,9 @@ fn check_types(e: &Exposition) {
         ("sluice_worker_tx_packets_total", "counter"),
         ("sluice_worker_drops_total", "counter"),
         ("sluice_worker_batch_size", "histogram"),
+        ("sluice_handshake_thread_handled_total", "counter"),
+        ("sluice_handshake_thread_sent_total", "counter"),
+        ("sluice_handshake_thread_drops_total", "counter"),
         ("sluice_xdp_verdicts_total", "counter"),
         ("sluice_handshake_queue_depth", "gauge"),
         ("sluice_under_load", "gauge"),
@@ -294,7 +336,9 @@ fn move_counters(fake: &Fake) -> Snapshot {
     s.workers[1].tx_packets += 7;
     s.workers[1].drops[DropReason::Replayed as usize] += 5;
     s.workers[0].batch_sizes[32] += 2;
-    s.xdp[0].1 += 1;
+    s.xdp[0].2 += 1;
+    s.handshake_threads[0].drops[DropReason::HandshakeFailed as usize] += 4;
+    s.handshake_threads[0].rx_packets += 2;
     s.handshake_queue_depth = 0;
     s.under_load = false;
     s.cookie_replies_sent += 3;
@@ -514,7 +558,7 @@ fn scrape_of_100k_peers() {
 
 // ---------------------------------------------------------------- configs/
 
-const EXPORTED: [&str; 12] = [
+const EXPORTED: [&str; 15] = [
     "wireguard_sent_bytes_total",
     "wireguard_received_bytes_total",
     "wireguard_latest_handshake_seconds",
@@ -522,6 +566,9 @@ const EXPORTED: [&str; 12] = [
     "sluice_worker_tx_packets_total",
     "sluice_worker_drops_total",
     "sluice_worker_batch_size",
+    "sluice_handshake_thread_handled_total",
+    "sluice_handshake_thread_sent_total",
+    "sluice_handshake_thread_drops_total",
     "sluice_xdp_verdicts_total",
     "sluice_handshake_queue_depth",
     "sluice_under_load",

@@ -77,14 +77,10 @@ impl MetricsSource for GatewayObserver {
                 }
             })
             .collect();
-        // Handshake threads count drops too (handshake_failed, cookie_required, ...): they
-        // appear as extra worker series after the data-path workers.
-        let workers = self
-            .workers
-            .iter()
-            .chain(&self.handshakes)
-            .map(|w| sample(w))
-            .collect();
+        let workers = self.workers.iter().map(|w| sample(w)).collect();
+        // Handshake threads count drops too (handshake_failed, cookie_required, ...), in
+        // their own series.
+        let handshake_threads = self.handshakes.iter().map(|w| sample(w)).collect();
         let cookie_replies = self
             .handshakes
             .iter()
@@ -94,6 +90,7 @@ impl MetricsSource for GatewayObserver {
             interface: self.interface.clone(),
             peers,
             workers,
+            handshake_threads,
             xdp: self.fast.as_ref().map_or_else(Vec::new, |f| f.verdicts()),
             xsk: self
                 .fast

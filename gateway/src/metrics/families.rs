@@ -30,6 +30,7 @@ pub fn render(snap: &Snapshot, per_peer: PeerSeries) -> Result<String, prometheu
 /// are left out: the text format has no empty family.
 fn families(snap: &Snapshot) -> Vec<MetricFamily> {
     let mut mfs = worker_families(&snap.workers);
+    mfs.extend(handshake_thread_families(&snap.handshake_threads));
     mfs.push(family(
         "sluice_xdp_verdicts_total",
         "Packets the XDP program gave each verdict",
@@ -175,6 +176,43 @@ fn worker_families(workers: &[WorkerSample]) -> Vec<MetricFamily> {
             "Packets per batch a data-path worker processed",
             MetricType::HISTOGRAM,
             batches,
+        ),
+    ]
+}
+
+/// The handshake threads' own families: apart from the data-path workers', so a handshake
+/// thread (which handles few messages) never looks like a stalled worker.
+fn handshake_thread_families(threads: &[WorkerSample]) -> Vec<MetricFamily> {
+    let mut handled = Vec::with_capacity(threads.len());
+    let mut sent = Vec::with_capacity(threads.len());
+    let mut drops = Vec::with_capacity(threads.len() * DropReason::COUNT);
+    for (i, t) in threads.iter().enumerate() {
+        let id = i.to_string();
+        handled.push(counter(labels(&[("thread", &id)]), t.rx_packets));
+        sent.push(counter(labels(&[("thread", &id)]), t.tx_packets));
+        for r in DropReason::ALL {
+            let l = labels(&[("thread", &id), ("reason", r.label())]);
+            drops.push(counter(l, t.drops[r as usize]));
+        }
+    }
+    vec![
+        family(
+            "sluice_handshake_thread_handled_total",
+            "Handshake messages a handshake thread processed to the end",
+            MetricType::COUNTER,
+            handled,
+        ),
+        family(
+            "sluice_handshake_thread_sent_total",
+            "Handshake messages (responses, initiations, cookie replies) a handshake thread sent",
+            MetricType::COUNTER,
+            sent,
+        ),
+        family(
+            "sluice_handshake_thread_drops_total",
+            "Handshake messages a handshake thread dropped, by reason",
+            MetricType::COUNTER,
+            drops,
         ),
     ]
 }

@@ -20,6 +20,9 @@
 //! | `sluice_worker_tx_packets_total` | counter | `worker` |
 //! | `sluice_worker_drops_total` | counter | `worker`, `reason` (every [`DropReason`]) |
 //! | `sluice_worker_batch_size` | histogram | `worker` |
+//! | `sluice_handshake_thread_handled_total` | counter | `thread` |
+//! | `sluice_handshake_thread_sent_total` | counter | `thread` |
+//! | `sluice_handshake_thread_drops_total` | counter | `thread`, `reason` |
 //! | `sluice_xdp_verdicts_total` | counter | `verdict` (`redirect`, `pass`, `drop`), `reason` |
 //! | `sluice_xsk_frames_total` | counter | `queue`, `direction` (`rx`, `tx`, `rx_kernel`, `tx_kernel`) |
 //! | `sluice_xsk_umem_frames_lost` | gauge (must be 0) | `queue` |
@@ -132,8 +135,12 @@ pub struct Snapshot {
     /// Peers; the source may already have applied the [`PeerSeries`] it was given, and
     /// rendering applies it again.
     pub peers: Vec<PeerSample>,
-    /// Workers in index order; the index is the `worker` label.
+    /// Data-path workers in index order; the index is the `worker` label.
     pub workers: Vec<WorkerSample>,
+    /// Handshake threads in index order; the index is the `thread` label of their own
+    /// families (`rx_packets`: handshake messages handled, `tx_packets`: messages sent; no
+    /// batches).
+    pub handshake_threads: Vec<WorkerSample>,
     /// XDP verdict counters `(verdict, reason, count)`; empty in socket mode.
     pub xdp: Vec<(String, String, u64)>,
     /// AF_XDP sockets in queue order: frames received, sent, received and sent through the

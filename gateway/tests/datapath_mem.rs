@@ -270,6 +270,45 @@ fn spoofed_inner_source_and_replays_are_dropped_and_counted() {
     gw.stop();
 }
 
+/// Transport data is opened a whole receive batch at a time: a tampered message (ciphertext
+/// or tag) fails alone, and everything around it is delivered, in order.
+#[test]
+fn a_tampered_message_in_a_batch_fails_alone() {
+    let gw = Gateway::start(&[client_peer(2)], 64);
+    let mut c = Client::new(2, &gw);
+    connect(&gw, &mut c, &ipv4(CLIENT_TUN, SINK, b"hello"));
+    gw.wait("first packet", |g| lock(&g.inner.written).len() == 1);
+    let packets: Vec<Vec<u8>> = (0..24u8)
+        .map(|i| ipv4(CLIENT_TUN, SINK, &vec![i; 40 + usize::from(i) * 50]))
+        .collect();
+    let mut wire: Vec<Vec<u8>> = packets.iter().map(|p| c.send(p).remove(0)).collect();
+    wire[7][20] ^= 1; // ciphertext
+    let last = wire[13].len() - 1;
+    wire[13][last] ^= 0x80; // tag
+                            // Queued together, so the worker takes them in as few batches as it can.
+    {
+        let mut inbox = lock(&gw.outer.inbox);
+        for d in wire {
+            inbox.push_back((c.addr, d));
+        }
+    }
+    gw.wait("the good ones inside", |g| {
+        lock(&g.inner.written).len() == 1 + 22
+    });
+    gw.wait("both failures counted", |g| {
+        g.drops(DropReason::DecryptFailed) == 2
+    });
+    let want: Vec<Vec<u8>> = packets
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 7 && *i != 13)
+        .map(|(_, p)| p.clone())
+        .collect();
+    assert_eq!(lock(&gw.inner.written)[1..], want[..]);
+    assert_eq!(gw.drops(DropReason::Replayed), 0);
+    gw.stop();
+}
+
 #[test]
 fn unknown_key_gets_no_answer() {
     let gw = Gateway::start(&[client_peer(2)], 64);

@@ -24,12 +24,14 @@ mod prom_text;
 
 use netns_common::*;
 use sluice::testbed::gateway::GatewayStatus;
+use sluice::testbed::gateway::{write_sluice_config, GatewaySpec};
+use sluice::testbed::netns::Netns;
 use sluice::testbed::topology::{
     Topology, TopologySpec, UserSpec, GW_INNER_V4, LISTEN_PORT, SINK_V4, SINK_V6, SINK_VETH_GW,
     XDP_GW_OUTER_V4, XDP_OUTER_DEV,
 };
 use sluice::testbed::traffic::{iperf3_client, udp_round_trip, Iperf3Server, IperfOpts};
-use sluice::testbed::GatewayKind;
+use sluice::testbed::{cmd, unique_id, GatewayKind, KeyPair, RunDir};
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -536,4 +538,72 @@ fn appliance_mode_forwards_through_af_xdp_on_both_nics() {
     for r in outer.iter().chain(&inner) {
         assert!(r.contains(" lost=0 violations=0"), "{r}");
     }
+}
+
+/// `mode = "auto"` falls back to the socket data path when the outer interface can't take the
+/// program, and says why; `mode = "xdp"` refuses to start instead, naming the interface, and
+/// leaves nothing behind.
+#[test]
+fn auto_falls_back_to_socket_and_xdp_fails_loudly() {
+    let Some(kind) = sluice_under_test("auto_falls_back_to_socket_and_xdp_fails_loudly") else {
+        return;
+    };
+    let id = unique_id();
+    let dir = RunDir::new(&id).unwrap();
+    let ns = Netns::new(&format!("sl-{id}-gw")).unwrap();
+    let spec = GatewaySpec {
+        kind,
+        ifname: format!("sl{id}"),
+        key: KeyPair::generate(),
+        listen_port: LISTEN_PORT,
+        addresses: vec!["10.77.0.1/16".into()],
+        mtu: 1420,
+        peers: Vec::new(),
+        sluice_bin: Some(PathBuf::from(SLUICE)),
+        workers: 1,
+        cores: vec![0],
+        extra_toml: String::new(),
+        env: Vec::new(),
+        xdp_outer: Some("nosuchnic0".into()),
+        status_file: true,
+    };
+    let toml = write_sluice_config(&spec, &dir).unwrap();
+    let xdp_toml = std::fs::read_to_string(&toml).unwrap();
+    assert!(xdp_toml.contains("mode = \"xdp\""), "{xdp_toml}");
+
+    // xdp: exits non-zero, names the interface, creates nothing.
+    let mut c = ns.command(SLUICE);
+    c.arg("up").arg("--config").arg(&toml);
+    let o = cmd::output(c, Duration::from_secs(20)).or_fail("running sluice up");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "mode = xdp started without its NIC");
+    assert!(stderr.contains("nosuchnic0"), "{stderr}");
+    assert!(
+        !ns.links().unwrap().contains(&spec.ifname),
+        "a TUN was left"
+    );
+
+    // auto: runs on the socket path and says why.
+    std::fs::write(&toml, xdp_toml.replace("mode = \"xdp\"", "mode = \"auto\"")).unwrap();
+    let log = dir.join("auto.log");
+    let toml_s = toml.to_string_lossy().to_string();
+    let mut d = ns
+        .spawn("sluice-auto", &[SLUICE, "up", "--config", &toml_s], &log)
+        .or_fail("starting sluice");
+    let mut said = String::new();
+    for _ in 0..100 {
+        said = std::fs::read_to_string(&log).unwrap_or_default();
+        if said.contains("mode=socket because auto: XDP on nosuchnic0 is not available") {
+            break;
+        }
+        assert!(d.is_running(), "sluice exited:\n{said}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        said.contains("mode=socket because auto: XDP on nosuchnic0 is not available"),
+        "{said}"
+    );
+    assert!(d.is_running(), "{said}");
+    let (status, killed) = d.stop(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()) && !killed, "{status:?}");
 }

@@ -14,9 +14,14 @@ use super::io::{send_transmits, Inner, Outer};
 use super::peers::PeerTable;
 use super::shared::{lock, Deadline, Shared};
 use super::udp::{RecvBatch, Segments, BATCH, MAX_SEGMENTS};
+use crate::crypto::batch::{
+    open_batch_in_place, seal_batch_in_place, OpenInPlaceJob, SealInPlaceJob,
+};
 use crate::proto::effects::{Context, Event, Outbox, Sent};
 use crate::proto::ip;
+use crate::proto::messages::transport::PAYLOAD_START;
 use crate::proto::messages::{self, Transport, TYPE_COOKIE_REPLY, TYPE_TRANSPORT};
+use crate::proto::peer::PeerId;
 use crate::proto::receive::check_source;
 use crate::{DropCounters, DropReason, OsRng};
 use crossbeam_channel::{Sender, TrySendError};
@@ -26,6 +31,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use zeroize::Zeroizing;
 
 /// Longest a worker sleeps in `poll`, so it notices stop requests and deadlines other threads
 /// file for its peers without a dedicated wake-up channel.
@@ -121,6 +127,37 @@ struct Local {
     tx_packets: u64,
     batches: Vec<u64>,
     rng: OsRng,
+    /// Transport messages of the current receive batch waiting for the batched open.
+    opens: Vec<PendingOpen>,
+    /// Messages of the current send batch waiting for the batched seal.
+    seals: Vec<PendingSeal>,
+}
+
+/// A received transport message that passed the checks before opening.
+struct PendingOpen {
+    /// Its index in the receive batch.
+    index: usize,
+    peer: PeerId,
+    receiver: u32,
+    counter: u64,
+    key: Zeroizing<[u8; crate::crypto::KEY_LEN]>,
+}
+
+/// An encrypted message whose seal was deferred to the batched call: `tx_buf[start..end]` is
+/// its plaintext and tag room.
+struct PendingSeal {
+    start: usize,
+    end: usize,
+    counter: u64,
+    key: Zeroizing<[u8; crate::crypto::KEY_LEN]>,
+}
+
+/// What the first pass over a received datagram decided.
+enum Classified {
+    /// Handled here: a handshake message or cookie reply queued for the handshake threads.
+    Done,
+    /// Transport data, to open in the batched call.
+    Open(PendingOpen),
 }
 
 impl<O: Outer, I: Inner> Worker<O, I> {
@@ -140,6 +177,8 @@ impl<O: Outer, I: Inner> Worker<O, I> {
             tx_packets: 0,
             batches: vec![0; MAX_COUNTED_BATCH + 1],
             rng: OsRng,
+            opens: Vec::with_capacity(BATCH * 4),
+            seals: Vec::with_capacity(BATCH),
         };
         let mut fds: Vec<libc::pollfd> = [
             self.udp.readiness_fd(),
@@ -200,7 +239,13 @@ impl<O: Outer, I: Inner> Worker<O, I> {
         }
     }
 
-    /// Receive and handle one batch from the UDP socket; returns how many datagrams.
+    /// Receive and handle one batch from the outer side; returns how many datagrams.
+    ///
+    /// Three passes, so that the transport data of the whole batch is opened in one batched
+    /// AEAD call: classify each datagram (handshake messages are dealt with here; transport
+    /// data is checked against its session: index, age, replay window), open all the
+    /// transport data at once, then finish each (replay window, timers, roaming, cryptokey
+    /// source check) and deliver it.
     fn outer_batch(&self, l: &mut Local) -> usize {
         let n = self.udp.recv_batch(&mut l.rx, &mut l.drops);
         if n > 0 {
@@ -214,22 +259,69 @@ impl<O: Outer, I: Inner> Worker<O, I> {
             wall: self.shared.clock.wall(),
             rng: &mut l.rng,
         };
+        l.opens.clear();
         for i in 0..n {
             let Some((src, datagram)) = l.rx.get_mut(i) else {
                 break;
             };
-            match handle_outer(self, &table, &mut cx, &mut l.out, src, datagram) {
-                Ok(Some(range)) => {
+            match classify_outer(self, &table, &mut cx, &mut l.out, src, datagram) {
+                Ok(Classified::Open(mut p)) => {
+                    p.index = i;
+                    l.opens.push(p);
+                }
+                Ok(Classified::Done) => l.rx_packets += 1,
+                Err(reason) => l.drops.count(reason),
+            }
+        }
+        if l.opens.is_empty() {
+            self.tun.flush();
+            return n;
+        }
+        let results = open_all(&mut l.rx, &l.opens);
+        for (p, opened) in l.opens.iter().zip(results) {
+            let Some((src, datagram)) = l.rx.get_mut(p.index) else {
+                continue;
+            };
+            let Some(plain_len) = opened else {
+                l.drops.count(DropReason::DecryptFailed);
+                continue;
+            };
+            let finished = self
+                .shared
+                .with_peer(&table, p.peer, &mut cx, &mut l.out, |peer, env| {
+                    peer.finish_transport(
+                        env,
+                        p.receiver,
+                        p.counter,
+                        plain_len,
+                        datagram.len(),
+                        src,
+                    )
+                })
+                .unwrap_or(Err(DropReason::UnknownIndex));
+            let payload = match finished {
+                Ok(payload) if payload.is_empty() => {
+                    l.rx_packets += 1;
+                    continue;
+                }
+                Ok(payload) => payload,
+                Err(reason) => {
+                    l.drops.count(reason);
+                    continue;
+                }
+            };
+            match check_source(&table.allowed_ips, p.peer, datagram, payload) {
+                Ok(range) => {
                     if self.tun.write(&datagram[range]) {
                         l.rx_packets += 1;
                     } else {
                         l.drops.count(DropReason::InnerQueueFull);
                     }
                 }
-                Ok(None) => l.rx_packets += 1,
                 Err(reason) => l.drops.count(reason),
             }
         }
+        l.opens.clear();
         self.tun.flush();
         n
     }
@@ -246,6 +338,7 @@ impl<O: Outer, I: Inner> Worker<O, I> {
             rng: &mut l.rng,
         };
         let mut read = 0;
+        l.seals.clear();
         while read < BATCH {
             let Some(n) = self.tun.read(&mut l.inner) else {
                 break;
@@ -254,8 +347,29 @@ impl<O: Outer, I: Inner> Worker<O, I> {
             let packet = &l.inner[..n];
             let off = l.tx_used;
             let out = &mut l.tx_buf[off..off + slot];
-            match route_and_encrypt(&self.shared, &table, &mut cx, &mut l.out, packet, out) {
+            // The seal is deferred to one batched call over the whole batch (below).
+            let mut deferred = None;
+            let mut seal = |key: &[u8; crate::crypto::KEY_LEN], counter: u64, sealed: &mut [u8]| {
+                deferred = Some((Zeroizing::new(*key), counter, sealed.len()));
+            };
+            match route_and_encrypt(
+                &self.shared,
+                &table,
+                &mut cx,
+                &mut l.out,
+                packet,
+                out,
+                &mut seal,
+            ) {
                 Ok(Some((dst, len))) => {
+                    if let Some((key, counter, sealed_len)) = deferred.take() {
+                        l.seals.push(PendingSeal {
+                            start: off + len - sealed_len,
+                            end: off + len,
+                            counter,
+                            key,
+                        });
+                    }
                     Run::extend(&mut l.runs, dst, off, len);
                     l.tx_used += len;
                 }
@@ -268,6 +382,8 @@ impl<O: Outer, I: Inner> Worker<O, I> {
                 }
             }
         }
+        seal_all(&mut l.tx_buf, &l.seals);
+        l.seals.clear();
         if !l.runs.is_empty() {
             let segs: Vec<Segments> = l
                 .runs
@@ -355,14 +471,64 @@ impl Run {
 
 /// Classify one datagram. Transport data is decrypted and checked, returning the inner
 /// packet's range (`None` for a keepalive or a message handed to the handshake threads).
-fn handle_outer<O: Outer, I: Inner>(
+/// Open every pending transport message of the batch in one batched AEAD call (in place);
+/// returns each one's plaintext length, `None` where the tag did not verify.
+fn open_all(rx: &mut RecvBatch, opens: &[PendingOpen]) -> Vec<Option<usize>> {
+    let mut slices = rx.slices_mut().into_iter().enumerate();
+    let mut jobs: Vec<OpenInPlaceJob> = Vec::with_capacity(opens.len());
+    for p in opens {
+        // `opens` is in batch order, so one pass over the slices finds them all.
+        if let Some((_, d)) = slices.find(|(j, _)| *j == p.index) {
+            if let Some(sealed) = d.get_mut(PAYLOAD_START..) {
+                jobs.push(OpenInPlaceJob::new(&p.key, p.counter, sealed));
+                continue;
+            }
+        }
+        // Not reachable for a classified message; keeps the jobs aligned with `opens`.
+        jobs.push(OpenInPlaceJob::new(&p.key, p.counter, &mut []));
+    }
+    match open_batch_in_place(&mut jobs) {
+        Ok(_) => jobs.iter().map(|j| j.result().ok()).collect(),
+        // A malformed batch opens nothing: all fail (counted as decrypt failures).
+        Err(_) => vec![None; opens.len()],
+    }
+}
+
+/// Seal every deferred message of the send batch in one batched AEAD call.
+fn seal_all(tx_buf: &mut [u8], seals: &[PendingSeal]) {
+    if seals.is_empty() {
+        return;
+    }
+    let mut jobs: Vec<SealInPlaceJob> = Vec::with_capacity(seals.len());
+    let mut rest: &mut [u8] = tx_buf;
+    let mut base = 0;
+    for p in seals {
+        // Messages are packed back to back in order, so the regions come in order.
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(p.start - base);
+        let (region, tail) = tail.split_at_mut(p.end - p.start);
+        jobs.push(SealInPlaceJob::new(&p.key, p.counter, region));
+        rest = tail;
+        base = p.end;
+    }
+    if seal_batch_in_place(&mut jobs).is_err() {
+        // Only a malformed job list fails, which the regions above cannot be; seal one by
+        // one rather than send anything unsealed.
+        for j in jobs {
+            crate::crypto::seal_in_place(j.key, j.counter, &[], j.buf);
+        }
+    }
+}
+
+/// First pass over a received datagram: transport data is checked against its session and
+/// returned for the batched open; handshake messages are handled here.
+fn classify_outer<O: Outer, I: Inner>(
     w: &Worker<O, I>,
     table: &PeerTable,
     cx: &mut Context,
     out: &mut Outbox,
     src: SocketAddr,
     datagram: &mut [u8],
-) -> Result<Option<std::ops::Range<usize>>, DropReason> {
+) -> Result<Classified, DropReason> {
     let kind = messages::message_type(datagram)?;
     if kind == TYPE_TRANSPORT {
         let receiver = Transport::new(&*datagram)?.receiver();
@@ -371,16 +537,20 @@ fn handle_outer<O: Outer, I: Inner>(
             .index
             .get(receiver)
             .ok_or(DropReason::UnknownIndex)?;
-        let payload = w
+        let now = cx.now;
+        let opening = w
             .shared
-            .with_peer(table, id, cx, out, |peer, env| {
-                peer.receive_transport(env, receiver, datagram, src)
+            .with_peer(table, id, cx, out, |peer, _| {
+                peer.begin_transport(now, receiver, datagram)
             })
             .unwrap_or(Err(DropReason::UnknownIndex))?;
-        if payload.is_empty() {
-            return Ok(None);
-        }
-        return check_source(&table.allowed_ips, id, datagram, payload).map(Some);
+        return Ok(Classified::Open(PendingOpen {
+            index: 0,
+            peer: id,
+            receiver,
+            counter: opening.counter,
+            key: opening.key,
+        }));
     }
     // Handshake messages: check the type's exact length, and mac1 (cheap: no DH) before
     // spending a queue slot; cookie replies carry no mac1.
@@ -404,7 +574,7 @@ fn handle_outer<O: Outer, I: Inner>(
         src,
         data: datagram.to_vec(),
     }) {
-        Ok(()) => Ok(None),
+        Ok(()) => Ok(Classified::Done),
         Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
             Err(DropReason::HandshakeQueueFull)
         }
@@ -420,6 +590,7 @@ fn route_and_encrypt(
     out: &mut Outbox,
     packet: &[u8],
     buf: &mut [u8],
+    seal: &mut crate::proto::session::Seal<'_>,
 ) -> Result<Option<(SocketAddr, usize)>, DropReason> {
     let dst = ip::destination(packet)?;
     let id = table.allowed_ips.lookup(dst).ok_or_else(|| {
@@ -429,7 +600,9 @@ fn route_and_encrypt(
             DropReason::NoRoute
         }
     })?;
-    match shared.with_peer(table, id, cx, out, |peer, env| peer.send(env, packet, buf)) {
+    match shared.with_peer(table, id, cx, out, |peer, env| {
+        peer.send_with(env, packet, buf, seal)
+    }) {
         Some(Ok(Sent::Transmit { dst, len, .. })) => Ok(Some((dst, len))),
         Some(Ok(Sent::Staged { .. })) => Ok(None),
         Some(Err(e)) => Err(e),

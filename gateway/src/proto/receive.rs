@@ -5,10 +5,11 @@
 use super::allowedips::AllowedIps;
 use super::effects::{Env, Event, Transmit};
 use super::ip;
-use super::messages::{self, CookieReply, Response};
+use super::messages::{self, transport, CookieReply, Response};
 use super::noise::ConsumedInitiation;
 use super::peer::{Peer, PeerId};
-use super::session::{Keypair, Slot};
+use super::session::{Keypair, Opening, Slot};
+use super::Time;
 use crate::DropReason;
 use core::ops::Range;
 use std::net::SocketAddr;
@@ -95,7 +96,59 @@ impl Peer {
             .find_mut(receiver)
             .ok_or(DropReason::UnknownIndex)?;
         let payload = kp.decrypt(now, datagram)?;
-        self.stats.rx_bytes += datagram.len() as u64;
+        self.received_transport(env, slot, payload, datagram.len(), src)
+    }
+
+    /// [`Peer::receive_transport`] split around a batched AEAD open, first half: the checks
+    /// (keypair known and fresh, counter not replayed) and what the open needs. Nothing
+    /// changes; the caller opens `datagram[transport::PAYLOAD_START..]` with the returned key
+    /// and counter.
+    pub fn begin_transport(
+        &self,
+        now: Time,
+        receiver: u32,
+        datagram: &[u8],
+    ) -> Result<Opening, DropReason> {
+        self.keypairs
+            .find(receiver)
+            .ok_or(DropReason::UnknownIndex)?
+            .begin_decrypt(now, datagram)
+    }
+
+    /// Second half, for a message whose tag verified and whose plaintext is now
+    /// `plain_len` bytes at `transport::PAYLOAD_START`: exactly what
+    /// [`Peer::receive_transport`] does after decrypting (replay window, counters, session
+    /// confirmation, roaming, timers). The keypair may have gone between the halves (a rekey
+    /// on another core): then the message is refused as of an unknown index.
+    pub fn finish_transport(
+        &mut self,
+        env: &mut Env,
+        receiver: u32,
+        counter: u64,
+        plain_len: usize,
+        datagram_len: usize,
+        src: SocketAddr,
+    ) -> Result<Range<usize>, DropReason> {
+        let (slot, kp) = self
+            .keypairs
+            .find_mut(receiver)
+            .ok_or(DropReason::UnknownIndex)?;
+        kp.finish_decrypt(counter)?;
+        let payload = transport::PAYLOAD_START..transport::PAYLOAD_START + plain_len;
+        self.received_transport(env, slot, payload, datagram_len, src)
+    }
+
+    /// Everything after a transport message authenticated.
+    fn received_transport(
+        &mut self,
+        env: &mut Env,
+        slot: Slot,
+        payload: Range<usize>,
+        datagram_len: usize,
+        src: SocketAddr,
+    ) -> Result<Range<usize>, DropReason> {
+        let now = env.cx.now;
+        self.stats.rx_bytes += datagram_len as u64;
         let confirmed = slot == Slot::Next;
         if confirmed {
             if let Some(i) = self.keypairs.confirm_next() {

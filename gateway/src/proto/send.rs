@@ -4,6 +4,7 @@
 use super::effects::{Env, Sent, Transmit};
 use super::messages::{self, transport, REJECT_AFTER_MESSAGES};
 use super::peer::Peer;
+use super::session::{seal_now, Seal};
 use super::timers::Timers;
 use crate::DropReason;
 
@@ -16,6 +17,19 @@ impl Peer {
         env: &mut Env,
         packet: &[u8],
         buf: &mut [u8],
+    ) -> Result<Sent, DropReason> {
+        self.send_with(env, packet, buf, &mut seal_now)
+    }
+
+    /// [`Peer::send`] with the sealing left to `seal` (see [`Seal`]): called once, last, for
+    /// a message that will be transmitted. A caller that seals later must do so before it
+    /// transmits the `Sent::Transmit` this returns.
+    pub fn send_with(
+        &mut self,
+        env: &mut Env,
+        packet: &[u8],
+        buf: &mut [u8],
+        seal: &mut Seal<'_>,
     ) -> Result<Sent, DropReason> {
         let dst = self.endpoint.ok_or(DropReason::NoEndpoint)?;
         let now = env.cx.now;
@@ -30,7 +44,7 @@ impl Peer {
             return Ok(Sent::Staged { peer: self.id });
         }
         let kp = self.keypairs.current_mut().ok_or(DropReason::KeyExpired)?;
-        let len = kp.encrypt(now, packet, env.mtu, buf)?;
+        let len = kp.encrypt_with(now, packet, env.mtu, buf, seal)?;
         let rekey = Timers::rekey_due_on_send(now, kp);
         self.on_sent(env, len, !packet.is_empty());
         if rekey {

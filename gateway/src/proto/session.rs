@@ -19,6 +19,32 @@ use core::fmt;
 use core::ops::Range;
 use zeroize::Zeroizing;
 
+/// What a batched AEAD open needs for one transport message: its counter and a copy of the
+/// receive key (zeroized when dropped). See [`Keypair::begin_decrypt`].
+pub struct Opening {
+    pub counter: u64,
+    pub key: Zeroizing<[u8; crypto::KEY_LEN]>,
+}
+
+impl fmt::Debug for Opening {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Opening")
+            .field("counter", &self.counter)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Seals one transport message: `(key, counter, plaintext followed by room for the tag)`.
+/// [`Keypair::encrypt`] seals at once; a caller sealing many messages in one batched call
+/// records them instead and seals later, before transmitting.
+pub type Seal<'a> = dyn FnMut(&[u8; crypto::KEY_LEN], u64, &mut [u8]) + 'a;
+
+/// Seal at once with the per-packet AEAD.
+pub fn seal_now(key: &[u8; crypto::KEY_LEN], counter: u64, sealed: &mut [u8]) {
+    crypto::seal_in_place(key, counter, &[], sealed);
+}
+
 /// One direction-pair of transport keys with its counters.
 pub struct Keypair {
     send_key: Zeroizing<[u8; crypto::KEY_LEN]>,
@@ -82,6 +108,19 @@ impl Keypair {
         mtu: usize,
         out: &mut [u8],
     ) -> Result<usize, DropReason> {
+        self.encrypt_with(now, inner, mtu, out, &mut seal_now)
+    }
+
+    /// [`Keypair::encrypt`] with the sealing left to `seal`, which is called exactly once,
+    /// last, when the message is otherwise complete (header, counter, padded plaintext).
+    pub fn encrypt_with(
+        &mut self,
+        now: Time,
+        inner: &[u8],
+        mtu: usize,
+        out: &mut [u8],
+        seal: &mut Seal<'_>,
+    ) -> Result<usize, DropReason> {
         if self.is_expired(now) || self.send_counter >= REJECT_AFTER_MESSAGES {
             return Err(DropReason::KeyExpired);
         }
@@ -97,7 +136,7 @@ impl Keypair {
         let sealed = msg.sealed_mut();
         sealed[..inner.len()].copy_from_slice(inner);
         sealed[inner.len()..padded].fill(0);
-        crypto::seal_in_place(&self.send_key, counter, &[], sealed);
+        seal(&self.send_key, counter, sealed);
         Ok(len)
     }
 
@@ -105,22 +144,49 @@ impl Keypair {
     /// holding the (still padded) plaintext. The replay window moves only for a message that
     /// authenticated, so forged counters cannot push it forward.
     pub fn decrypt(&mut self, now: Time, datagram: &mut [u8]) -> Result<Range<usize>, DropReason> {
+        let counter = self.check_receive(now, datagram)?;
+        let sealed = &mut datagram[transport::PAYLOAD_START..];
+        let n = crypto::open_in_place(&self.recv_key, counter, &[], sealed)
+            .map_err(|_| DropReason::DecryptFailed)?;
+        self.finish_decrypt(counter)?;
+        Ok(transport::PAYLOAD_START..transport::PAYLOAD_START + n)
+    }
+
+    /// Before opening: the keypair is not expired and the counter may still be accepted
+    /// (the window does not move yet). Returns the counter.
+    fn check_receive(&self, now: Time, datagram: &[u8]) -> Result<u64, DropReason> {
         if self.is_expired(now) {
             return Err(DropReason::KeyExpired);
         }
-        let counter = Transport::new(&*datagram)
+        let counter = Transport::new(datagram)
             .map_err(DropReason::from)?
             .counter();
         if !self.replay.may_accept(counter) {
             return Err(DropReason::Replayed);
         }
-        let sealed = &mut datagram[transport::PAYLOAD_START..];
-        let n = crypto::open_in_place(&self.recv_key, counter, &[], sealed)
-            .map_err(|_| DropReason::DecryptFailed)?;
-        if !self.replay.check_and_update(counter) {
-            return Err(DropReason::Replayed);
+        Ok(counter)
+    }
+
+    /// The first half of [`Keypair::decrypt`] for callers that open many messages in one
+    /// batched AEAD call: the checks before opening, and what the open needs. The caller opens
+    /// `datagram[transport::PAYLOAD_START..]` and, if the tag verified, calls
+    /// [`Keypair::finish_decrypt`].
+    pub fn begin_decrypt(&self, now: Time, datagram: &[u8]) -> Result<Opening, DropReason> {
+        let counter = self.check_receive(now, datagram)?;
+        Ok(Opening {
+            counter,
+            key: Zeroizing::new(*self.recv_key),
+        })
+    }
+
+    /// The second half: the message authenticated, so the replay window moves (and a
+    /// duplicate that raced it through the batch is refused here).
+    pub fn finish_decrypt(&mut self, counter: u64) -> Result<(), DropReason> {
+        if self.replay.check_and_update(counter) {
+            Ok(())
+        } else {
+            Err(DropReason::Replayed)
         }
-        Ok(transport::PAYLOAD_START..transport::PAYLOAD_START + n)
     }
 }
 
@@ -177,6 +243,13 @@ impl Keypairs {
     }
 
     /// The keypair with this local index, and its slot.
+    pub fn find(&self, local_index: u32) -> Option<&Keypair> {
+        [&self.current, &self.previous, &self.next]
+            .into_iter()
+            .flatten()
+            .find(|k| k.local_index == local_index)
+    }
+
     pub fn find_mut(&mut self, local_index: u32) -> Option<(Slot, &mut Keypair)> {
         for (slot, kp) in [
             (Slot::Current, &mut self.current),

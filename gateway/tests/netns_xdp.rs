@@ -393,6 +393,7 @@ fn appliance_mode_forwards_through_af_xdp_on_both_nics() {
     );
     spec.xdp = true;
     spec.appliance = true;
+    spec.sluice_toml_extra = format!("\n[metrics]\nlisten = \"{METRICS_ADDR}\"\n");
     spec.workers = 2;
     spec.cores = vec![0, 1];
     let mut t = Topology::build(&spec).or_fail("building the appliance topology");
@@ -523,6 +524,35 @@ fn appliance_mode_forwards_through_af_xdp_on_both_nics() {
             inner_of(s).counter("redirect") >= b.counter("redirect") + 5
         })
         .or_fail("probes to the new peer's prefix redirected");
+
+    // The same counters in Prometheus.
+    let s = t.gateway.status().or_fail("status");
+    let now = inner_of(&s);
+    let m = scrape(&t);
+    let redirected = m.value(
+        "sluice_xdp_inner_verdicts_total",
+        &[("verdict", "redirect"), ("reason", "xsk")],
+    );
+    assert!(redirected >= now.counter("redirect") as f64, "{redirected}");
+    let frames = |d: &str| -> f64 {
+        ["0", "1"]
+            .iter()
+            .map(|q| {
+                m.value(
+                    "sluice_xsk_inner_frames_total",
+                    &[("queue", q), ("direction", d)],
+                )
+            })
+            .sum()
+    };
+    assert!(frames("rx") >= rx as f64, "{} < {rx}", frames("rx"));
+    assert!(frames("tx") >= tx as f64, "{} < {tx}", frames("tx"));
+    for q in ["0", "1"] {
+        assert_eq!(
+            m.value("sluice_xsk_inner_umem_frames_lost", &[("queue", q)]),
+            0.0
+        );
+    }
 
     // At shutdown every socket, outer and inner, reports its frames: none lost.
     let (status, killed) = t.gateway.stop(Duration::from_secs(10));

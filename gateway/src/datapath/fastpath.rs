@@ -266,6 +266,31 @@ impl FastPath {
             .collect()
     }
 
+    /// Appliance mode: the inner program's counters as metric samples.
+    pub fn inner_verdicts(&self) -> Vec<(String, String, u64)> {
+        self.inner_counters().map_or_else(Vec::new, |c| {
+            c.iter()
+                .map(|(k, n)| (k.verdict().as_str().to_string(), k.reason().to_string(), n))
+                .collect()
+        })
+    }
+
+    /// Appliance mode: each inner socket's counters for metrics (`*_kernel`: through the TUN).
+    pub fn inner_xsk_samples(&self) -> Vec<crate::metrics::XskSample> {
+        self.inner
+            .iter()
+            .flat_map(|i| &i.sockets)
+            .map(|s| crate::metrics::XskSample {
+                queue: s.queue,
+                rx: s.stats.rx_frames.load(Ordering::Relaxed),
+                tx: s.stats.tx_frames.load(Ordering::Relaxed),
+                rx_kernel: s.stats.rx_fallback.load(Ordering::Relaxed),
+                tx_kernel: s.stats.tx_fallback.load(Ordering::Relaxed),
+                lost: s.frame_report().lost as u64,
+            })
+            .collect()
+    }
+
     pub fn frame_reports(&self) -> Vec<FrameReport> {
         self.sockets.iter().map(|s| s.frame_report()).collect()
     }

@@ -96,6 +96,14 @@ impl MetricsSource for GatewayObserver {
                 .fast
                 .as_ref()
                 .map_or_else(Vec::new, |f| f.xsk_samples()),
+            xdp_inner: self
+                .fast
+                .as_ref()
+                .map_or_else(Vec::new, |f| f.inner_verdicts()),
+            xsk_inner: self
+                .fast
+                .as_ref()
+                .map_or_else(Vec::new, |f| f.inner_xsk_samples()),
             handshake_queue_depth: self.queue.len() as u64,
             under_load: self.shared.is_under_load(self.shared.clock.now()),
             cookie_replies_sent: cookie_replies,

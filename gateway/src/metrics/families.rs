@@ -44,32 +44,61 @@ fn families(snap: &Snapshot) -> Vec<MetricFamily> {
         "sluice_xsk_frames_total",
         "Frames through each AF_XDP socket (rx, tx), and datagrams its worker received or sent through the kernel socket instead (rx_kernel, tx_kernel)",
         MetricType::COUNTER,
-        snap.xsk
-            .iter()
-            .flat_map(|x| {
-                let q = x.queue.to_string();
-                [
-                    ("rx", x.rx),
-                    ("tx", x.tx),
-                    ("rx_kernel", x.rx_kernel),
-                    ("tx_kernel", x.tx_kernel),
-                ]
-                .map(|(d, n)| counter(labels(&[("queue", &q), ("direction", d)]), n))
-            })
-            .collect(),
+        xsk_frames(&snap.xsk),
     ));
     mfs.push(family(
         "sluice_xsk_umem_frames_lost",
         "UMEM frames of each AF_XDP socket in no known place (free, fill ring, tx ring); must be 0",
         MetricType::GAUGE,
-        snap.xsk
+        xsk_lost(&snap.xsk),
+    ));
+    mfs.push(family(
+        "sluice_xdp_inner_verdicts_total",
+        "Packets the inner-NIC XDP program (appliance mode) gave each verdict",
+        MetricType::COUNTER,
+        snap.xdp_inner
             .iter()
-            .map(|x| gauge(labels(&[("queue", &x.queue.to_string())]), x.lost as f64))
+            .map(|(v, r, n)| counter(labels(&[("verdict", v), ("reason", r)]), *n))
             .collect(),
+    ));
+    mfs.push(family(
+        "sluice_xsk_inner_frames_total",
+        "Frames through each inner-NIC AF_XDP socket (rx, tx), and packets its worker read from or wrote to the TUN instead (rx_kernel, tx_kernel)",
+        MetricType::COUNTER,
+        xsk_frames(&snap.xsk_inner),
+    ));
+    mfs.push(family(
+        "sluice_xsk_inner_umem_frames_lost",
+        "UMEM frames of each inner-NIC AF_XDP socket in no known place; must be 0",
+        MetricType::GAUGE,
+        xsk_lost(&snap.xsk_inner),
     ));
     mfs.extend(gateway_families(snap));
     mfs.retain(|mf| !mf.get_metric().is_empty());
     mfs
+}
+
+/// Frames per AF_XDP socket and direction.
+fn xsk_frames(xsk: &[crate::metrics::XskSample]) -> Vec<Metric> {
+    xsk.iter()
+        .flat_map(|x| {
+            let q = x.queue.to_string();
+            [
+                ("rx", x.rx),
+                ("tx", x.tx),
+                ("rx_kernel", x.rx_kernel),
+                ("tx_kernel", x.tx_kernel),
+            ]
+            .map(|(d, n)| counter(labels(&[("queue", &q), ("direction", d)]), n))
+        })
+        .collect()
+}
+
+/// UMEM frames lost per AF_XDP socket.
+fn xsk_lost(xsk: &[crate::metrics::XskSample]) -> Vec<Metric> {
+    xsk.iter()
+        .map(|x| gauge(labels(&[("queue", &x.queue.to_string())]), x.lost as f64))
+        .collect()
 }
 
 /// The per-peer families, named, labelled and typed exactly as prometheus_wireguard_exporter
@@ -344,8 +373,29 @@ mod tests {
             workers: vec![WorkerSample::default()],
             xdp: vec![("pass".into(), "arp".into(), 3)],
             xsk: vec![crate::metrics::XskSample::default()],
+            xdp_inner: vec![("redirect".into(), "xsk".into(), 4)],
+            xsk_inner: vec![crate::metrics::XskSample {
+                queue: 1,
+                tx: 9,
+                ..Default::default()
+            }],
             ..Snapshot::default()
         };
+        let text = render(&snap, PeerSeries::All).unwrap();
+        assert!(
+            text.contains(
+                "sluice_xdp_inner_verdicts_total{verdict=\"redirect\",reason=\"xsk\"} 4\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_xsk_inner_frames_total{queue=\"1\",direction=\"tx\"} 9\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_xsk_inner_umem_frames_lost{queue=\"1\"} 0\n"),
+            "{text}"
+        );
         let peer_labels = ["interface", "public_key", "allowed_ips"].map(String::from);
         for name in [
             "wireguard_sent_bytes_total",

@@ -26,6 +26,9 @@
 //! | `sluice_xdp_verdicts_total` | counter | `verdict` (`redirect`, `pass`, `drop`), `reason` |
 //! | `sluice_xsk_frames_total` | counter | `queue`, `direction` (`rx`, `tx`, `rx_kernel`, `tx_kernel`) |
 //! | `sluice_xsk_umem_frames_lost` | gauge (must be 0) | `queue` |
+//! | `sluice_xdp_inner_verdicts_total` | counter | `verdict`, `reason` (appliance mode's inner-NIC program) |
+//! | `sluice_xsk_inner_frames_total` | counter | `queue`, `direction` (`rx`, `tx`, `rx_kernel`, `tx_kernel`: through the TUN) |
+//! | `sluice_xsk_inner_umem_frames_lost` | gauge (must be 0) | `queue` |
 //! | `sluice_handshake_queue_depth` | gauge | |
 //! | `sluice_under_load` | gauge (0/1) | |
 //! | `sluice_cookie_replies_sent_total` | counter | |
@@ -146,6 +149,10 @@ pub struct Snapshot {
     /// AF_XDP sockets in queue order: frames received, sent, received and sent through the
     /// kernel socket instead, and UMEM frames unaccounted for. Empty in socket mode.
     pub xsk: Vec<XskSample>,
+    /// Appliance mode: the inner-NIC program's verdicts, and its AF_XDP sockets (`rx_kernel`
+    /// / `tx_kernel`: packets read from or written to the TUN instead). Empty otherwise.
+    pub xdp_inner: Vec<(String, String, u64)>,
+    pub xsk_inner: Vec<XskSample>,
     pub handshake_queue_depth: u64,
     pub under_load: bool,
     pub cookie_replies_sent: u64,

@@ -2,6 +2,7 @@
 //! [`CoreJob`]: WireGuard jobs build the nonce from the counter and have no AAD.
 
 use super::engine::{CoreJob, TagSlot, Text};
+use super::ring_fallback;
 use super::{BatchError, OpenError, KEY_LEN, MAX_TEXT_LEN, TAG_LEN};
 
 /// WireGuard's 96-bit nonce: 32 zero bits, then the counter little-endian.
@@ -38,6 +39,18 @@ pub(crate) trait Job {
     fn core(&mut self) -> Option<CoreJob<'_>>;
     /// Record the verdict.
     fn finish(&mut self, _ok: bool) {}
+    /// Seal or open this one job through ring and record the verdict; whether it succeeded.
+    fn ring(&mut self) -> bool {
+        let ok = match self.core() {
+            Some(mut c) => {
+                ring_fallback::process(&mut c);
+                c.ok
+            }
+            None => false,
+        };
+        self.finish(ok);
+        ok
+    }
 }
 
 /// Seal `input` into `output` (ciphertext, then the tag; `output` may be longer, the rest is
@@ -125,6 +138,12 @@ impl Job for SealInPlaceJob<'_> {
             tag: TagSlot::Write(tag.try_into().ok()?),
             ok: false,
         })
+    }
+
+    fn ring(&mut self) -> bool {
+        // `check` guaranteed room for the tag.
+        crate::crypto::seal_in_place(self.key, self.counter, &[], self.buf);
+        true
     }
 }
 
@@ -248,6 +267,15 @@ impl Job for OpenInPlaceJob<'_> {
         } else {
             Err(OpenError)
         };
+    }
+
+    fn ring(&mut self) -> bool {
+        self.result = crate::crypto::open_in_place(self.key, self.counter, &[], self.buf);
+        if self.result.is_err() {
+            let n = self.buf.len().saturating_sub(TAG_LEN);
+            self.buf[..n].fill(0);
+        }
+        self.result.is_ok()
     }
 }
 

@@ -276,7 +276,7 @@ fn drive<J: Job>(path: Path, jobs: &mut [J]) -> Result<usize, BatchError> {
     }
     if path == Path::Auto && (Path::detect() != Path::Avx512 || !auto_simd_pays(jobs.len(), 0)) {
         // Too few packets to fill a lane group: skip the batch bookkeeping entirely.
-        return Ok(jobs.iter_mut().map(|j| usize::from(!ring_one(j))).sum());
+        return Ok(jobs.iter_mut().map(|j| usize::from(!j.ring())).sum());
     }
     let (path, simd_pays): (Path, fn(usize, usize) -> bool) = match path {
         Path::Auto => (Path::detect(), auto_simd_pays),
@@ -324,19 +324,6 @@ fn drive<J: Job>(path: Path, jobs: &mut [J]) -> Result<usize, BatchError> {
         }
     }
     Ok(failed)
-}
-
-/// One job through ring; whether it succeeded.
-fn ring_one<J: Job>(j: &mut J) -> bool {
-    let ok = match j.core() {
-        Some(mut c) => {
-            ring_fallback::process(&mut c);
-            c.ok
-        }
-        None => false,
-    };
-    j.finish(ok);
-    ok
 }
 
 /// Dispatch one lane group to an available path (not `Auto`).

@@ -1,10 +1,16 @@
 //! The live peer set: an immutable [`PeerTable`] snapshot that the data path reads without
 //! locks, replaced whole by the control plane (`wg set`, `wg syncconf`, SIGHUP reload).
 //!
-//! Workers take the current snapshot once per batch (an `Arc` clone); a change builds a new
-//! table beside the old one and swaps it in. A removed peer's keys are wiped as soon as the new
-//! table is in place, so a worker still holding the old snapshot finds a peer with no
-//! sessions. Peer ids are never reused, so an id in flight can never name a different peer.
+//! Workers take the current snapshot once per batch (an `Arc` clone); a change is made on a
+//! second table and swapped in. A removed peer's keys are wiped as soon as the new table is in
+//! place, so a worker still holding the old snapshot finds a peer with no sessions. Peer ids
+//! are never reused, so an id in flight can never name a different peer.
+//!
+//! The two tables take turns (a left-right double buffer): a change is recorded as
+//! [`TableOp`]s while it is made on the spare table, the spare is published, and the table it
+//! replaced becomes the spare once no reader holds it any more, catching up by replaying those
+//! ops. A change therefore costs what it changes, not a copy of 100,000 peers; only when a
+//! reader holds the old table too long is it copied instead (`Shared::apply`).
 
 use crate::proto::allowedips::AllowedIps;
 use crate::proto::peer::{Peer, PeerId};
@@ -22,6 +28,39 @@ pub struct PeerTable {
     pub peers: Vec<Option<PeerSlot>>,
     pub by_key: HashMap<[u8; 32], PeerId>,
     pub allowed_ips: AllowedIps<PeerId>,
+    /// Each live peer's allowed IPs, so a peer's prefixes are found without a trie scan.
+    pub prefixes: HashMap<PeerId, Vec<(IpAddr, u8)>>,
+}
+
+/// One step of a change to a [`PeerTable`], recorded so the same change can be replayed on
+/// the other table of the double buffer. Applying the same ops to equal tables gives equal
+/// tables.
+#[derive(Clone)]
+pub enum TableOp {
+    AddPeer {
+        id: PeerId,
+        key: [u8; 32],
+        slot: PeerSlot,
+    },
+    /// Remove the peer and every prefix it still holds.
+    RemovePeer { id: PeerId, key: [u8; 32] },
+    /// Map the prefix to `id` (taking it from another peer if one held it).
+    AddPrefix { addr: IpAddr, len: u8, id: PeerId },
+    /// Unmap the prefix if `id` still holds it.
+    RemovePrefix { addr: IpAddr, len: u8, id: PeerId },
+}
+
+impl std::fmt::Debug for TableOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TableOp::AddPeer { id, .. } => write!(f, "AddPeer({id})"),
+            TableOp::RemovePeer { id, .. } => write!(f, "RemovePeer({id})"),
+            TableOp::AddPrefix { addr, len, id } => write!(f, "AddPrefix({addr}/{len} -> {id})"),
+            TableOp::RemovePrefix { addr, len, id } => {
+                write!(f, "RemovePrefix({addr}/{len} of {id})")
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for PeerTable {
@@ -56,6 +95,70 @@ impl PeerTable {
 
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty()
+    }
+
+    /// A copy of the whole table (the slow way to a spare, when a reader holds the old one).
+    pub fn duplicate(&self) -> PeerTable {
+        PeerTable {
+            peers: self.peers.clone(),
+            by_key: self.by_key.clone(),
+            allowed_ips: self.allowed_ips.clone(),
+            prefixes: self.prefixes.clone(),
+        }
+    }
+
+    /// The allowed IPs peer `id` holds.
+    pub fn prefixes_of(&self, id: PeerId) -> &[(IpAddr, u8)] {
+        self.prefixes.get(&id).map_or(&[], |v| v.as_slice())
+    }
+
+    /// Apply one step of a change.
+    pub fn apply_op(&mut self, op: &TableOp) {
+        match op {
+            TableOp::AddPeer { id, key, slot } => {
+                let i = *id as usize;
+                if self.peers.len() <= i {
+                    self.peers.resize(i + 1, None);
+                }
+                self.peers[i] = Some(slot.clone());
+                self.by_key.insert(*key, *id);
+            }
+            TableOp::RemovePeer { id, key } => {
+                if self.by_key.get(key) == Some(id) {
+                    self.by_key.remove(key);
+                }
+                for (addr, len) in self.prefixes.remove(id).unwrap_or_default() {
+                    if self.allowed_ips.get(addr, len) == Ok(Some(*id)) {
+                        let _ = self.allowed_ips.remove(addr, len);
+                    }
+                }
+                if let Some(p) = self.peers.get_mut(*id as usize) {
+                    *p = None;
+                }
+            }
+            TableOp::AddPrefix { addr, len, id } => {
+                // Prefix lengths were validated before any op was made.
+                if let Ok(Some(prev)) = self.allowed_ips.insert(*addr, *len, *id) {
+                    if prev != *id {
+                        if let Some(v) = self.prefixes.get_mut(&prev) {
+                            v.retain(|p| *p != (*addr, *len));
+                        }
+                    }
+                }
+                let v = self.prefixes.entry(*id).or_default();
+                if !v.contains(&(*addr, *len)) {
+                    v.push((*addr, *len));
+                }
+            }
+            TableOp::RemovePrefix { addr, len, id } => {
+                if self.allowed_ips.get(*addr, *len) == Ok(Some(*id)) {
+                    let _ = self.allowed_ips.remove(*addr, *len);
+                }
+                if let Some(v) = self.prefixes.get_mut(id) {
+                    v.retain(|p| *p != (*addr, *len));
+                }
+            }
+        }
     }
 
     /// Every peer's allowed IPs, grouped (one pass over the trie).

@@ -8,7 +8,7 @@
 //!   [`INDEX_SHARDS`] mutexes; a lookup holds one shard just long enough to copy a peer id.
 //! - Lock order: a peer, then an index shard. No code takes a peer lock while holding a shard.
 
-use super::peers::{ChangeSummary, PeerChange, PeerSlot, PeerTable};
+use super::peers::{ChangeSummary, PeerChange, PeerSlot, PeerTable, TableOp};
 use crate::proto::cookie::CookieChecker;
 use crate::proto::device::{validate_peer, PeerError};
 use crate::proto::effects::{Context, Env, Indices, Outbox};
@@ -19,7 +19,7 @@ use crate::proto::{Rng, Time, WallTime};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub const INDEX_SHARDS: usize = 64;
 const RATELIMITER_ENTRIES: usize = 1 << 16;
@@ -121,8 +121,9 @@ pub struct Shared {
     pub checker: RwLock<CookieChecker>,
     /// The current peer set; see [`super::peers`].
     table: RwLock<Arc<PeerTable>>,
-    /// Serialises control-plane changes to the peer set.
-    control: Mutex<()>,
+    /// Serialises control-plane changes to the peer set, and holds the spare table of the
+    /// double buffer (the one before the last change, with the ops it lacks).
+    control: Mutex<Option<(Arc<PeerTable>, Vec<TableOp>)>>,
     pub index: IndexShards,
     pub ratelimiter: Mutex<RateLimiter>,
     /// Nanoseconds (on [`Clock`]) until which handshakes are treated as under load.
@@ -156,6 +157,7 @@ impl Shared {
             for &(addr, len) in &cfg.allowed_ips {
                 // Config validation already rejected bad prefix lengths.
                 let _ = table.allowed_ips.insert(addr, len, id);
+                table.prefixes.entry(id).or_default().push((addr, len));
             }
             table.peers.push(Some(Arc::new(Mutex::new(peer))));
         }
@@ -163,7 +165,7 @@ impl Shared {
             checker: RwLock::new(CookieChecker::new(identity.public_key())),
             identity,
             table: RwLock::new(Arc::new(table)),
-            control: Mutex::new(()),
+            control: Mutex::new(None),
             index: IndexShards::new(),
             ratelimiter: Mutex::new(RateLimiter::new(RATELIMITER_ENTRIES)),
             under_load_until: AtomicU64::new(0),
@@ -245,30 +247,38 @@ impl Shared {
         Some(r)
     }
 
-    /// Change the peer set: build the new table beside the current one and swap it in, then
-    /// wipe removed peers' keys and start new peers' timers. With `replace_all`, peers not
-    /// named by an `Upsert` are removed (`wg syncconf`, `replace_peers`). All or nothing: an
-    /// invalid change leaves the current set untouched.
+    /// Change the peer set: make the change on the spare table and swap it in, then wipe
+    /// removed peers' keys and start new peers' timers. With `replace_all`, peers not named by
+    /// an `Upsert` are removed (`wg syncconf`, `replace_peers`). All or nothing: an invalid
+    /// change leaves the current set untouched. See [`super::peers`] for the double buffer.
     pub fn apply(
         &self,
         replace_all: bool,
         changes: &[PeerChange],
     ) -> Result<ChangeSummary, PeerError> {
-        let _serial = lock(&self.control);
+        let mut control = lock(&self.control);
+        // Validate everything first: from here on nothing can fail half-way.
+        for change in changes {
+            if let PeerChange::Upsert { cfg, .. } = change {
+                validate_peer(self.identity.public_key(), cfg)?;
+            }
+        }
         let old = self.table();
-        let mut next = PeerTable {
-            peers: old.peers.clone(),
-            by_key: old.by_key.clone(),
-            allowed_ips: old.allowed_ips.clone(),
+        let mut next = self.take_spare(control.take(), &old);
+        let mut ops = Vec::new();
+        let mut op = |next: &mut PeerTable, o: TableOp| {
+            next.apply_op(&o);
+            ops.push(o);
         };
         let mut summary = ChangeSummary::default();
         let mut removed = Vec::new();
-        let mut remove = |next: &mut PeerTable, key: &[u8; 32]| {
-            if let Some(id) = next.by_key.remove(key) {
-                next.allowed_ips.remove_value(id);
-                removed.extend(next.peers[id as usize].take());
-            }
-        };
+        let mut remove =
+            |next: &mut PeerTable, op: &mut dyn FnMut(&mut PeerTable, TableOp), key: &[u8; 32]| {
+                if let Some(&id) = next.by_key.get(key) {
+                    removed.extend(next.get(id).cloned());
+                    op(next, TableOp::RemovePeer { id, key: *key });
+                }
+            };
         if replace_all {
             let keep: std::collections::HashSet<[u8; 32]> = changes
                 .iter()
@@ -284,25 +294,24 @@ impl Shared {
                 .copied()
                 .collect();
             for key in &gone {
-                remove(&mut next, key);
+                remove(&mut next, &mut op, key);
             }
         }
         let mut new_ids = Vec::new();
         for change in changes {
             match change {
-                PeerChange::Remove(key) => remove(&mut next, key),
+                PeerChange::Remove(key) => remove(&mut next, &mut op, key),
                 PeerChange::Upsert {
                     cfg,
                     update,
                     replace_allowed_ips,
                     update_only,
                 } => {
-                    validate_peer(self.identity.public_key(), cfg)?;
                     let existed = next.by_key.contains_key(&cfg.public_key);
                     if *update_only && !existed {
                         continue;
                     }
-                    let id = self.upsert(&mut next, cfg, update, *replace_allowed_ips);
+                    let id = self.upsert(&mut next, &mut op, cfg, update, *replace_allowed_ips);
                     if existed {
                         summary.updated += 1;
                     } else {
@@ -314,19 +323,54 @@ impl Shared {
         }
         summary.removed = removed.len();
         let next = Arc::new(next);
-        match self.table.write() {
-            Ok(mut t) => *t = next.clone(),
-            Err(poisoned) => *poisoned.into_inner() = next.clone(),
-        }
+        let replaced = match self.table.write() {
+            Ok(mut t) => std::mem::replace(&mut *t, next.clone()),
+            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), next.clone()),
+        };
+        drop(old);
+        // The table just replaced becomes the spare; it lacks exactly `ops`.
+        *control = Some((replaced, ops));
+        drop(control);
         self.retire(removed);
         self.start(&next, new_ids.into_iter());
         Ok(summary)
     }
 
-    /// Add or update one peer in a table under construction; returns its id.
+    /// The table to make the next change on: the spare brought up to date if no reader holds
+    /// it any more (waiting briefly for workers to finish their batch), else a copy of the
+    /// current table.
+    fn take_spare(
+        &self,
+        spare: Option<(Arc<PeerTable>, Vec<TableOp>)>,
+        current: &Arc<PeerTable>,
+    ) -> PeerTable {
+        const WAIT: Duration = Duration::from_millis(100);
+        let Some((mut spare, ops)) = spare else {
+            return current.duplicate();
+        };
+        let start = std::time::Instant::now();
+        loop {
+            match Arc::try_unwrap(spare) {
+                Ok(mut t) => {
+                    for o in &ops {
+                        t.apply_op(o);
+                    }
+                    return t;
+                }
+                Err(still_shared) if start.elapsed() < WAIT => {
+                    spare = still_shared;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err(_) => return current.duplicate(),
+            }
+        }
+    }
+
+    /// Add or update one peer in the table being changed, recording each step; returns its id.
     fn upsert(
         &self,
         next: &mut PeerTable,
+        op: &mut dyn FnMut(&mut PeerTable, TableOp),
         cfg: &PeerConfig,
         update: &PeerUpdate,
         replace_allowed_ips: bool,
@@ -337,24 +381,28 @@ impl Shared {
                     lock(slot).reconfigure(self.clock.now(), update);
                 }
                 if replace_allowed_ips {
-                    next.allowed_ips.remove_value(id);
+                    for (addr, len) in next.prefixes_of(id).to_vec() {
+                        op(next, TableOp::RemovePrefix { addr, len, id });
+                    }
                 }
                 id
             }
             None => {
                 let id = next.peers.len() as PeerId;
-                next.peers.push(Some(Arc::new(Mutex::new(Peer::new(
-                    &self.identity,
-                    cfg,
-                    id,
-                )))));
-                next.by_key.insert(cfg.public_key, id);
+                let slot = Arc::new(Mutex::new(Peer::new(&self.identity, cfg, id)));
+                op(
+                    next,
+                    TableOp::AddPeer {
+                        id,
+                        key: cfg.public_key,
+                        slot,
+                    },
+                );
                 id
             }
         };
         for &(addr, len) in &cfg.allowed_ips {
-            // validate_peer checked the prefix lengths.
-            let _ = next.allowed_ips.insert(addr, len, id);
+            op(next, TableOp::AddPrefix { addr, len, id });
         }
         id
     }
@@ -391,4 +439,131 @@ fn build_peers(identity: &Identity, peers: &[PeerConfig], first_id: PeerId) -> V
         .enumerate()
         .map(|(i, cfg)| Peer::new(identity, cfg, first_id + i as PeerId))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::peer::PeerUpdate;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::net::IpAddr;
+
+    /// A tiny deterministic generator (the test must be reproducible).
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    fn key_of(i: u64) -> [u8; 32] {
+        crate::keys::public_from_private(&[i as u8 + 1; 32])
+    }
+
+    fn prefix(i: u64) -> (IpAddr, u8) {
+        (IpAddr::from([10, 0, (i / 200) as u8, (i % 200) as u8]), 32)
+    }
+
+    fn upsert(key: [u8; 32], prefixes: &[(IpAddr, u8)], replace: bool) -> PeerChange {
+        PeerChange::Upsert {
+            cfg: PeerConfig {
+                public_key: key,
+                allowed_ips: prefixes.to_vec(),
+                ..Default::default()
+            },
+            update: PeerUpdate::default(),
+            replace_allowed_ips: replace,
+            update_only: false,
+        }
+    }
+
+    /// What the table must say: key -> its prefixes, with every prefix held by one peer.
+    fn table_view(t: &PeerTable) -> BTreeMap<[u8; 32], BTreeSet<(IpAddr, u8)>> {
+        let mut m = BTreeMap::new();
+        for (key, &id) in &t.by_key {
+            let from_trie: BTreeSet<(IpAddr, u8)> =
+                t.allowed_ips.prefixes_of(id).into_iter().collect();
+            let from_list: BTreeSet<(IpAddr, u8)> = t.prefixes_of(id).iter().copied().collect();
+            assert_eq!(from_trie, from_list, "the prefix list follows the trie");
+            assert!(t.get(id).is_some());
+            m.insert(*key, from_trie);
+        }
+        assert_eq!(
+            t.peers.iter().flatten().count(),
+            t.by_key.len(),
+            "no peer slot without a key"
+        );
+        m
+    }
+
+    /// Random changes through the double buffer (sometimes with a reader holding the old table,
+    /// which forces the copy), checked after each against a plain model of the peer set.
+    #[test]
+    fn the_double_buffer_matches_a_model_through_random_changes() {
+        let shared = Shared::new(&[200u8; 32], &[], 1420, 1);
+        let mut model: BTreeMap<[u8; 32], BTreeSet<(IpAddr, u8)>> = BTreeMap::new();
+        let mut rng = Lcg(7);
+        let mut held = None;
+        for round in 0..300 {
+            let k = key_of(rng.next(12));
+            let ps: Vec<(IpAddr, u8)> = (0..rng.next(3)).map(|_| prefix(rng.next(20))).collect();
+            let (replace_all, changes) = match rng.next(5) {
+                0 => (false, vec![PeerChange::Remove(k)]),
+                1 => (false, vec![upsert(k, &ps, true)]),
+                2 => {
+                    let keep: Vec<[u8; 32]> = model.keys().copied().take(3).collect();
+                    let changes = keep.iter().map(|k| upsert(*k, &[], false)).collect();
+                    (true, changes)
+                }
+                _ => (false, vec![upsert(k, &ps, false)]),
+            };
+            // Model: a prefix moves to whoever takes it last.
+            if replace_all {
+                let keep: BTreeSet<[u8; 32]> = changes
+                    .iter()
+                    .filter_map(|c| match c {
+                        PeerChange::Upsert { cfg, .. } => Some(cfg.public_key),
+                        PeerChange::Remove(_) => None,
+                    })
+                    .collect();
+                model.retain(|k, _| keep.contains(k));
+            }
+            for c in &changes {
+                match c {
+                    PeerChange::Remove(k) => {
+                        model.remove(k);
+                    }
+                    PeerChange::Upsert {
+                        cfg,
+                        replace_allowed_ips,
+                        ..
+                    } => {
+                        for set in model.values_mut() {
+                            for p in &cfg.allowed_ips {
+                                set.remove(p);
+                            }
+                        }
+                        let e = model.entry(cfg.public_key).or_default();
+                        if *replace_allowed_ips {
+                            e.clear();
+                        }
+                        e.extend(cfg.allowed_ips.iter().copied());
+                    }
+                }
+            }
+            // Every few rounds a reader holds the current table through the next change.
+            if round % 7 == 0 {
+                held = Some(shared.table());
+            } else if round % 7 == 1 {
+                held = None;
+            }
+            shared.apply(replace_all, &changes).unwrap();
+            assert_eq!(table_view(&shared.table()), model, "round {round}");
+        }
+        drop(held);
+    }
 }

@@ -1,8 +1,9 @@
 //! Authenticated encryption for WireGuard: ChaCha20-Poly1305 with WireGuard's nonce layout
 //! (four zero bytes, then the 64-bit counter little-endian) and a 16-byte tag.
 //!
-//! This is the one place sluice calls an AEAD for handshakes and transport data. Today it is
-//! ring's per-packet implementation; the batched SIMD implementation will live beside it.
+//! This is the one place sluice calls an AEAD for handshakes and transport data: ring's
+//! per-packet implementation here, and the batched SIMD implementation in [`batch`], which
+//! falls back to these functions where ring is faster.
 //!
 //! Keys are passed as raw bytes owned (and zeroized) by the caller. ring's ChaCha20 key setup is
 //! a copy of the 32 bytes, so building the ring key per call costs nothing measurable and keeps

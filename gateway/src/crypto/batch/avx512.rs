@@ -3,6 +3,10 @@
 //! blocks back to one register per packet; Poly1305 runs one packet per 64-bit lane, two
 //! registers of eight packets per limb, as two independent dependency chains.
 //!
+//! Whole lane groups run through the fused pass in `avx512_fused.rs`, built on this module's
+//! block function, transposes and Poly1305 arithmetic; the two kernels here also serve the
+//! known-answer hooks.
+//!
 //! No AVX-512 IFMA Poly1305 is implemented (the development machine lacks IFMA, so it could
 //! not be tested); Poly1305 uses `vpmuludq` in radix 2^26 on every AVX-512 CPU.
 

@@ -7,11 +7,14 @@
 //! - `crypto`: batched ChaCha20-Poly1305 against ring and RustCrypto; see [`crypto_bench`].
 //! - `churn`: peers added per second through the `wg` API with many peers present, and the
 //!   data plane's throughput while peers change; see [`churn`].
+//! - `compare`: many simulated users against sluice, wireguard-go and boringtun-cli on the
+//!   same core, throughput and handshakes, with sluice's ratio to each; see [`compare`].
 //!
 //! This file only parses the command line and dispatches; each subcommand lives in its own
 //! module and reports through [`report`], so all of them share one header and JSON layout.
 
 mod churn;
+mod compare;
 mod crypto_bench;
 mod harness;
 mod lab;
@@ -44,6 +47,10 @@ enum Command {
     /// throughput through the tunnel while peers are added and removed continuously, against
     /// the same without changes. Needs root.
     Churn(churn::Args),
+    /// Many simulated users (real handshakes, pre-encrypted data) through sluice in each mode,
+    /// wireguard-go and boringtun-cli on the same core: throughput per size and handshakes
+    /// per second, with sluice's ratio to each. Needs root.
+    Compare(compare::Args),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +60,7 @@ fn main() -> ExitCode {
         Command::Lab(args) => lab::run(&args),
         Command::Crypto(args) => crypto_bench::run(&args),
         Command::Churn(args) => churn::run(&args),
+        Command::Compare(args) => compare::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

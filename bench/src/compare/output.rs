@@ -1,0 +1,522 @@
+//! The comparison's results: one record per scenario, direction, implementation, mode and size
+//! (median over the repeats, with the spread and every sample), the table with sluice's ratio
+//! to each other implementation, the JSON file and the SVG chart.
+
+use crate::report::{fmt_num, Report};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// Loss above this (a fraction) labels a rate as lossy.
+pub const LOSSY: f64 = 0.01;
+
+/// One repeat of a throughput run.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Sample {
+    pub mpps: f64,
+    pub gbps: f64,
+    /// Percent of sent packets not delivered.
+    pub loss: f64,
+    pub sent: u64,
+    pub delivered: u64,
+    /// Packets the sink refused (wrong size or user, corrupt, duplicate).
+    pub errors: u64,
+    pub offered_mpps: f64,
+    /// The generator thread's CPU use while sending (1.0 = a full core).
+    pub generator_cpu: f64,
+}
+
+/// One line of the comparison, as the issue's JSON layout asks, plus spread and samples.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct CompareRecord {
+    pub scenario: String,
+    pub direction: String,
+    #[serde(rename = "impl")]
+    pub implementation: String,
+    pub mode: String,
+    /// Inner packet size in bytes, "imix", or "-" (handshakes).
+    pub size: String,
+    pub users: u32,
+    /// Medians over the repeats (throughput); null for handshakes.
+    pub mpps: Option<f64>,
+    pub gbps: Option<f64>,
+    /// Percent, median over the repeats.
+    pub loss: Option<f64>,
+    pub mpps_min: Option<f64>,
+    pub mpps_max: Option<f64>,
+    /// Handshakes per second (handshakes scenario), median.
+    pub handshakes_per_s: Option<f64>,
+    pub handshakes_min: Option<f64>,
+    pub handshakes_max: Option<f64>,
+    pub repeats: usize,
+    /// Loss above 1 %: the rate is what the gateway delivered under overload, not a lossless
+    /// rate.
+    pub lossy: bool,
+    /// The generator, not the gateway, may have set the rate (it sent less than asked, or the
+    /// gateway delivered everything it sent at full speed).
+    pub generator_bound: bool,
+    pub samples: Vec<Sample>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+fn min_max(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        })
+}
+
+impl CompareRecord {
+    /// A throughput record from its repeats. `generator_bound` is decided by the caller.
+    pub fn throughput(
+        implementation: &str,
+        mode: &str,
+        size: &str,
+        users: u32,
+        samples: Vec<Sample>,
+        generator_bound: bool,
+    ) -> CompareRecord {
+        let mpps: Vec<f64> = samples.iter().map(|s| s.mpps).collect();
+        let gbps: Vec<f64> = samples.iter().map(|s| s.gbps).collect();
+        let loss: Vec<f64> = samples.iter().map(|s| s.loss).collect();
+        let (lo, hi) = min_max(&mpps);
+        let loss_med = median(&loss);
+        CompareRecord {
+            scenario: "throughput".into(),
+            direction: "users->inside".into(),
+            implementation: implementation.into(),
+            mode: mode.into(),
+            size: size.into(),
+            users,
+            mpps: Some(median(&mpps)),
+            gbps: Some(median(&gbps)),
+            loss: Some(loss_med),
+            mpps_min: Some(lo),
+            mpps_max: Some(hi),
+            handshakes_per_s: None,
+            handshakes_min: None,
+            handshakes_max: None,
+            repeats: samples.len(),
+            lossy: loss_med > LOSSY * 100.0,
+            generator_bound,
+            samples,
+        }
+    }
+
+    /// A handshakes-per-second record from its repeats.
+    pub fn handshakes(implementation: &str, mode: &str, users: u32, rates: &[f64]) -> Self {
+        let (lo, hi) = min_max(rates);
+        CompareRecord {
+            scenario: "handshakes".into(),
+            direction: "users->gateway".into(),
+            implementation: implementation.into(),
+            mode: mode.into(),
+            size: "-".into(),
+            users,
+            mpps: None,
+            gbps: None,
+            loss: None,
+            mpps_min: None,
+            mpps_max: None,
+            handshakes_per_s: Some(median(rates)),
+            handshakes_min: Some(lo),
+            handshakes_max: Some(hi),
+            repeats: rates.len(),
+            lossy: false,
+            generator_bound: false,
+            samples: Vec::new(),
+        }
+    }
+
+    /// "sluice xdp+tun" or "wireguard-go".
+    pub fn who(&self) -> String {
+        if self.implementation == "sluice" {
+            format!("sluice {}", self.mode)
+        } else {
+            self.implementation.clone()
+        }
+    }
+
+    /// The headline number: Mpps, or handshakes/s.
+    pub fn value(&self) -> f64 {
+        self.mpps.or(self.handshakes_per_s).unwrap_or(f64::NAN)
+    }
+
+    fn group(&self) -> String {
+        match self.scenario.as_str() {
+            "throughput" => format!("throughput {} B {}", self.size, self.direction),
+            s => s.to_string(),
+        }
+        .replace(" imix B", " IMIX")
+    }
+}
+
+/// The table: one block per scenario (and size), one row per implementation, then sluice's
+/// ratio to each other implementation.
+pub fn table(records: &[CompareRecord]) -> String {
+    let mut groups: BTreeMap<(String, String), Vec<&CompareRecord>> = BTreeMap::new();
+    for r in records {
+        let order = match r.size.parse::<u32>() {
+            Ok(n) => format!("{}{n:05}", r.scenario),
+            Err(_) => format!("{}{}", r.scenario, r.size),
+        };
+        groups.entry((order, r.group())).or_default().push(r);
+    }
+    let mut out = String::new();
+    for ((_, name), rows) in &groups {
+        let _ = writeln!(out, "\n{name} ({} users)", rows[0].users);
+        for r in rows {
+            if r.scenario == "throughput" {
+                let flags = [
+                    (r.lossy, "LOSSY >1%"),
+                    (r.generator_bound, "generator-bound"),
+                ]
+                .iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, s)| *s)
+                .collect::<Vec<_>>()
+                .join(", ");
+                let errors: u64 = r.samples.iter().map(|s| s.errors).sum();
+                let _ = writeln!(
+                    out,
+                    "  {:<20} {:>8} Mpps [{}-{}]  {:>7} Gbit/s  loss {:>6.2}%  sink errors {}  {}",
+                    r.who(),
+                    fmt_num(r.mpps.unwrap_or(f64::NAN)),
+                    fmt_num(r.mpps_min.unwrap_or(f64::NAN)),
+                    fmt_num(r.mpps_max.unwrap_or(f64::NAN)),
+                    fmt_num(r.gbps.unwrap_or(f64::NAN)),
+                    r.loss.unwrap_or(f64::NAN),
+                    errors,
+                    flags
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "  {:<20} {:>8} handshakes/s [{}-{}]",
+                    r.who(),
+                    fmt_num(r.handshakes_per_s.unwrap_or(f64::NAN)),
+                    fmt_num(r.handshakes_min.unwrap_or(f64::NAN)),
+                    fmt_num(r.handshakes_max.unwrap_or(f64::NAN)),
+                );
+            }
+        }
+        for line in ratios(rows) {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    out
+}
+
+/// "sluice xdp+tun / wireguard-go = 2.10x" for every sluice mode and every other
+/// implementation in one group.
+pub fn ratios(rows: &[&CompareRecord]) -> Vec<String> {
+    let mut v = Vec::new();
+    for s in rows.iter().filter(|r| r.implementation == "sluice") {
+        for o in rows.iter().filter(|r| r.implementation != "sluice") {
+            let ratio = s.value() / o.value();
+            if ratio.is_finite() {
+                v.push(format!("{} / {} = {:.2}x", s.who(), o.who(), ratio));
+            }
+        }
+    }
+    v
+}
+
+/// The JSON file: the common report (machine, kernel, CPU, commit, params with the core
+/// pinning) plus the list of records.
+#[derive(Serialize)]
+struct CompareJson<'a> {
+    #[serde(flatten)]
+    report: &'a Report,
+    records: &'a [CompareRecord],
+}
+
+pub fn write_json(report: &Report, records: &[CompareRecord], path: &Path) -> Result<(), String> {
+    let doc = CompareJson { report, records };
+    let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
+    std::fs::write(path, text + "\n").map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+const COLORS: [&str; 6] = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
+];
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A grouped bar chart per scenario: throughput (Mpps per size) and handshakes/s, one bar per
+/// implementation with its min-max whisker, lossy bars hatched by a label. `title` goes on
+/// top (the machine and date).
+pub fn svg(records: &[CompareRecord], title: &str) -> String {
+    let mut who: Vec<String> = records.iter().map(CompareRecord::who).collect();
+    who.sort();
+    who.dedup();
+    let panels: Vec<(&str, &str, Vec<&CompareRecord>)> = vec![
+        (
+            "throughput, users -> inside (Mpps, median of repeats; whiskers: min-max)",
+            "Mpps",
+            records
+                .iter()
+                .filter(|r| r.scenario == "throughput")
+                .collect(),
+        ),
+        (
+            "handshakes per second (median; whiskers: min-max)",
+            "handshakes/s",
+            records
+                .iter()
+                .filter(|r| r.scenario == "handshakes")
+                .collect(),
+        ),
+    ];
+    let (w, panel_h, top) = (900.0_f64, 300.0_f64, 60.0_f64);
+    let panels: Vec<_> = panels.into_iter().filter(|p| !p.2.is_empty()).collect();
+    let h = top + panels.len() as f64 * (panel_h + 70.0) + 20.0 * who.len() as f64 + 20.0;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="20" font-size="14">{}</text>"#,
+        esc(title)
+    );
+    let mut y0 = top;
+    for (name, unit, rows) in &panels {
+        let mut groups: Vec<String> = Vec::new();
+        for r in rows {
+            if !groups.contains(&r.size) {
+                groups.push(r.size.clone());
+            }
+        }
+        groups.sort_by_key(|g| g.parse::<u32>().unwrap_or(u32::MAX));
+        let max = rows
+            .iter()
+            .map(|r| {
+                r.mpps_max
+                    .or(r.handshakes_max)
+                    .unwrap_or(0.0)
+                    .max(r.value())
+            })
+            .filter(|v| v.is_finite())
+            .fold(0.0_f64, f64::max)
+            .max(1e-9)
+            * 1.1;
+        let (x0, plot_w) = (70.0, w - 90.0);
+        let _ = writeln!(
+            s,
+            r#"<text x="10" y="{}" font-size="13">{}</text>"#,
+            y0,
+            esc(name)
+        );
+        let base = y0 + panel_h;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{x0}" y1="{base}" x2="{}" y2="{base}" stroke="black"/><line x1="{x0}" y1="{}" x2="{x0}" y2="{base}" stroke="black"/>"#,
+            x0 + plot_w,
+            y0 + 10.0
+        );
+        for t in 0..=4 {
+            let v = max * f64::from(t) / 4.0;
+            let y = base - (panel_h - 10.0) * f64::from(t) / 4.0;
+            let _ = writeln!(
+                s,
+                r##"<text x="{}" y="{}" text-anchor="end">{}</text><line x1="{x0}" y1="{y}" x2="{}" y2="{y}" stroke="#ddd"/>"##,
+                x0 - 4.0,
+                y + 4.0,
+                fmt_num(v),
+                x0 + plot_w
+            );
+        }
+        let _ = writeln!(
+            s,
+            r#"<text x="12" y="{}" transform="rotate(-90 12 {})">{}</text>"#,
+            base - panel_h / 2.0,
+            base - panel_h / 2.0,
+            unit
+        );
+        let gw = plot_w / groups.len().max(1) as f64;
+        let bw = (gw * 0.8) / who.len().max(1) as f64;
+        for (gi, g) in groups.iter().enumerate() {
+            let gx = x0 + gi as f64 * gw + gw * 0.1;
+            let label = match g.as_str() {
+                "-" => "all users".to_string(),
+                "imix" => "IMIX".to_string(),
+                n => format!("{n} B"),
+            };
+            let _ = writeln!(
+                s,
+                r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+                gx + gw * 0.4,
+                base + 16.0,
+                label
+            );
+            for (wi, name) in who.iter().enumerate() {
+                let Some(r) = rows.iter().find(|r| &r.size == g && &r.who() == name) else {
+                    continue;
+                };
+                let v = r.value();
+                if !v.is_finite() {
+                    continue;
+                }
+                let bh = (panel_h - 10.0) * v / max;
+                let x = gx + wi as f64 * bw;
+                let _ = writeln!(
+                    s,
+                    r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{bh:.1}" fill="{}"><title>{}: {}</title></rect>"#,
+                    base - bh,
+                    bw * 0.9,
+                    COLORS[wi % COLORS.len()],
+                    esc(name),
+                    fmt_num(v)
+                );
+                if let (Some(lo), Some(hi)) = (
+                    r.mpps_min.or(r.handshakes_min),
+                    r.mpps_max.or(r.handshakes_max),
+                ) {
+                    let cx = x + bw * 0.45;
+                    let _ = writeln!(
+                        s,
+                        r#"<line x1="{cx:.1}" y1="{:.1}" x2="{cx:.1}" y2="{:.1}" stroke="black"/>"#,
+                        base - (panel_h - 10.0) * lo / max,
+                        base - (panel_h - 10.0) * hi / max
+                    );
+                }
+                if r.lossy {
+                    let _ = writeln!(
+                        s,
+                        r#"<text x="{:.1}" y="{:.1}" font-size="9" text-anchor="middle">&gt;1% loss</text>"#,
+                        x + bw * 0.45,
+                        base - bh - 4.0
+                    );
+                }
+            }
+        }
+        y0 += panel_h + 70.0;
+    }
+    for (wi, name) in who.iter().enumerate() {
+        let y = y0 - 30.0 + 20.0 * wi as f64;
+        let _ = writeln!(
+            s,
+            r#"<rect x="70" y="{}" width="12" height="12" fill="{}"/><text x="88" y="{}">{}</text>"#,
+            y - 10.0,
+            COLORS[wi % COLORS.len()],
+            y,
+            esc(name)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn sample(mpps: f64, loss: f64) -> Sample {
+        Sample {
+            mpps,
+            gbps: mpps * 8.0 * 1420.0 / 1000.0,
+            loss,
+            sent: 1000,
+            delivered: (1000.0 * (1.0 - loss / 100.0)) as u64,
+            errors: 0,
+            offered_mpps: mpps,
+            generator_cpu: 0.5,
+        }
+    }
+
+    fn records() -> Vec<CompareRecord> {
+        vec![
+            CompareRecord::throughput(
+                "sluice",
+                "xdp+tun",
+                "1420",
+                100,
+                vec![sample(0.3, 0.0), sample(0.2, 0.5), sample(0.25, 0.2)],
+                false,
+            ),
+            CompareRecord::throughput(
+                "wireguard-go",
+                "socket+tun",
+                "1420",
+                100,
+                vec![sample(0.1, 5.0), sample(0.12, 4.0), sample(0.11, 6.0)],
+                false,
+            ),
+            CompareRecord::handshakes("sluice", "xdp+tun", 100, &[5000.0, 4000.0, 4500.0]),
+            CompareRecord::handshakes("wireguard-go", "socket+tun", 100, &[2000.0, 2500.0]),
+        ]
+    }
+
+    #[test]
+    fn records_take_medians_spread_and_label_loss() {
+        let r = &records()[0];
+        assert_eq!(r.mpps, Some(0.25));
+        assert_eq!((r.mpps_min, r.mpps_max), (Some(0.2), Some(0.3)));
+        assert_eq!(r.loss, Some(0.2));
+        assert!(!r.lossy);
+        let w = &records()[1];
+        assert_eq!(w.loss, Some(5.0));
+        assert!(w.lossy);
+        let h = &records()[3];
+        assert_eq!(h.handshakes_per_s, Some(2250.0));
+        assert_eq!(h.mpps, None);
+    }
+
+    #[test]
+    fn json_has_the_issue_fields() {
+        let v = serde_json::to_value(&records()[0]).unwrap();
+        for k in [
+            "scenario",
+            "direction",
+            "impl",
+            "mode",
+            "size",
+            "users",
+            "mpps",
+            "gbps",
+            "loss",
+        ] {
+            assert!(v.get(k).is_some(), "missing {k} in {v}");
+        }
+        assert_eq!(v["impl"], "sluice");
+        assert_eq!(v["samples"].as_array().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn table_prints_ratios_and_labels() {
+        let t = table(&records());
+        assert!(t.contains("sluice xdp+tun / wireguard-go = 2.27x"), "{t}");
+        assert!(t.contains("sluice xdp+tun / wireguard-go = 2.00x"), "{t}");
+        assert!(t.contains("LOSSY >1%"), "{t}");
+        assert!(
+            t.contains("throughput 1420 B users->inside (100 users)"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn svg_has_a_bar_per_record() {
+        let s = svg(&records(), "test");
+        assert!(s.starts_with("<svg"));
+        assert!(s.trim_end().ends_with("</svg>"));
+        assert_eq!(s.matches("<title>").count(), 4);
+        assert!(s.contains("&gt;1% loss"));
+    }
+}

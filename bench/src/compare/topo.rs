@@ -1,0 +1,372 @@
+//! The comparison's topology: a generator namespace, the gateway under test, a sink namespace.
+//!
+//! ```text
+//!  generator ns                    gateway ns                          sink ns
+//!  +----------------------+ veth  +----------------------------+ veth +----------------+
+//!  | to-gw 198.51.100.2/24|-------| outer 198.51.100.1/24      |      |                |
+//!  | (2 queues)           |       | (2 queues; sluice's XDP    |      | to-gw          |
+//!  | local 198.18.0.0/15  |       |  and AF_XDP in xdp mode)   |------| 10.88.0.2/24   |
+//!  |  = users' outer IPs  |       | gateway: TUN, UDP 51820,   |      | counter socket |
+//!  | one UDP socket :40000|       |  10.96.0.1/12              |      |   UDP 9000     |
+//!  +----------------------+       | to-sink 10.88.0.1/24       |      +----------------+
+//!                                 +----------------------------+
+//! ```
+//!
+//! - User k (0-based) sends from 198.18.0.0 + 1 + k (made local in the generator namespace by
+//!   one `local` route, so one socket serves every user) and owns tunnel address
+//!   10.96.0.1 + 1 + k/32 at the gateway, whose peers are exactly those (`wg addconf` for the
+//!   stand-ins, the wg-quick file for sluice).
+//! - Cores: the gateway process (every thread, and sluice's workers by its config) runs on
+//!   [`GATEWAY_CORE`]; the generator's threads and the sink on [`GENERATOR_CORE`]. The kernel's
+//!   receive work follows: RPS sends the outer interface's receive processing to the gateway's
+//!   core and the sink interface's to the generator's; with an XDP program attached, veth runs
+//!   it in NAPI, which is switched to threaded mode and its threads pinned to the gateway's
+//!   core, so sluice's XDP and AF_XDP copy costs are charged to the gateway, as on a real NIC.
+//! - Everything is removed when the value drops (processes first, then namespaces and files),
+//!   and by the registry's cleanup on Ctrl-C.
+
+use sluice::testbed::gateway::{Gateway, GatewayKind, GatewaySpec};
+use sluice::testbed::netns::veth;
+use sluice::testbed::{cmd, unique_id, KeyPair, Netns, RunDir};
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+pub const USERS_OUTER_BASE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
+pub const USERS_OUTER_NET: &str = "198.18.0.0/15";
+pub const GW_TUNNEL_V4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
+pub const TUNNEL_NET: &str = "10.96.0.0/12";
+pub const GW_OUTER_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+pub const GEN_OUTER_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+pub const GW_INNER_V4: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
+pub const SINK_V4: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 2);
+pub const LISTEN_PORT: u16 = 51820;
+/// The port every simulated user sends from.
+pub const USER_PORT: u16 = 40000;
+pub const OUTER_DEV: &str = "outer";
+pub const OUTER_QUEUES: u16 = 2;
+pub const PEER_DEV: &str = "to-gw";
+pub const SINK_DEV: &str = "to-sink";
+pub const GATEWAY_CORE: usize = 1;
+pub const GENERATOR_CORE: usize = 0;
+
+/// sluice's data path, or the kernel path every stand-in uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Mode {
+    /// UDP sockets + TUN (sluice's portable path; the only path of the stand-ins).
+    Socket,
+    /// XDP + AF_XDP on the outer interface + TUN (sluice only).
+    Xdp,
+}
+
+impl Mode {
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Socket => "socket+tun",
+            Mode::Xdp => "xdp+tun",
+        }
+    }
+}
+
+/// One gateway under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Impl {
+    pub kind: ImplKind,
+    pub mode: Mode,
+}
+
+/// [`GatewayKind`] with an order and hash, for tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ImplKind {
+    Sluice,
+    WireguardGo,
+    Boringtun,
+}
+
+impl ImplKind {
+    pub fn gateway(self) -> GatewayKind {
+        match self {
+            ImplKind::Sluice => GatewayKind::Sluice,
+            ImplKind::WireguardGo => GatewayKind::WireguardGo,
+            ImplKind::Boringtun => GatewayKind::Boringtun,
+        }
+    }
+}
+
+impl Impl {
+    pub fn label(self) -> String {
+        match self.kind {
+            ImplKind::Sluice => format!("sluice {}", self.mode.label()),
+            _ => self.kind.gateway().label().to_string(),
+        }
+    }
+}
+
+/// A built topology with the gateway running. Fields drop in order: the gateway process
+/// first, then the namespaces, then the run folder.
+#[derive(Debug)]
+pub struct GenTopology {
+    pub gateway: Gateway,
+    pub gen_ns: Netns,
+    pub gw_ns: Netns,
+    pub sink_ns: Netns,
+    pub dir: RunDir,
+    pub id: String,
+    pub gateway_key: KeyPair,
+    /// What was pinned where, as checked from /proc after start.
+    pub pinning: String,
+}
+
+fn sh(ns: &Netns, script: &str) -> Result<String, String> {
+    ns.run(&["sh", "-c", script]).map_err(|e| e.to_string())
+}
+
+impl GenTopology {
+    /// Namespaces, links, routes and RPS, then the gateway `which` with one peer per key in
+    /// `user_keys` (user k's tunnel address is `tunnel_ip(k)`).
+    pub fn build(
+        which: Impl,
+        sluice_bin: Option<PathBuf>,
+        user_keys: &[String],
+        tunnel_ip: impl Fn(u32) -> Ipv4Addr,
+    ) -> Result<GenTopology, String> {
+        let e = |e: sluice::testbed::Error| e.to_string();
+        let id = unique_id();
+        let dir = RunDir::new(&id).map_err(e)?;
+        let gen_ns = Netns::new(&format!("sl-{id}-cgen")).map_err(e)?;
+        let gw_ns = Netns::new(&format!("sl-{id}-cgw")).map_err(e)?;
+        let sink_ns = Netns::new(&format!("sl-{id}-csink")).map_err(e)?;
+        gw_ns.enable_forwarding().map_err(e)?;
+        veth(&gw_ns, OUTER_DEV, &gen_ns, PEER_DEV, Some(OUTER_QUEUES)).map_err(e)?;
+        gw_ns
+            .add_addr(OUTER_DEV, &format!("{GW_OUTER_V4}/24"))
+            .map_err(e)?;
+        gen_ns
+            .add_addr(PEER_DEV, &format!("{GEN_OUTER_V4}/24"))
+            .map_err(e)?;
+        gen_ns
+            .ip(&["route", "add", "local", USERS_OUTER_NET, "dev", "lo"])
+            .map_err(e)?;
+        gw_ns
+            .add_route(USERS_OUTER_NET, Some(IpAddr::V4(GEN_OUTER_V4)), None)
+            .map_err(e)?;
+        veth(&gw_ns, SINK_DEV, &sink_ns, PEER_DEV, None).map_err(e)?;
+        gw_ns
+            .add_addr(SINK_DEV, &format!("{GW_INNER_V4}/24"))
+            .map_err(e)?;
+        sink_ns
+            .add_addr(PEER_DEV, &format!("{SINK_V4}/24"))
+            .map_err(e)?;
+        sink_ns
+            .add_route(TUNNEL_NET, Some(IpAddr::V4(GW_INNER_V4)), None)
+            .map_err(e)?;
+        // Receive processing of the outer link on the gateway's core, of the sink's on the
+        // generator's (see the module docs).
+        let gw_mask = 1u32 << GATEWAY_CORE;
+        let gen_mask = 1u32 << GENERATOR_CORE;
+        sh(
+            &gw_ns,
+            &format!(
+                "for q in /sys/class/net/{OUTER_DEV}/queues/rx-*; do echo {gw_mask:x} > $q/rps_cpus; done"
+            ),
+        )?;
+        sh(
+            &sink_ns,
+            &format!(
+                "for q in /sys/class/net/{PEER_DEV}/queues/rx-*; do echo {gen_mask:x} > $q/rps_cpus; done"
+            ),
+        )?;
+        let gateway_key = KeyPair::generate();
+        let ifname = format!("sl{id}");
+        let many = user_keys.len();
+        let spec = GatewaySpec {
+            kind: which.kind.gateway(),
+            ifname: ifname.clone(),
+            key: gateway_key.clone(),
+            listen_port: LISTEN_PORT,
+            addresses: vec![format!("{GW_TUNNEL_V4}/12")],
+            mtu: 1420,
+            // sluice reads its peers from its wg-quick file; the stand-ins get them below in
+            // one `wg addconf` (one `wg set` per peer would take minutes for 100,000).
+            peers: if which.kind == ImplKind::Sluice {
+                user_keys
+                    .iter()
+                    .enumerate()
+                    .map(|(k, key)| sluice::testbed::gateway::GatewayPeer {
+                        public_key: key.clone(),
+                        allowed_ips: vec![format!("{}/32", tunnel_ip(k as u32))],
+                        endpoint: None,
+                        persistent_keepalive: None,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            sluice_bin,
+            workers: 1,
+            cores: vec![GATEWAY_CORE],
+            extra_toml: String::new(),
+            xdp_outer: (which.mode == Mode::Xdp).then(|| OUTER_DEV.to_string()),
+            env: vec![("SLUICE_LOG".into(), "warn".into())],
+            // A status file rewritten every second costs real CPU with many peers; the wg API
+            // answers instead, as it does for the stand-ins.
+            status_file: false,
+        };
+        // Children inherit the spawning thread's CPU mask: start the gateway from a thread
+        // pinned to the gateway's core, so even a Go runtime sizes itself for one core.
+        let gateway = std::thread::scope(|s| {
+            s.spawn(|| {
+                pin_current(GATEWAY_CORE)?;
+                Gateway::start(&gw_ns, &spec, &dir).map_err(|e| e.to_string())
+            })
+            .join()
+            .unwrap_or_else(|_| Err("the gateway start thread panicked".into()))
+        })?;
+        if which.kind != ImplKind::Sluice && many > 0 {
+            let mut conf = String::new();
+            for (k, key) in user_keys.iter().enumerate() {
+                let _ = write!(
+                    conf,
+                    "[Peer]\nPublicKey = {key}\nAllowedIPs = {}/32\n\n",
+                    tunnel_ip(k as u32)
+                );
+            }
+            let path = dir
+                .write_private("peers.conf", &conf)
+                .map_err(|e| e.to_string())?;
+            let out = cmd::check(
+                cmd::command(
+                    Some(gw_ns.name()),
+                    &["wg", "addconf", &ifname, &path.to_string_lossy()],
+                ),
+                std::time::Duration::from_secs(600),
+            );
+            out.map_err(|e| format!("adding {many} peers with wg addconf: {e}"))?;
+        }
+        let mut topo = GenTopology {
+            gateway,
+            gen_ns,
+            gw_ns,
+            sink_ns,
+            dir,
+            id,
+            gateway_key,
+            pinning: String::new(),
+        };
+        topo.pinning = topo.pin_gateway(which.mode == Mode::Xdp)?;
+        Ok(topo)
+    }
+
+    /// Pin every thread of the gateway process (and, in xdp mode, the outer link's NAPI
+    /// threads) to [`GATEWAY_CORE`]; return what /proc says about it.
+    fn pin_gateway(&self, xdp: bool) -> Result<String, String> {
+        let pid = self
+            .gateway
+            .pid()
+            .ok_or("the gateway has no process")?
+            .to_string();
+        let core = GATEWAY_CORE.to_string();
+        cmd::run(None, &["taskset", "-a", "-p", "-c", &core, &pid]).map_err(|e| e.to_string())?;
+        let mut napi = Ok(Vec::new());
+        if xdp {
+            // veth runs an attached XDP program in NAPI on the sending CPU; threaded NAPI
+            // would give it kernel threads we could pin ("napi/outer-<id>").
+            napi = sh(
+                &self.gw_ns,
+                &format!("echo 1 > /sys/class/net/{OUTER_DEV}/threaded"),
+            )
+            .map(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                napi_threads(OUTER_DEV)
+                    .into_iter()
+                    .filter(|t| {
+                        cmd::run(None, &["taskset", "-p", "-c", &core, &t.to_string()]).is_ok()
+                    })
+                    .collect()
+            });
+        }
+        let masks = thread_masks(&pid);
+        let mut out = format!("gateway pid {pid}: threads on cpus {masks}");
+        match (&napi, xdp) {
+            (Ok(t), true) => {
+                let _ = write!(
+                    out,
+                    "; {} NAPI thread(s) of {OUTER_DEV} on cpu {core}",
+                    t.len()
+                );
+            }
+            (Err(_), true) => {
+                let _ = write!(
+                    out,
+                    "; threaded NAPI unavailable on veth here, so the XDP program and the \
+                     AF_XDP copy run on the sending (generator's) cpu {GENERATOR_CORE}"
+                );
+            }
+            _ => {}
+        }
+        let _ = write!(
+            out,
+            "; generator and sink on cpu {GENERATOR_CORE}; RPS: {OUTER_DEV} -> cpu \
+             {GATEWAY_CORE}, sink link -> cpu {GENERATOR_CORE}"
+        );
+        Ok(out)
+    }
+
+    /// The gateway process's resident memory, from /proc.
+    pub fn gateway_rss_bytes(&self) -> Option<u64> {
+        let pid = self.gateway.pid()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kb: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        Some(kb * 1024)
+    }
+}
+
+/// Pin the calling thread to `core` (any core of the machine, not only those of the current
+/// mask, which an earlier pin narrowed).
+pub fn pin_current(core: usize) -> Result<(), String> {
+    if core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+        Ok(())
+    } else {
+        Err(format!("could not pin a thread to core {core}"))
+    }
+}
+
+/// The distinct `Cpus_allowed_list` values of a process's threads, e.g. "1".
+fn thread_masks(pid: &str) -> String {
+    let mut masks: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Cpus_allowed_list:"))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
+        })
+        .collect();
+    masks.sort();
+    masks.dedup();
+    masks.join(",")
+}
+
+/// Kernel threads named "napi/<dev>-<id>" (the newest ones are ours: names repeat across
+/// namespaces, so only those that are not pinned elsewhere yet are returned).
+fn napi_threads(dev: &str) -> Vec<u32> {
+    let prefix = format!("napi/{dev}-");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|p| {
+            let pid: u32 = p.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(p.path().join("comm")).ok()?;
+            comm.trim().starts_with(&prefix).then_some(pid)
+        })
+        .collect()
+}

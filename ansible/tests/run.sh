@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# The Ansible role's proof (run by .ci/run, as root on Debian 12):
+#   1. ansible-lint (production profile) and ansible-playbook --syntax-check, from a temporary
+#      venv with ansible/requirements.txt's pinned versions; the inventory filter's unit tests.
+#   2. A real run: a debootstrap'ed Debian 12 root (cached under /var/cache/sluice-ci/) is
+#      configured by site.yml through the chroot connection with the sluice binary built here;
+#      then the files, modes, unit and rendered configs are checked, `sluice check` accepts the
+#      rendered config inside the root, the private key appears in no output, a second run
+#      reports changed=0, and a peer added reloads sluice (never restarts it).
+#   3. Bad inventories (a missing key, an invalid CIDR, overlapping AllowedIPs) fail before
+#      anything in a fresh root changes, with a message naming the peer.
+#
+#   ansible/tests/run.sh            SLUICE_BIN=/path/to/sluice to skip the cargo build
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+ansible_dir=$(dirname "$here")
+repo=$(dirname "$ansible_dir")
+cache=${SLUICE_CI_CACHE:-/var/cache/sluice-ci}
+mirror=${SLUICE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+started=$SECONDS
+
+step() { printf '\n--> ansible: %s\n' "$*"; }
+die() { printf 'ansible/tests/run.sh: FAILED: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "needs root (debootstrap and the chroot connection)"
+
+work=$(mktemp -d /tmp/sl-ansible-test.XXXXXX)
+cleanup() {
+  local rc=$?
+  # debootstrap mounts /proc and /sys in the root it builds; never leave a mount behind.
+  grep -o " $work[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m" || true; done
+  rm -rf --one-file-system "$work"
+  exit "$rc"
+}
+trap cleanup EXIT
+
+# --- what the test needs on this machine -------------------------------------------------------
+need=()
+command -v debootstrap >/dev/null || need+=(debootstrap)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+if ((${#need[@]})); then
+  step "installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+step "venv with the pinned ansible-core, ansible and ansible-lint"
+python3 -m venv "$work/venv"
+"$work/venv/bin/pip" install -q --disable-pip-version-check -r "$ansible_dir/requirements.txt"
+export PATH="$work/venv/bin:$PATH"
+export ANSIBLE_CONFIG="$ansible_dir/ansible.cfg" ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0
+export PYTHONDONTWRITEBYTECODE=1
+export ANSIBLE_LOCAL_TEMP="$work/ansible-local" ANSIBLE_HOME="$work/ansible-home"
+ansible --version
+
+step "inventory filter unit tests"
+python3 -m unittest discover -s "$here" -p 'test_*.py'
+
+step "ansible-lint (production profile), on a copy (it writes a cache into the project)"
+cp -a "$ansible_dir" "$work/lint"
+(cd "$work/lint" && ansible-lint --offline --profile production --strict)
+
+step "ansible-playbook --syntax-check"
+(cd "$ansible_dir" && ansible-playbook -i inventory/example/hosts.yml site.yml --syntax-check)
+
+# --- the binary --------------------------------------------------------------------------------
+bin=${SLUICE_BIN:-}
+if [ -z "$bin" ]; then
+  step "cargo build --release -p sluice --bin sluice"
+  (cd "$repo" && cargo build --release --locked -q -p sluice --bin sluice)
+  bin="${CARGO_TARGET_DIR:-$repo/target}/release/sluice"
+fi
+[ -x "$bin" ] || die "no sluice binary at $bin"
+case "$bin" in /*) ;; *) bin="$PWD/$bin" ;; esac
+
+# --- a Debian 12 root, cached --------------------------------------------------------------------
+# What the role installs with apt is included here, so the runs need no mirror (apt finds it
+# present); python3-apt is what Ansible's apt module needs on the target.
+include=python3,python3-apt,systemd,systemd-sysv,passwd,procps,wireguard-tools,libelf1,zlib1g,ethtool
+key=$(printf '%s %s' "$include" "$mirror" | sha256sum | cut -c1-12)
+tarball="$cache/debian12-$key.tar.gz"
+if [ ! -s "$tarball" ]; then
+  step "debootstrap Debian 12 into the cache ($tarball; once)"
+  mkdir -p "$cache"
+  t0=$SECONDS
+  debootstrap --variant=minbase --include="$include" bookworm "$work/build" "$mirror" \
+    > "$work/debootstrap.log" 2>&1 || { tail -30 "$work/debootstrap.log"; die "debootstrap"; }
+  tar -C "$work/build" -czf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
+  rm -rf --one-file-system "$work/build"
+  echo "debootstrap and archive: $((SECONDS - t0)) s"
+fi
+fresh_root() {
+  mkdir -p "$1"
+  tar -C "$1" -xzf "$tarball"
+}
+
+# Every file's path, type, mode, owner, size and mtime, to prove a root untouched.
+snapshot() { (cd "$1" && find . -xdev -printf '%p %y %m %u %g %s %T@\n' | LC_ALL=C sort | sha256sum); }
+
+playbook() { # playbook ROOT LOG [ARGS...]: site.yml on the root, output to LOG and the console
+  local root=$1 log=$2
+  shift 2
+  (cd "$ansible_dir" && ansible-playbook -i tests/inventory/chroot.yml site.yml \
+    -e "ansible_host=$root" -e "sluice_binary_src=$bin" "$@") > "$log" 2>&1
+}
+recap() { grep -E '^sl-ansible-chroot +:' "$1" || true; }
+
+# --- the real run --------------------------------------------------------------------------------
+root="$work/root"
+fresh_root "$root"
+step "site.yml on a fresh Debian 12 root (chroot connection): first run"
+t0=$SECONDS
+playbook "$root" "$work/run1.log" || { cat "$work/run1.log"; die "the first run failed"; }
+recap "$work/run1.log"
+echo "first run: $((SECONDS - t0)) s"
+recap "$work/run1.log" | grep -q ' failed=0 ' || die "first run had failures"
+recap "$work/run1.log" | grep -Eq ' changed=[1-9]' || die "first run changed nothing"
+
+step "checking the host"
+fail=0
+check() { # check DESCRIPTION COMMAND...
+  if "${@:2}"; then echo "ok: $1"; else echo "NOT OK: $1" >&2; fail=1; fi
+}
+# owners by name as the root's own /etc/passwd has them (uids differ from this machine's)
+mode_is() {
+  local got
+  got=$(chroot "$root" stat -c '%a %U %G' "$1")
+  [ "$got" = "$2" ] || { echo "  $1: $got, want $2" >&2; return 1; }
+}
+has() { grep -qE -- "$2" "$root$1" || { echo "  $1 lacks /$2/" >&2; return 1; }; }
+hasnt_output() { ! grep -qF -- "$1" "$2"; }
+cfg=/etc/sluice
+check "binary installed, same bytes, 0755 root" mode_is /usr/local/bin/sluice "755 root root"
+check "binary is the one built here" cmp -s "$bin" "$root/usr/local/bin/sluice"
+check "system user sluice, no login" grep -Eq '^sluice:x:[0-9]+:[0-9]+:.*:/usr/sbin/nologin$' "$root/etc/passwd"
+check "config dir 0750 root:sluice" mode_is $cfg "750 root sluice"
+check "gateway.toml 0600 sluice" mode_is $cfg/gateway.toml "600 sluice sluice"
+check "wg-quick file 0600 sluice" mode_is $cfg/sluice0.conf "600 sluice sluice"
+check "private key 0600 root" mode_is $cfg/private.key "600 root root"
+check "gateway.toml names the wg-quick file" has $cfg/gateway.toml '^wg_config = "/etc/sluice/sluice0.conf"$'
+check "gateway.toml dataplane" has $cfg/gateway.toml '^workers = 2$'
+check "gateway.toml cores" has $cfg/gateway.toml '^cores = \[0, 1\]$'
+check "gateway.toml outer" has $cfg/gateway.toml '^outer = "eth0"$'
+check "gateway.toml metrics" has $cfg/gateway.toml '^listen = "127.0.0.1:9586"$'
+key=$(tr -d '\n' < "$root$cfg/private.key")
+check "the host-generated key is a WireGuard key" grep -Eq '^[A-Za-z0-9+/]{43}=$' <<<"$key"
+check "the wg-quick file carries the host's key" grep -qxF "PrivateKey = $key" "$root$cfg/sluice0.conf"
+check "three peers rendered" test "$(grep -c '^\[Peer\]' "$root$cfg/sluice0.conf")" = 3
+check "peer allowed IPs rendered" has $cfg/sluice0.conf '^AllowedIPs = 10.77.16.0/24, 192.168.50.0/24$'
+check "peer keepalive rendered" has $cfg/sluice0.conf '^PersistentKeepalive = 25$'
+check "addresses rendered" has $cfg/sluice0.conf '^Address = 10.77.0.1/16, fd77::1/64$'
+unit=/etc/systemd/system/sluice.service
+check "unit 0644" mode_is $unit "644 root root"
+check "unit: dedicated user" has $unit '^User=sluice$'
+check "unit: ambient capabilities, exactly four" has $unit '^AmbientCapabilities=CAP_NET_ADMIN CAP_BPF CAP_NET_RAW CAP_IPC_LOCK$'
+check "unit: bounding set, exactly four" has $unit '^CapabilityBoundingSet=CAP_NET_ADMIN CAP_BPF CAP_NET_RAW CAP_IPC_LOCK$'
+check "unit: restart on failure" has $unit '^Restart=on-failure$'
+check "unit: reload is SIGHUP" has $unit '^ExecReload=/bin/kill -HUP \$MAINPID$'
+check "unit: runs sluice up" has $unit '^ExecStart=/usr/local/bin/sluice up --config /etc/sluice/gateway.toml$'
+check "unit enabled" test -L "$root/etc/systemd/system/multi-user.target.wants/sluice.service"
+check "tuning unit enabled" test -L "$root/etc/systemd/system/multi-user.target.wants/sluice-tuning.service"
+check "sysctl file" has /etc/sysctl.d/60-sluice.conf '^net.ipv4.conf.eth0.rp_filter = 2$'
+check "sysctl forwarding" has /etc/sysctl.d/60-sluice.conf '^net.ipv4.ip_forward = 1$'
+check "tuning script: queues = workers" has /usr/local/lib/sluice-tune '^workers=2$'
+check "tuning script: worker cores" has /usr/local/lib/sluice-tune '^cores=\(0 1\)$'
+check "irqbalance banned from the worker cores" has /etc/default/irqbalance '^IRQBALANCE_BANNED_CPULIST=0,1$'
+check "hardware steps skipped in the chroot" grep -Eq 'skipping: .*\[sl-ansible-chroot\]' \
+  <(grep -A1 'TASK \[sluice : Tune the hardware now' "$work/run1.log")
+check "Prometheus scrape snippet" has /etc/prometheus/scrape.d/sluice.yml '"127.0.0.1:9586"'
+check "Grafana dashboard" cmp -s "$repo/configs/grafana-dashboard.json" "$root/var/lib/grafana/dashboards/sluice.json"
+check "HA off: no keepalived or BIRD configuration" test ! -e "$root/etc/keepalived/keepalived.conf" -a ! -e "$root/etc/bird/bird.conf"
+check "the private key appears in no output" hasnt_output "$key" "$work/run1.log"
+check "sluice check accepts the rendered config (inside the root)" \
+  chroot "$root" /usr/local/bin/sluice check --config /etc/sluice/gateway.toml
+check "the unit file passes systemd-analyze verify (inside the root)" \
+  chroot "$root" systemd-analyze verify --man=no /etc/systemd/system/sluice.service
+((fail == 0)) || die "the host is not as expected"
+
+step "second run: nothing changes"
+playbook "$root" "$work/run2.log" || { cat "$work/run2.log"; die "the second run failed"; }
+recap "$work/run2.log"
+recap "$work/run2.log" | grep -Eq ' changed=0 .* failed=0 ' ||
+  { grep -B2 -E '^changed:' "$work/run2.log" >&2; die "the second run changed something"; }
+
+step "a peer added: the wg-quick file changes and sluice is reloaded, not restarted"
+playbook "$root" "$work/run3.log" -e "@$here/vars/peer-added.yml" || { cat "$work/run3.log"; die "the peer run failed"; }
+recap "$work/run3.log"
+grep -q 'RUNNING HANDLER \[sluice : Reload sluice\]' "$work/run3.log" || die "no reload after a peer change"
+! grep -q 'RUNNING HANDLER \[sluice : Restart sluice\]' "$work/run3.log" || die "a peer change restarted sluice"
+[ "$(grep -c '^\[Peer\]' "$root$cfg/sluice0.conf")" = 4 ] || die "the fourth peer is not in the file"
+chroot "$root" /usr/local/bin/sluice check --config /etc/sluice/gateway.toml
+
+# --- bad inventories -------------------------------------------------------------------------------
+step "bad inventories fail before anything changes"
+pristine="$work/pristine"
+fresh_root "$pristine"
+before=$(snapshot "$pristine")
+bad() { # bad VARS_FILE EXPECTED_MESSAGE
+  local log="$work/bad-$(basename "$1" .yml).log"
+  if playbook "$pristine" "$log" -e "@$here/vars/$1"; then
+    cat "$log"; die "$1: the run succeeded"
+  fi
+  grep -qF -- "$2" "$log" || { cat "$log"; die "$1: no message '$2'"; }
+  grep -q 'TASK \[Gathering Facts\]' "$log" && { cat "$log"; die "$1: reached the host"; }
+  echo "ok: $1 fails with: $(grep -oF -- "$2" "$log" | head -1)"
+}
+bad bad-missing-key.yml "peer 'dave-no-key': missing public_key"
+bad bad-cidr.yml "peer 'erin-bad-cidr': allowed_ips entry '10.77.0.300/32' is not a valid CIDR"
+bad bad-overlap.yml "peer 'frank-overlap': allowed_ips 10.77.16.7/32 overlaps 10.77.16.0/24 of peer 'branch-office'"
+[ "$(snapshot "$pristine")" = "$before" ] || die "a bad inventory changed the root"
+[ ! -e "$pristine/etc/sluice" ] || die "a bad inventory created /etc/sluice"
+echo "ok: the root is untouched"
+
+step "ansible tests passed in $((SECONDS - started)) s"

@@ -88,6 +88,21 @@ pub enum RunError {
     },
 }
 
+/// Make the calling (control-plane) thread yield to the data path: peer changes cost one DH
+/// per added peer, and a stream of `wg set` requests must not take CPU from the workers. On a
+/// machine with idle cores this changes nothing; on a saturated one, changes queue instead.
+fn yield_to_data_path() {
+    // SAFETY: gettid has no preconditions; setpriority on our own thread id only changes this
+    // thread's nice value (a failure leaves it as it was, which is fine).
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, CONTROL_NICE);
+    }
+}
+
+/// The nice value of control-plane threads (the wg API server).
+const CONTROL_NICE: libc::c_int = 10;
+
 /// Start one worker thread over any outer and inner side.
 fn spawn_worker<O: io::Outer + 'static, I: io::Inner + 'static>(
     w: Worker<O, I>,
@@ -388,6 +403,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
     let uapi_thread = std::thread::Builder::new()
         .name("sluice-uapi".into())
         .spawn(move || {
+            yield_to_data_path();
             if let Err(e) = uapi.serve(&control, &uapi_stop) {
                 log::error(&format!("wg API socket stopped: {e}"));
             }

@@ -49,6 +49,11 @@ pub struct CompareRecord {
     pub handshakes_per_s: Option<f64>,
     pub handshakes_min: Option<f64>,
     pub handshakes_max: Option<f64>,
+    /// Gateway resident memory per configured peer (memory scenario): the difference between
+    /// the gateway with `users` peers and with one, divided by `users - 1`.
+    pub bytes_per_peer: Option<f64>,
+    /// The gateway's resident memory with `users` peers configured (memory scenario).
+    pub rss_bytes: Option<u64>,
     pub repeats: usize,
     /// Loss above 1 %: the rate is what the gateway delivered under overload, not a lossless
     /// rate.
@@ -106,6 +111,8 @@ impl CompareRecord {
             handshakes_per_s: None,
             handshakes_min: None,
             handshakes_max: None,
+            bytes_per_peer: None,
+            rss_bytes: None,
             repeats: samples.len(),
             lossy: loss_med > LOSSY * 100.0,
             generator_bound,
@@ -131,11 +138,34 @@ impl CompareRecord {
             handshakes_per_s: Some(median(rates)),
             handshakes_min: Some(lo),
             handshakes_max: Some(hi),
+            bytes_per_peer: None,
+            rss_bytes: None,
             repeats: rates.len(),
             lossy: false,
             generator_bound: false,
             samples: Vec::new(),
         }
+    }
+
+    /// A memory-per-peer record: resident memory with `peers` peers and with one.
+    pub fn memory(
+        implementation: &str,
+        mode: &str,
+        peers: u32,
+        rss_one: u64,
+        rss_all: u64,
+    ) -> Self {
+        let mut r = CompareRecord::handshakes(implementation, mode, peers, &[]);
+        r.scenario = "memory".into();
+        r.direction = "-".into();
+        r.handshakes_per_s = None;
+        r.handshakes_min = None;
+        r.handshakes_max = None;
+        r.repeats = 1;
+        r.rss_bytes = Some(rss_all);
+        r.bytes_per_peer =
+            Some((rss_all as f64 - rss_one as f64) / f64::from(peers.saturating_sub(1).max(1)));
+        r
     }
 
     /// "sluice xdp+tun" or "wireguard-go".
@@ -149,7 +179,10 @@ impl CompareRecord {
 
     /// The headline number: Mpps, or handshakes/s.
     pub fn value(&self) -> f64 {
-        self.mpps.or(self.handshakes_per_s).unwrap_or(f64::NAN)
+        self.mpps
+            .or(self.handshakes_per_s)
+            .or(self.bytes_per_peer)
+            .unwrap_or(f64::NAN)
     }
 
     fn group(&self) -> String {
@@ -199,6 +232,15 @@ pub fn table(records: &[CompareRecord]) -> String {
                     errors,
                     flags
                 );
+            } else if r.scenario == "memory" {
+                let _ = writeln!(
+                    out,
+                    "  {:<20} {:>8} bytes per peer (resident {:.1} MiB with {} peers)",
+                    r.who(),
+                    fmt_num(r.bytes_per_peer.unwrap_or(f64::NAN)),
+                    r.rss_bytes.unwrap_or(0) as f64 / 1048576.0,
+                    r.users
+                );
             } else {
                 let _ = writeln!(
                     out,
@@ -224,8 +266,13 @@ pub fn ratios(rows: &[&CompareRecord]) -> Vec<String> {
     for s in rows.iter().filter(|r| r.implementation == "sluice") {
         for o in rows.iter().filter(|r| r.implementation != "sluice") {
             let ratio = s.value() / o.value();
+            let what = if s.scenario == "memory" {
+                " (memory per peer: lower is better)"
+            } else {
+                ""
+            };
             if ratio.is_finite() {
-                v.push(format!("{} / {} = {:.2}x", s.who(), o.who(), ratio));
+                v.push(format!("{} / {} = {:.2}x{what}", s.who(), o.who(), ratio));
             }
         }
     }

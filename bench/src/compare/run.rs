@@ -34,24 +34,22 @@ impl RunResult {
         self.sent as f64 / self.send_time.as_secs_f64().max(1e-9)
     }
 
-    /// The delivered rate, over the sink's window (the gateway's output rate).
+    /// The window rates are taken over: the sink's (first to last accepted packet, which
+    /// includes the gateway draining its queues after the generator stopped), but never
+    /// shorter than the generator's sending time, so a few packets delivered in a burst
+    /// cannot make a rate.
+    fn window(&self) -> Duration {
+        self.sink_time.max(self.send_time)
+    }
+
+    /// The delivered rate (the gateway's output rate).
     pub fn pps(&self) -> f64 {
-        let t = if self.sink_time > Duration::ZERO {
-            self.sink_time
-        } else {
-            self.send_time
-        };
-        self.delivered as f64 / t.as_secs_f64().max(1e-9)
+        self.delivered as f64 / self.window().as_secs_f64().max(1e-9)
     }
 
     /// Inner bits per second delivered.
     pub fn bps(&self) -> f64 {
-        let t = if self.sink_time > Duration::ZERO {
-            self.sink_time
-        } else {
-            self.send_time
-        };
-        self.delivered_bytes as f64 * 8.0 / t.as_secs_f64().max(1e-9)
+        self.delivered_bytes as f64 * 8.0 / self.window().as_secs_f64().max(1e-9)
     }
 
     /// Fraction of sent packets not delivered.

@@ -474,6 +474,12 @@ fn appliance_mode_forwards_through_af_xdp_on_both_nics() {
         tx > tun_tx,
         "inner tx: {tx} through AF_XDP, {tun_tx} through the TUN"
     );
+    // And the decryption wrote those packets straight into the inner NIC's frames.
+    let direct: u64 = inner.sockets.iter().map(|k| k.direct).sum();
+    assert!(
+        direct > tx / 2,
+        "{direct} of {tx} inner frames decrypted in place of a copy"
+    );
     assert!(x.counter("redirect") > 0, "outer redirect");
     for k in x.sockets.iter().chain(&inner.sockets) {
         let f = &k.frames;

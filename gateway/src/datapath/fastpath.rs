@@ -344,6 +344,7 @@ impl FastPath {
                         "rx_fallback": s.stats.rx_fallback.load(Ordering::Relaxed),
                         "tx_fallback": s.stats.tx_fallback.load(Ordering::Relaxed),
                         "malformed": s.stats.malformed.load(Ordering::Relaxed),
+                        "direct": s.stats.direct.load(Ordering::Relaxed),
                         "frames": {"total": r.total, "free": r.free, "in_fill": r.in_fill,
                                    "in_tx": r.in_tx, "lost": r.lost, "violations": r.violations},
                     })

@@ -29,6 +29,16 @@ pub trait Outer: Send + Sync {
     }
 }
 
+/// A frame an inner side lends (appliance mode) so a packet is decrypted straight into it:
+/// the decryption's output is then the only copy. `buf` is where the IP packet goes; the
+/// inner side keeps room for its link-layer header in front. Give it back through
+/// [`Inner::send_frame`] or [`Inner::return_frame`].
+#[derive(Debug)]
+pub struct InnerFrame<'a> {
+    pub buf: &'a mut [u8],
+    pub(crate) desc: xsk_rs::FrameDesc,
+}
+
 /// The inner (tunnel) side of a worker.
 pub trait Inner: Send {
     /// Read one packet without blocking; `None` when nothing waits.
@@ -44,6 +54,17 @@ pub trait Inner: Send {
     /// Push out packets written so far (an inner side that batches its writes); the worker
     /// calls it after each received batch.
     fn flush(&self) {}
+    /// A frame of at least `len` bytes to decrypt a packet into, if this side transmits from
+    /// frames of its own; `None` (the default): decrypt in place and [`Inner::write`].
+    fn lend_frame(&self, _len: usize) -> Option<InnerFrame<'_>> {
+        None
+    }
+    /// Send the IP packet at `packet` (a range of `frame.buf`); false if it was dropped.
+    fn send_frame(&self, _frame: InnerFrame<'_>, _packet: std::ops::Range<usize>) -> bool {
+        false
+    }
+    /// Give back a lent frame unused (its packet failed a check).
+    fn return_frame(&self, _frame: InnerFrame<'_>) {}
 }
 
 impl Outer for UdpSocket {

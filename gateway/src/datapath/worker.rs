@@ -10,12 +10,12 @@
 //! - **Timers** for the peers this worker owns fire from its own deadline heap.
 
 use super::icmp::IcmpReplies;
-use super::io::{send_transmits, Inner, Outer};
+use super::io::{send_transmits, Inner, InnerFrame, Outer};
 use super::peers::PeerTable;
 use super::shared::{lock, Deadline, Shared};
 use super::udp::{RecvBatch, Segments, BATCH, MAX_SEGMENTS};
 use crate::crypto::batch::{
-    open_batch_in_place, seal_batch_in_place, OpenInPlaceJob, SealInPlaceJob,
+    open_batch, open_batch_in_place, seal_batch_in_place, OpenInPlaceJob, OpenJob, SealInPlaceJob,
 };
 use crate::proto::effects::{Context, Event, Outbox, Sent};
 use crate::proto::ip;
@@ -277,12 +277,29 @@ impl<O: Outer, I: Inner> Worker<O, I> {
             self.tun.flush();
             return n;
         }
-        let results = open_all(&mut l.rx, &l.opens);
-        for (p, opened) in l.opens.iter().zip(results) {
+        // An inner side that transmits from frames of its own (appliance mode) lends one per
+        // message, and the open writes the plaintext straight into it.
+        let mut lent: Vec<Option<InnerFrame<'_>>> = l
+            .opens
+            .iter()
+            .map(|p| {
+                let len = l.rx.get_mut(p.index).map_or(0, |(_, d)| d.len());
+                self.tun
+                    .lend_frame(len.saturating_sub(PAYLOAD_START + crate::crypto::TAG_LEN))
+            })
+            .collect();
+        let results = open_all(&mut l.rx, &l.opens, &mut lent);
+        for ((p, opened), frame) in l.opens.iter().zip(results).zip(lent) {
             let Some((src, datagram)) = l.rx.get_mut(p.index) else {
+                if let Some(f) = frame {
+                    self.tun.return_frame(f);
+                }
                 continue;
             };
             let Some(plain_len) = opened else {
+                if let Some(f) = frame {
+                    self.tun.return_frame(f);
+                }
                 l.drops.count(DropReason::DecryptFailed);
                 continue;
             };
@@ -301,15 +318,38 @@ impl<O: Outer, I: Inner> Worker<O, I> {
                 .unwrap_or(Err(DropReason::UnknownIndex));
             let payload = match finished {
                 Ok(payload) if payload.is_empty() => {
+                    if let Some(f) = frame {
+                        self.tun.return_frame(f);
+                    }
                     l.rx_packets += 1;
                     continue;
                 }
                 Ok(payload) => payload,
                 Err(reason) => {
+                    if let Some(f) = frame {
+                        self.tun.return_frame(f);
+                    }
                     l.drops.count(reason);
                     continue;
                 }
             };
+            if let Some(f) = frame {
+                // Opened out of place: the plaintext is at the start of the lent frame.
+                match check_source(&table.allowed_ips, p.peer, f.buf, 0..payload.len()) {
+                    Ok(range) => {
+                        if self.tun.send_frame(f, range) {
+                            l.rx_packets += 1;
+                        } else {
+                            l.drops.count(DropReason::InnerQueueFull);
+                        }
+                    }
+                    Err(reason) => {
+                        self.tun.return_frame(f);
+                        l.drops.count(reason);
+                    }
+                }
+                continue;
+            }
             match check_source(&table.allowed_ips, p.peer, datagram, payload) {
                 Ok(range) => {
                     if self.tun.write(&datagram[range]) {
@@ -471,27 +511,49 @@ impl Run {
 
 /// Classify one datagram. Transport data is decrypted and checked, returning the inner
 /// packet's range (`None` for a keepalive or a message handed to the handshake threads).
-/// Open every pending transport message of the batch in one batched AEAD call (in place);
-/// returns each one's plaintext length, `None` where the tag did not verify.
-fn open_all(rx: &mut RecvBatch, opens: &[PendingOpen]) -> Vec<Option<usize>> {
+/// Open every pending transport message of the batch in batched AEAD calls: out of place into
+/// the frame lent for it where there is one, else in place. Returns each one's plaintext
+/// length, `None` where the tag did not verify (or the message could not be opened).
+fn open_all(
+    rx: &mut RecvBatch,
+    opens: &[PendingOpen],
+    lent: &mut [Option<InnerFrame<'_>>],
+) -> Vec<Option<usize>> {
     let mut slices = rx.slices_mut().into_iter().enumerate();
-    let mut jobs: Vec<OpenInPlaceJob> = Vec::with_capacity(opens.len());
-    for p in opens {
+    let (mut place_ks, mut place_jobs) = (Vec::new(), Vec::<OpenInPlaceJob>::new());
+    let (mut frame_ks, mut frame_jobs) = (Vec::new(), Vec::<OpenJob>::new());
+    for (k, (p, frame)) in opens.iter().zip(lent.iter_mut()).enumerate() {
         // `opens` is in batch order, so one pass over the slices finds them all.
-        if let Some((_, d)) = slices.find(|(j, _)| *j == p.index) {
-            if let Some(sealed) = d.get_mut(PAYLOAD_START..) {
-                jobs.push(OpenInPlaceJob::new(&p.key, p.counter, sealed));
-                continue;
+        let Some(sealed) = slices
+            .find(|(j, _)| *j == p.index)
+            .and_then(|(_, d)| d.get_mut(PAYLOAD_START..))
+        else {
+            continue; // not reachable for a classified message; it stays unopened
+        };
+        match frame {
+            Some(f) => {
+                frame_ks.push(k);
+                frame_jobs.push(OpenJob::new(&p.key, p.counter, sealed, &mut *f.buf));
+            }
+            None => {
+                place_ks.push(k);
+                place_jobs.push(OpenInPlaceJob::new(&p.key, p.counter, sealed));
             }
         }
-        // Not reachable for a classified message; keeps the jobs aligned with `opens`.
-        jobs.push(OpenInPlaceJob::new(&p.key, p.counter, &mut []));
     }
-    match open_batch_in_place(&mut jobs) {
-        Ok(_) => jobs.iter().map(|j| j.result().ok()).collect(),
-        // A malformed batch opens nothing: all fail (counted as decrypt failures).
-        Err(_) => vec![None; opens.len()],
+    let mut results = vec![None; opens.len()];
+    // A malformed batch opens nothing: all fail (counted as decrypt failures).
+    if !frame_jobs.is_empty() && open_batch(&mut frame_jobs).is_ok() {
+        for (k, j) in frame_ks.into_iter().zip(&frame_jobs) {
+            results[k] = j.result().ok();
+        }
     }
+    if !place_jobs.is_empty() && open_batch_in_place(&mut place_jobs).is_ok() {
+        for (k, j) in place_ks.into_iter().zip(&place_jobs) {
+            results[k] = j.result().ok();
+        }
+    }
+    results
 }
 
 /// Seal every deferred message of the send batch in one batched AEAD call.

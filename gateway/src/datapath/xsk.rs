@@ -121,6 +121,9 @@ impl Neighbours {
     }
 }
 
+/// Fills in a frame about to be transmitted (e.g. its link-layer header); false: don't send.
+pub(super) type FrameWrite<'a> = dyn Fn(&mut [u8]) -> bool + 'a;
+
 /// Where a UMEM frame is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Place {
@@ -431,6 +434,52 @@ impl Rings {
             let _ = fd_poll(fd.as_raw_fd());
         }
         n
+    }
+
+    /// Lend a free frame whose data area holds at least `len` bytes (marked held in the
+    /// ledger until [`Rings::settle`]): its descriptor, and the address and size of its data
+    /// area, for a packet to be written into it directly.
+    pub(super) fn lend(&mut self, len: usize) -> Option<(FrameDesc, *mut u8, usize)> {
+        let mut desc = self.free.pop()?;
+        // SAFETY: `desc` came off our free list, so it is a frame of this UMEM that neither
+        // the kernel nor any other code is using.
+        let mut data = unsafe { self.umem.data_mut(&mut desc) };
+        let cap = {
+            let mut cur = data.cursor();
+            let cap = cur.buf_len();
+            cur.set_pos(cap);
+            cap
+        };
+        if cap < len {
+            self.free.push(desc);
+            return None;
+        }
+        let ptr = data.contents_mut().as_mut_ptr();
+        self.ledger.moved(desc.addr(), Place::Free, Place::Held);
+        Some((desc, ptr, cap))
+    }
+
+    /// A lent frame comes back: to be transmitted (`Some((len, write))`: its first `len`
+    /// bytes, after `write` filled in the header), or unused (`None`).
+    pub(super) fn settle(
+        &mut self,
+        mut desc: FrameDesc,
+        send: Option<(usize, &FrameWrite<'_>)>,
+    ) -> Option<FrameDesc> {
+        self.ledger.moved(desc.addr(), Place::Held, Place::Free);
+        let Some((len, write)) = send else {
+            self.free.push(desc);
+            return None;
+        };
+        // SAFETY: a lent frame of this UMEM; the borrower has given it back, so nothing else
+        // uses it until it goes on the tx ring.
+        let mut data = unsafe { self.umem.data_mut(&mut desc) };
+        data.cursor().set_pos(len);
+        if data.contents().len() != len || !write(data.contents_mut()) {
+            self.free.push(desc);
+            return None;
+        }
+        Some(desc)
     }
 
     /// Take a free frame, size it to `len` bytes and let `write` fill it; `None` (the frame

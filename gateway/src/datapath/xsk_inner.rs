@@ -17,7 +17,7 @@
 //! instead: the kernel resolves the neighbour and forwards it, and the next packets find it.
 
 use super::frame::{self, Mac, ETH_HLEN};
-use super::io::Inner;
+use super::io::{Inner, InnerFrame};
 use super::neigh::NeighbourCache;
 use super::shared::lock;
 use super::tun::TunQueue;
@@ -46,6 +46,8 @@ pub struct InnerStats {
     pub tx_fallback: AtomicU64,
     /// Frames from the ring that held no IP packet (dropped).
     pub malformed: AtomicU64,
+    /// Packets decrypted straight into a frame of this socket (no copy after decryption).
+    pub direct: AtomicU64,
 }
 
 /// One AF_XDP socket on one inner NIC queue.
@@ -144,6 +146,10 @@ impl ApplianceInner {
         }
     }
 
+    fn return_frame_desc(&self, desc: FrameDesc) {
+        lock(&self.xsk.sock.rings).settle(desc, None);
+    }
+
     fn to_tun(&self, packet: &[u8]) -> bool {
         let ok = self.tun.write(packet).unwrap_or(false);
         if ok {
@@ -221,6 +227,59 @@ impl Inner for ApplianceInner {
 
     fn flush(&self) {
         self.transmit_pending();
+    }
+
+    fn lend_frame(&self, len: usize) -> Option<InnerFrame<'_>> {
+        let (desc, ptr, cap) = lock(&self.xsk.sock.rings).lend(ETH_HLEN + len)?;
+        // SAFETY: `ptr` is the data area (`cap` bytes) of a UMEM frame just taken off the
+        // free list and marked held: neither the kernel nor other code touches it until it
+        // comes back through `send_frame` or `return_frame`, and the UMEM mapping lives as
+        // long as `self.xsk`, which `self` (and so this borrow) keeps alive.
+        let area = unsafe { std::slice::from_raw_parts_mut(ptr, cap) };
+        Some(InnerFrame {
+            buf: &mut area[ETH_HLEN..ETH_HLEN + len],
+            desc,
+        })
+    }
+
+    fn send_frame(&self, frame: InnerFrame<'_>, packet: std::ops::Range<usize>) -> bool {
+        let InnerFrame { buf, desc } = frame;
+        let Some(ip) = buf.get(packet.clone()) else {
+            self.return_frame_desc(desc);
+            return false;
+        };
+        let dst_mac = self
+            .next_hops
+            .of(ip)
+            .and_then(|hop| self.neighbours.borrow_mut().lookup(hop, Instant::now()));
+        let Some(dst_mac) = dst_mac else {
+            let ok = self.to_tun(ip);
+            self.return_frame_desc(desc);
+            return ok;
+        };
+        if packet.start != 0 {
+            buf.copy_within(packet.clone(), 0);
+        }
+        let len = ETH_HLEN + packet.len();
+        let write = |f: &mut [u8]| frame::build_ethernet(f, &dst_mac, &self.mac).is_some();
+        let desc = lock(&self.xsk.sock.rings).settle(desc, Some((len, &write)));
+        let Some(desc) = desc else {
+            return false;
+        };
+        self.xsk.stats.direct.fetch_add(1, Ordering::Relaxed);
+        let full = {
+            let mut p = self.pending.borrow_mut();
+            p.push(desc);
+            p.len() >= TX_BATCH
+        };
+        if full {
+            self.transmit_pending();
+        }
+        true
+    }
+
+    fn return_frame(&self, frame: InnerFrame<'_>) {
+        self.return_frame_desc(frame.desc);
     }
 
     fn readiness_fd(&self) -> Option<RawFd> {

@@ -281,6 +281,9 @@ pub struct XskStatus {
     pub tx_frames: u64,
     pub rx_fallback: u64,
     pub tx_fallback: u64,
+    /// Inner sockets: packets decrypted straight into one of their frames.
+    #[serde(default)]
+    pub direct: u64,
     pub frames: FrameStatus,
 }
 

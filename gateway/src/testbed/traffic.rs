@@ -153,6 +153,26 @@ pub fn iperf3_client(
     port: u16,
     opts: &IperfOpts,
 ) -> Result<IperfResult> {
+    // An iperf3 server takes a moment to be ready for the next test after one ends, and says
+    // "the server is busy" meanwhile: try again then (only then).
+    let mut attempt = 0;
+    loop {
+        match iperf3_client_once(ns, server, port, opts) {
+            Err(e) if attempt < 20 && e.to_string().contains("server is busy") => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            r => return r,
+        }
+    }
+}
+
+fn iperf3_client_once(
+    ns: &Netns,
+    server: IpAddr,
+    port: u16,
+    opts: &IperfOpts,
+) -> Result<IperfResult> {
     let mut c = ns.command(&Tool::Iperf3.path().to_string_lossy());
     c.args(["-J", "--connect-timeout", "5000", "-c"])
         .arg(server.to_string())

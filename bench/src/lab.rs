@@ -453,8 +453,14 @@ fn print_summary(
         }
         for k in &x.sockets {
             println!(
-                "  AF_XDP queue {} ({}): {} frames in, {} out; UMEM {} frames, {} lost",
-                k.queue, k.mode, k.rx_frames, k.tx_frames, k.frames.total, k.frames.lost
+                "  AF_XDP queue {} ({}): {} frames in, {} out; UMEM {} frames, {} lost; kernel dropped {}",
+                k.queue,
+                k.mode,
+                k.rx_frames,
+                k.tx_frames,
+                k.frames.total,
+                k.frames.lost,
+                k.kernel_drops.values().sum::<u64>()
             );
         }
     }

@@ -201,6 +201,15 @@ fn steers_wireguard_and_passes_everything_else() {
     );
     for q in ["0", "1"] {
         assert_eq!(m.value("sluice_xsk_umem_frames_lost", &[("queue", q)]), 0.0);
+        // The kernel's own AF_XDP drop counters are exported (whatever they say here).
+        let full = m.value(
+            "sluice_xsk_kernel_drops_total",
+            &[("queue", q), ("reason", "rx_ring_full")],
+        );
+        assert!(full >= 0.0);
+    }
+    for k in &after.sockets {
+        assert_eq!(k.kernel_drops.len(), 5, "{k:?}");
     }
     let rx: f64 = ["0", "1"]
         .iter()

@@ -24,7 +24,7 @@
 use super::netdev;
 use super::peers::PeerTable;
 use super::udp::UdpSocket;
-use super::xsk::{FrameReport, Neighbours, XskError, XskMode, XskOuter};
+use super::xsk::{FrameReport, Neighbours, XskError, XskMode, XskOuter, KERNEL_DROP_REASONS};
 use super::xsk_inner::{NextHops, XskInner};
 use crate::log;
 use crate::xdp::{AttachMode, XdpCounters, XdpError, XdpInnerCounters, XdpProgram};
@@ -262,6 +262,7 @@ impl FastPath {
                 rx_kernel: s.stats.rx_fallback.load(Ordering::Relaxed),
                 tx_kernel: s.stats.tx_fallback.load(Ordering::Relaxed),
                 lost: s.frame_report().lost as u64,
+                kernel_drops: s.kernel_drops(),
             })
             .collect()
     }
@@ -287,6 +288,7 @@ impl FastPath {
                 rx_kernel: s.stats.rx_fallback.load(Ordering::Relaxed),
                 tx_kernel: s.stats.tx_fallback.load(Ordering::Relaxed),
                 lost: s.frame_report().lost as u64,
+                kernel_drops: s.kernel_drops(),
             })
             .collect()
     }
@@ -310,9 +312,15 @@ impl FastPath {
             .iter()
             .map(|s| {
                 let r = s.frame_report();
+                let kernel: serde_json::Map<String, Value> = KERNEL_DROP_REASONS
+                    .iter()
+                    .zip(s.kernel_drops())
+                    .map(|(k, n)| (k.to_string(), json!(n)))
+                    .collect();
                 json!({
                     "queue": s.queue,
                     "mode": s.mode.label(),
+                    "kernel_drops": kernel,
                     "rx_frames": s.stats.rx_frames.load(Ordering::Relaxed),
                     "tx_frames": s.stats.tx_frames.load(Ordering::Relaxed),
                     "rx_fallback": s.stats.rx_fallback.load(Ordering::Relaxed),
@@ -336,9 +344,15 @@ impl FastPath {
                 .iter()
                 .map(|s| {
                     let r = s.frame_report();
+                    let kernel: serde_json::Map<String, Value> = KERNEL_DROP_REASONS
+                        .iter()
+                        .zip(s.kernel_drops())
+                        .map(|(k, n)| (k.to_string(), json!(n)))
+                        .collect();
                     json!({
                         "queue": s.queue,
                         "mode": s.mode.label(),
+                        "kernel_drops": kernel,
                         "rx_frames": s.stats.rx_frames.load(Ordering::Relaxed),
                         "tx_frames": s.stats.tx_frames.load(Ordering::Relaxed),
                         "rx_fallback": s.stats.rx_fallback.load(Ordering::Relaxed),

@@ -124,6 +124,16 @@ impl Neighbours {
 /// Fills in a frame about to be transmitted (e.g. its link-layer header); false: don't send.
 pub(super) type FrameWrite<'a> = dyn Fn(&mut [u8]) -> bool + 'a;
 
+/// What the kernel dropped or refused on one AF_XDP socket (`XDP_STATISTICS`): packets the
+/// XDP program redirected that never reached the rx ring, and descriptors it refused.
+pub const KERNEL_DROP_REASONS: [&str; 5] = [
+    "rx_dropped",
+    "rx_ring_full",
+    "rx_fill_ring_empty",
+    "rx_invalid_desc",
+    "tx_invalid_desc",
+];
+
 /// Where a UMEM frame is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Place {
@@ -285,6 +295,11 @@ impl XskOuter {
     pub fn frame_report(&self) -> FrameReport {
         self.sock.frame_report()
     }
+
+    /// See [`XskSocket::kernel_drops`].
+    pub fn kernel_drops(&self) -> [u64; 5] {
+        self.sock.kernel_drops()
+    }
 }
 
 impl XskSocket {
@@ -358,6 +373,22 @@ impl XskSocket {
     /// The socket descriptor, for the XSKMAP.
     pub fn fd(&self) -> RawFd {
         self.fd
+    }
+
+    /// The kernel's drop counters for this socket, in [`KERNEL_DROP_REASONS`] order (zeros if
+    /// the kernel won't say).
+    pub fn kernel_drops(&self) -> [u64; 5] {
+        let r = lock(&self.rings);
+        match r.rx.fd().xdp_statistics() {
+            Ok(s) => [
+                s.rx_dropped(),
+                s.rx_ring_full(),
+                s.rx_fill_ring_empty_descs(),
+                s.rx_invalid_descs(),
+                s.tx_invalid_descs(),
+            ],
+            Err(_) => [0; 5],
+        }
     }
 
     /// Take back completed transmits and report where every frame is.

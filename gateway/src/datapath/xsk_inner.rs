@@ -78,6 +78,11 @@ impl XskInner {
     pub fn frame_report(&self) -> FrameReport {
         self.sock.frame_report()
     }
+
+    /// See [`super::xsk::XskSocket::kernel_drops`].
+    pub fn kernel_drops(&self) -> [u64; 5] {
+        self.sock.kernel_drops()
+    }
 }
 
 /// Where decrypted packets go on the inside: the inside gateway per family, else the packet's

@@ -53,6 +53,21 @@ fn families(snap: &Snapshot) -> Vec<MetricFamily> {
         xsk_lost(&snap.xsk),
     ));
     mfs.push(family(
+        "sluice_xsk_kernel_drops_total",
+        "Packets the kernel dropped on each AF_XDP socket (rx ring full, fill ring empty, ...), from XDP_STATISTICS",
+        MetricType::COUNTER,
+        snap.xsk
+            .iter()
+            .flat_map(|x| {
+                let q = x.queue.to_string();
+                crate::datapath::xsk::KERNEL_DROP_REASONS
+                    .iter()
+                    .zip(x.kernel_drops)
+                    .map(move |(r, n)| counter(labels(&[("queue", &q), ("reason", r)]), n))
+            })
+            .collect(),
+    ));
+    mfs.push(family(
         "sluice_xdp_inner_verdicts_total",
         "Packets the inner-NIC XDP program (appliance mode) gave each verdict",
         MetricType::COUNTER,

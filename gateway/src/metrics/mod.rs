@@ -26,6 +26,7 @@
 //! | `sluice_xdp_verdicts_total` | counter | `verdict` (`redirect`, `pass`, `drop`), `reason` |
 //! | `sluice_xsk_frames_total` | counter | `queue`, `direction` (`rx`, `tx`, `rx_kernel`, `tx_kernel`) |
 //! | `sluice_xsk_umem_frames_lost` | gauge (must be 0) | `queue` |
+//! | `sluice_xsk_kernel_drops_total` | counter | `queue`, `reason` (the kernel's `XDP_STATISTICS`) |
 //! | `sluice_xdp_inner_verdicts_total` | counter | `verdict`, `reason` (appliance mode's inner-NIC program) |
 //! | `sluice_xsk_inner_frames_total` | counter | `queue`, `direction` (`rx`, `tx`, `rx_kernel`, `tx_kernel`: through the TUN) |
 //! | `sluice_xsk_inner_umem_frames_lost` | gauge (must be 0) | `queue` |
@@ -127,6 +128,8 @@ pub struct XskSample {
     pub rx_kernel: u64,
     pub tx_kernel: u64,
     pub lost: u64,
+    /// What the kernel dropped, in `datapath::xsk::KERNEL_DROP_REASONS` order.
+    pub kernel_drops: [u64; 5],
 }
 
 /// Everything one scrape reports. The source builds it without blocking the data path

@@ -284,6 +284,9 @@ pub struct XskStatus {
     /// Inner sockets: packets decrypted straight into one of their frames.
     #[serde(default)]
     pub direct: u64,
+    /// What the kernel dropped on the socket, by reason (`rx_ring_full`, ...).
+    #[serde(default)]
+    pub kernel_drops: BTreeMap<String, u64>,
     pub frames: FrameStatus,
 }
 

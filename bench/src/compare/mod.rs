@@ -75,6 +75,13 @@ pub struct Args {
     /// (against one peer); 0 skips it
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=i64::from(users::MAX_USERS)))]
     memory_peers: u32,
+    /// Probes of the search for the highest rate with at most 1 % loss, per size (0: no
+    /// search)
+    #[arg(long, default_value_t = 5)]
+    search_steps: u32,
+    /// Seconds per search probe
+    #[arg(long, default_value_t = 1.0)]
+    search_seconds: f64,
     /// Memory for the pre-encrypted datagrams of one run, MiB
     #[arg(long, default_value_t = 1024)]
     pool_mib: usize,
@@ -118,6 +125,8 @@ struct Plan {
     pool_mib: usize,
     memory_peers: u32,
     quick: bool,
+    search_steps: u32,
+    search_seconds: f64,
 }
 
 impl Plan {
@@ -137,6 +146,8 @@ impl Plan {
                 pool_mib: args.pool_mib.min(8),
                 memory_peers: args.memory_peers.min(200),
                 quick: true,
+                search_steps: args.search_steps.min(2),
+                search_seconds: 0.2,
             });
         }
         Ok(Plan {
@@ -148,6 +159,8 @@ impl Plan {
             pool_mib: args.pool_mib,
             memory_peers: args.memory_peers,
             quick: false,
+            search_steps: args.search_steps,
+            search_seconds: args.search_seconds,
         })
     }
 }
@@ -418,14 +431,14 @@ fn measure(
             );
             samples.push(s);
         }
-        out.push(CompareRecord::throughput(
-            name,
-            mode,
-            &mix.label(),
-            plan.users,
-            samples,
-            gen_bound,
-        ));
+        let mut rec =
+            CompareRecord::throughput(name, mode, &mix.label(), plan.users, samples, gen_bound);
+        if plan.search_steps > 0 && args.rate.is_none() {
+            let found = search_lossless(plan, &rec, mix, topo, &sock, users, run_id)?;
+            rec.lossless_mpps = found.as_ref().map(|r| r.pps() / 1e6);
+            rec.lossless_gbps = found.map(|r| r.bps() / 1e9);
+        }
+        out.push(rec);
     }
     out.push(CompareRecord::handshakes(
         name,
@@ -434,6 +447,74 @@ fn measure(
         &handshake_rates,
     ));
     Ok(out)
+}
+
+/// The highest paced rate with at most 1 % loss, by bisection between 0 and the highest rate
+/// the generator offered in the maximum-rate runs; the first probe is at the median rate
+/// delivered there. Returns the best lossless probe.
+fn search_lossless(
+    plan: &Plan,
+    rec: &CompareRecord,
+    mix: SizeMix,
+    topo: &GenTopology,
+    sock: &io::GenSocket,
+    users: &mut users::Users,
+    run_id: &mut u32,
+) -> Result<Option<run::RunResult>, String> {
+    let mut lo = 0.0_f64;
+    let mut hi = rec
+        .samples
+        .iter()
+        .map(|s| s.offered_mpps * 1e6)
+        .fold(0.0, f64::max);
+    let mut rate = rec.mpps.unwrap_or(0.0) * 1e6;
+    let mut best: Option<run::RunResult> = None;
+    for step in 0..plan.search_steps {
+        if rate < 1000.0 {
+            break;
+        }
+        users.handshake_all(sock, 64, Duration::from_secs(1), Duration::from_secs(120))?;
+        *run_id += 1;
+        let total = (rate * plan.search_seconds).max(f64::from(plan.users)) as u64;
+        let pool = users.encrypt_pool(*run_id, total, mix, 2)?;
+        let spec = run::RunSpec {
+            run: *run_id,
+            users: plan.users,
+            sink_port: SINK_PORT,
+            seconds: plan.search_seconds * 1.5,
+            rate: Some(rate),
+        };
+        let r = run::timed_run(topo, sock, &pool, spec)?;
+        let offered_ok = r.offered_pps() >= 0.95 * rate;
+        let ok = offered_ok && r.loss() <= output::LOSSY;
+        println!(
+            "  {:>5} B search {}/{}: {:.3} Mpps asked, {:.3} offered, {:.3} delivered, loss {:.2}% -> {}",
+            mix.label(),
+            step + 1,
+            plan.search_steps,
+            rate / 1e6,
+            r.offered_pps() / 1e6,
+            r.pps() / 1e6,
+            r.loss() * 100.0,
+            if ok {
+                "lossless"
+            } else if !offered_ok {
+                "generator could not offer it"
+            } else {
+                "lossy"
+            }
+        );
+        if ok {
+            lo = rate;
+            if best.as_ref().is_none_or(|b| r.pps() > b.pps()) {
+                best = Some(r);
+            }
+        } else {
+            hi = rate;
+        }
+        rate = (lo + hi) / 2.0;
+    }
+    Ok(best)
 }
 
 /// The memory scenario: each gateway's resident memory with `plan.memory_peers` peers

@@ -45,6 +45,10 @@ pub struct CompareRecord {
     pub loss: Option<f64>,
     pub mpps_min: Option<f64>,
     pub mpps_max: Option<f64>,
+    /// The highest paced rate the search found with at most 1 % loss (delivered Mpps, inner
+    /// Gbit/s); null if the search was off or no probe was lossless.
+    pub lossless_mpps: Option<f64>,
+    pub lossless_gbps: Option<f64>,
     /// Handshakes per second (handshakes scenario), median.
     pub handshakes_per_s: Option<f64>,
     pub handshakes_min: Option<f64>,
@@ -108,6 +112,8 @@ impl CompareRecord {
             loss: Some(loss_med),
             mpps_min: Some(lo),
             mpps_max: Some(hi),
+            lossless_mpps: None,
+            lossless_gbps: None,
             handshakes_per_s: None,
             handshakes_min: None,
             handshakes_max: None,
@@ -135,6 +141,8 @@ impl CompareRecord {
             loss: None,
             mpps_min: None,
             mpps_max: None,
+            lossless_mpps: None,
+            lossless_gbps: None,
             handshakes_per_s: Some(median(rates)),
             handshakes_min: Some(lo),
             handshakes_max: Some(hi),
@@ -220,9 +228,15 @@ pub fn table(records: &[CompareRecord]) -> String {
                 .collect::<Vec<_>>()
                 .join(", ");
                 let errors: u64 = r.samples.iter().map(|s| s.errors).sum();
+                let lossless = match (r.lossless_mpps, r.lossless_gbps) {
+                    (Some(m), Some(g)) => {
+                        format!("{:>8} Mpps {:>7} Gbit/s", fmt_num(m), fmt_num(g))
+                    }
+                    _ => format!("{:>25}", "-"),
+                };
                 let _ = writeln!(
                     out,
-                    "  {:<20} {:>8} Mpps [{}-{}]  {:>7} Gbit/s  loss {:>6.2}%  sink errors {}  {}",
+                    "  {:<20} at <=1% loss {lossless} | max rate {:>8} Mpps [{}-{}]  {:>7} Gbit/s  loss {:>6.2}%  sink errors {}  {}",
                     r.who(),
                     fmt_num(r.mpps.unwrap_or(f64::NAN)),
                     fmt_num(r.mpps_min.unwrap_or(f64::NAN)),
@@ -271,6 +285,21 @@ pub fn ratios(rows: &[&CompareRecord]) -> Vec<String> {
             } else {
                 ""
             };
+            if let (Some(a), Some(b)) = (s.lossless_mpps, o.lossless_mpps) {
+                if (a / b).is_finite() {
+                    v.push(format!(
+                        "{} / {} = {:.2}x at <=1% loss",
+                        s.who(),
+                        o.who(),
+                        a / b
+                    ));
+                }
+            }
+            let what = if s.scenario == "throughput" {
+                " at max rate"
+            } else {
+                what
+            };
             if ratio.is_finite() {
                 v.push(format!("{} / {} = {:.2}x{what}", s.who(), o.who(), ratio));
             }
@@ -311,9 +340,26 @@ pub fn svg(records: &[CompareRecord], title: &str) -> String {
     let mut who: Vec<String> = records.iter().map(CompareRecord::who).collect();
     who.sort();
     who.dedup();
+    let lossless: Vec<CompareRecord> = records
+        .iter()
+        .filter(|r| r.scenario == "throughput")
+        .filter_map(|r| {
+            let mut c = r.clone();
+            c.mpps = Some(r.lossless_mpps?);
+            c.mpps_min = None;
+            c.mpps_max = None;
+            c.lossy = false;
+            Some(c)
+        })
+        .collect();
     let panels: Vec<(&str, &str, Vec<&CompareRecord>)> = vec![
         (
-            "throughput, users -> inside (Mpps, median of repeats; whiskers: min-max)",
+            "throughput at <=1% loss, users -> inside (Mpps, highest lossless paced rate found)",
+            "Mpps",
+            lossless.iter().collect(),
+        ),
+        (
+            "throughput at maximum offered rate, users -> inside (Mpps delivered, median; whiskers: min-max)",
             "Mpps",
             records
                 .iter()
@@ -489,7 +535,7 @@ mod tests {
     }
 
     fn records() -> Vec<CompareRecord> {
-        vec![
+        let mut v = vec![
             CompareRecord::throughput(
                 "sluice",
                 "xdp+tun",
@@ -508,7 +554,12 @@ mod tests {
             ),
             CompareRecord::handshakes("sluice", "xdp+tun", 100, &[5000.0, 4000.0, 4500.0]),
             CompareRecord::handshakes("wireguard-go", "socket+tun", 100, &[2000.0, 2500.0]),
-        ]
+        ];
+        v[0].lossless_mpps = Some(0.2);
+        v[0].lossless_gbps = Some(2.0);
+        v[1].lossless_mpps = Some(0.08);
+        v[1].lossless_gbps = Some(0.8);
+        v
     }
 
     #[test]
@@ -553,6 +604,10 @@ mod tests {
         assert!(t.contains("sluice xdp+tun / wireguard-go = 2.00x"), "{t}");
         assert!(t.contains("LOSSY >1%"), "{t}");
         assert!(
+            t.contains("sluice xdp+tun / wireguard-go = 2.50x at <=1% loss"),
+            "{t}"
+        );
+        assert!(
             t.contains("throughput 1420 B users->inside (100 users)"),
             "{t}"
         );
@@ -563,7 +618,8 @@ mod tests {
         let s = svg(&records(), "test");
         assert!(s.starts_with("<svg"));
         assert!(s.trim_end().ends_with("</svg>"));
-        assert_eq!(s.matches("<title>").count(), 4);
+        // 2 lossless bars, 2 max-rate bars, 2 handshake bars.
+        assert_eq!(s.matches("<title>").count(), 6);
         assert!(s.contains("&gt;1% loss"));
     }
 }

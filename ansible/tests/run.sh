@@ -9,6 +9,7 @@
 #      reports changed=0, and a peer added reloads sluice (never restarts it).
 #   3. Bad inventories (a missing key, an invalid CIDR, overlapping AllowedIPs) fail before
 #      anything in a fresh root changes, with a message naming the peer.
+#   4. The HA templates (keepalived, BIRD), rendered, are accepted by keepalived -t and bird -p.
 #
 #   ansible/tests/run.sh            SLUICE_BIN=/path/to/sluice to skip the cargo build
 set -euo pipefail
@@ -29,7 +30,7 @@ work=$(mktemp -d /tmp/sl-ansible-test.XXXXXX)
 cleanup() {
   local rc=$?
   # debootstrap mounts /proc and /sys in the root it builds; never leave a mount behind.
-  grep -o " $work[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m" || true; done
+  { grep -o " $work[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do umount -l "$m" || true; done
   rm -rf --one-file-system "$work"
   exit "$rc"
 }
@@ -39,6 +40,8 @@ trap cleanup EXIT
 need=()
 command -v debootstrap >/dev/null || need+=(debootstrap)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+command -v keepalived >/dev/null || need+=(keepalived)   # checks the rendered HA templates
+command -v bird >/dev/null || need+=(bird2)
 if ((${#need[@]})); then
   step "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -67,7 +70,9 @@ step "ansible-playbook --syntax-check"
 
 # --- the binary --------------------------------------------------------------------------------
 bin=${SLUICE_BIN:-}
+built_here=0
 if [ -z "$bin" ]; then
+  built_here=1
   step "cargo build --release -p sluice --bin sluice"
   (cd "$repo" && cargo build --release --locked -q -p sluice --bin sluice)
   bin="${CARGO_TARGET_DIR:-$repo/target}/release/sluice"
@@ -99,11 +104,18 @@ fresh_root() {
 # Every file's path, type, mode, owner, size and mtime, to prove a root untouched.
 snapshot() { (cd "$1" && find . -xdev -printf '%p %y %m %u %g %s %T@\n' | LC_ALL=C sort | sha256sum); }
 
-playbook() { # playbook ROOT LOG [ARGS...]: site.yml on the root, output to LOG and the console
+binary_from=(-e "sluice_binary_src=$bin")
+if ((built_here)); then
+  # The first run builds the binary the way the role does without sluice_binary_src (cargo
+  # build on the controller, a no-op after the build above) and installs it from the target
+  # directory; the later runs name that same file.
+  binary_from=()
+fi
+playbook() { # playbook ROOT LOG [ARGS...]: site.yml on the root, output to LOG
   local root=$1 log=$2
   shift 2
   (cd "$ansible_dir" && ansible-playbook -i tests/inventory/chroot.yml site.yml \
-    -e "ansible_host=$root" -e "sluice_binary_src=$bin" "$@") > "$log" 2>&1
+    -e "ansible_host=$root" "${binary_from[@]}" "$@") > "$log" 2>&1
 }
 recap() { grep -E '^sl-ansible-chroot +:' "$1" || true; }
 
@@ -115,6 +127,7 @@ t0=$SECONDS
 playbook "$root" "$work/run1.log" || { cat "$work/run1.log"; die "the first run failed"; }
 recap "$work/run1.log"
 echo "first run: $((SECONDS - t0)) s"
+binary_from=(-e "sluice_binary_src=$bin")
 recap "$work/run1.log" | grep -q ' failed=0 ' || die "first run had failures"
 recap "$work/run1.log" | grep -Eq ' changed=[1-9]' || die "first run changed nothing"
 
@@ -212,5 +225,17 @@ bad bad-overlap.yml "peer 'frank-overlap': allowed_ips 10.77.16.7/32 overlaps 10
 [ "$(snapshot "$pristine")" = "$before" ] || die "a bad inventory changed the root"
 [ ! -e "$pristine/etc/sluice" ] || die "a bad inventory created /etc/sluice"
 echo "ok: the root is untouched"
+
+# --- the HA templates (not applied yet: rendered and checked by the real tools) -------------------
+step "HA templates: keepalived -t and bird -p accept them"
+mkdir -p "$work/ha"
+(cd "$ansible_dir" && ANSIBLE_FILTER_PLUGINS="$ansible_dir/roles/sluice/filter_plugins" \
+  ansible-playbook tests/render-ha.yml -e "sluice_ha_out=$work/ha") > "$work/ha.log" 2>&1 ||
+  { cat "$work/ha.log"; die "rendering the HA templates"; }
+keepalived -t -f "$work/ha/keepalived.conf" || die "keepalived rejects the rendered keepalived.conf"
+bird -p -c "$work/ha/bird.conf" || die "bird rejects the rendered bird.conf"
+grep -q 'route 2001:db8:77::1/128 unreachable;' "$work/ha/bird.conf" || die "bird.conf lacks the IPv6 anycast prefix"
+grep -q '192.0.2.10/24 dev eth0' "$work/ha/keepalived.conf" || die "keepalived.conf lacks the virtual IP"
+echo "ok: keepalived.conf and bird.conf parse"
 
 step "ansible tests passed in $((SECONDS - started)) s"

@@ -234,7 +234,7 @@ pub fn run(args: &Args) -> Result<(), String> {
     }
 
     if plan.memory_peers > 0 {
-        records.extend(memory(&plan, sluice_bin.as_deref())?);
+        records.extend(memory(&plan, sluice_bin.as_deref()));
     }
     report.params["pinning"] = serde_json::json!(pinning);
     report.params["loadavg_end"] = serde_json::json!(loadavg());
@@ -519,7 +519,7 @@ fn search_lossless(
 
 /// The memory scenario: each gateway's resident memory with `plan.memory_peers` peers
 /// configured, against the same gateway with one peer.
-fn memory(plan: &Plan, sluice_bin: Option<&Path>) -> Result<Vec<CompareRecord>, String> {
+fn memory(plan: &Plan, sluice_bin: Option<&Path>) -> Vec<CompareRecord> {
     let n = plan.memory_peers;
     println!("\n=== memory per peer: making {n} peers' keys ===");
     let keys = users::Users::new(n).public_keys();
@@ -527,18 +527,33 @@ fn memory(plan: &Plan, sluice_bin: Option<&Path>) -> Result<Vec<CompareRecord>, 
     for &which in &plan.impls {
         let mut rss = Vec::new();
         for k in [&keys[..1], &keys[..]] {
-            let topo = GenTopology::build(
+            let measured = GenTopology::build(
                 which,
                 sluice_bin.map(Path::to_path_buf),
                 k,
                 users::tunnel_ip,
-            )?;
-            // Let the gateway settle (a Go runtime's first collections, sluice's tables).
-            std::thread::sleep(Duration::from_millis(if plan.quick { 300 } else { 2000 }));
-            rss.push(
+            )
+            .and_then(|topo| {
+                // Let the gateway settle (a Go runtime's first collections, sluice's tables).
+                std::thread::sleep(Duration::from_millis(if plan.quick { 300 } else { 2000 }));
                 topo.gateway_rss_bytes()
-                    .ok_or("could not read the gateway's resident memory")?,
-            );
+                    .ok_or_else(|| "could not read the gateway's resident memory".to_string())
+            });
+            match measured {
+                Ok(b) => rss.push(b),
+                // One gateway failing here must not lose the other scenarios' results.
+                Err(e) => {
+                    println!(
+                        "  {}: memory with {} peers: FAILED: {e}",
+                        which.label(),
+                        k.len()
+                    );
+                    break;
+                }
+            }
+        }
+        if rss.len() < 2 {
+            continue;
         }
         let r = CompareRecord::memory(
             match which.kind {
@@ -560,7 +575,7 @@ fn memory(plan: &Plan, sluice_bin: Option<&Path>) -> Result<Vec<CompareRecord>, 
         );
         out.push(r);
     }
-    Ok(out)
+    out
 }
 
 /// Install missing tools, or fail with the exact commands.

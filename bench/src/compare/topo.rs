@@ -222,9 +222,15 @@ impl GenTopology {
             .join()
             .unwrap_or_else(|_| Err("the gateway start thread panicked".into()))
         })?;
-        if which.kind != ImplKind::Sluice && many > 0 {
+        // In files of 10,000 peers: one `wg addconf` of 100,000 broke wireguard-go's UAPI
+        // connection (wg died of SIGPIPE).
+        for (c, chunk) in user_keys.chunks(10_000).enumerate() {
+            if which.kind == ImplKind::Sluice {
+                break;
+            }
             let mut conf = String::new();
-            for (k, key) in user_keys.iter().enumerate() {
+            for (i, key) in chunk.iter().enumerate() {
+                let k = c * 10_000 + i;
                 let _ = write!(
                     conf,
                     "[Peer]\nPublicKey = {key}\nAllowedIPs = {}/32\n\n",
@@ -232,7 +238,7 @@ impl GenTopology {
                 );
             }
             let path = dir
-                .write_private("peers.conf", &conf)
+                .write_private(&format!("peers{c}.conf"), &conf)
                 .map_err(|e| e.to_string())?;
             let out = cmd::check(
                 cmd::command(

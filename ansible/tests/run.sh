@@ -27,8 +27,10 @@ die() { printf 'ansible/tests/run.sh: FAILED: %s\n' "$*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "needs root (debootstrap and the chroot connection)"
 
 work=$(mktemp -d /tmp/sl-ansible-test.XXXXXX)
+netns_made=
 cleanup() {
   local rc=$?
+  [ -z "$netns_made" ] || ip netns del "$netns_made" 2>/dev/null || true
   # debootstrap mounts /proc and /sys in the root it builds; never leave a mount behind.
   { grep -o " $work[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do umount -l "$m" || true; done
   rm -rf --one-file-system "$work"
@@ -39,7 +41,10 @@ trap cleanup EXIT
 # --- what the test needs on this machine -------------------------------------------------------
 need=()
 command -v debootstrap >/dev/null || need+=(debootstrap)
-python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+command -v python3 >/dev/null || need+=(python3)
+# Debian's own python3 makes venvs only with python3-venv; try one to know.
+python3 -m venv "$work/venv-probe" >/dev/null 2>&1 || need+=(python3-venv)
+rm -rf "$work/venv-probe"
 command -v keepalived >/dev/null || need+=(keepalived)   # checks the rendered HA templates
 command -v bird >/dev/null || need+=(bird2)
 if ((${#need[@]})); then
@@ -204,6 +209,84 @@ grep -q 'RUNNING HANDLER \[sluice : Reload sluice\]' "$work/run3.log" || die "no
 ! grep -q 'RUNNING HANDLER \[sluice : Restart sluice\]' "$work/run3.log" || die "a peer change restarted sluice"
 [ "$(grep -c '^\[Peer\]' "$root$cfg/sluice0.conf")" = 4 ] || die "the fourth peer is not in the file"
 chroot "$root" /usr/local/bin/sluice check --config /etc/sluice/gateway.toml
+
+# --- the unit's user and capabilities really run sluice --------------------------------------------
+# What systemd would do for sluice.service, by hand (no systemd runs here): in a network namespace
+# and a private mount namespace, the installed binary runs inside the root as the unit's User=
+# with exactly its AmbientCapabilities= / CapabilityBoundingSet=, /run/wireguard owned by that
+# user (RuntimeDirectory=) and /dev/net/tun mode 0666 (as udev makes it on Debian).
+unit_runs() { # unit_runs MODE: the rendered config's data path (socket or xdp) must come up
+  unit="$root/etc/systemd/system/sluice.service"
+  unit_caps=$(sed -n 's/^AmbientCapabilities=//p' "$unit")
+  [ "$(sed -n 's/^CapabilityBoundingSet=//p' "$unit")" = "$unit_caps" ] ||
+    die "the unit's bounding set differs from its ambient set"
+  unit_user=$(sed -n 's/^User=//p' "$unit")
+  caps=$(for c in $unit_caps; do c=${c#CAP_}; printf '+%s,' "${c,,}"; done)
+  caps=${caps%,}
+  echo "user $unit_user, capabilities $caps"
+  ns="sl-ans-$$"
+  ip netns add "$ns" || die "cannot create a network namespace"
+  netns_made=$ns
+  ip -n "$ns" link set lo up
+  if [ "$1" = xdp ]; then
+    # the outer NIC the rendered gateway.toml names: a two-queue veth, as in the namespace tests
+    ip -n "$ns" link add "$outer_if" numrxqueues 2 numtxqueues 2 type veth peer name "${outer_if}p" \
+      numrxqueues 2 numtxqueues 2
+    ip -n "$ns" addr add 198.18.77.1/24 dev "$outer_if"
+    ip -n "$ns" link set "$outer_if" up
+    ip -n "$ns" link set "${outer_if}p" up
+  fi
+  mkdir -p "$root/dev/net" "$root/run/wireguard"
+  [ -c "$root/dev/net/tun" ] || mknod -m 0666 "$root/dev/net/tun" c 10 200
+  chroot "$root" chown "$unit_user:" /run/wireguard
+  cat > "$work/unit-check.sh" <<EOF
+set -euo pipefail
+mount -t proc proc "$root/proc"
+mount -t sysfs sysfs "$root/sys"
+chroot "$root" setpriv --reuid="$unit_user" --regid="$unit_user" --clear-groups --no-new-privs \\
+  --inh-caps="$caps" --ambient-caps="$caps" --bounding-set="-all,$caps" \\
+  /usr/local/bin/sluice up --config /etc/sluice/gateway.toml > "$work/sluice-unit.log" 2>&1 &
+pid=\$!
+for _ in \$(seq 100); do [ -S "$root/run/wireguard/sluice0.sock" ] && break; kill -0 \$pid || break; sleep 0.1; done
+[ -S "$root/run/wireguard/sluice0.sock" ] || { echo "no wg API socket"; kill \$pid 2>/dev/null; exit 1; }
+echo "sluice pid \$pid: uid \$(stat -c %u /proc/\$pid), \$(grep CapEff /proc/\$pid/status)"
+[ "\$(stat -c %u /proc/\$pid)" != 0 ] || { echo "runs as root"; kill \$pid; exit 1; }
+peers=\$(chroot "$root" wg show sluice0 peers | wc -l)
+echo "wg show sluice0: \$peers peers"
+exec 3<>/dev/tcp/127.0.0.1/9586
+printf 'GET /healthz HTTP/1.0\r\n\r\n' >&3
+health=\$(head -1 <&3 | tr -d '\r')
+exec 3<&-
+echo "/healthz: \$health"
+kill -HUP \$pid
+for _ in \$(seq 50); do grep -q 'reloaded' "$work/sluice-unit.log" && break; sleep 0.1; done
+kill -TERM \$pid
+rc=0
+wait \$pid || rc=\$?
+echo "exit after SIGTERM: \$rc"
+[ "\$peers" = 4 ] && grep -q "dataplane mode=$1 " "$work/sluice-unit.log" && [ "\$health" = "HTTP/1.1 200 OK" ] && [ "\$rc" = 0 ] &&
+  grep -q 'reloaded' "$work/sluice-unit.log"
+EOF
+  ip netns exec "$ns" unshare -m --propagation private bash "$work/unit-check.sh" ||
+    { cat "$work/sluice-unit.log"; die "sluice does not run as the unit says"; }
+  grep -E 'dataplane mode|reloaded' "$work/sluice-unit.log" | cut -c1-160 | sed 's/^/  log: /'
+  ip netns del "$ns"
+  netns_made=
+  echo "ok: $1 data path: sluice runs as $unit_user with the unit's capabilities, serves wg and /healthz, reloads on SIGHUP"
+}
+step "the unit's user and capabilities run the rendered configuration (network namespace, socket)"
+unit_runs socket
+
+step "switched to the XDP data path: gateway.toml and the unit change, sluice is restarted"
+outer_if="sl-ax$$"
+playbook "$root" "$work/run4.log" -e "@$here/vars/peer-added.yml" -e sluice_dataplane_mode=xdp \
+  -e "sluice_outer_interface=$outer_if" || { cat "$work/run4.log"; die "the xdp run failed"; }
+recap "$work/run4.log"
+grep -q 'RUNNING HANDLER \[sluice : Restart sluice\]' "$work/run4.log" || die "a new unit did not restart sluice"
+grep -qx 'AmbientCapabilities=CAP_NET_ADMIN CAP_BPF CAP_NET_RAW CAP_IPC_LOCK CAP_PERFMON CAP_SYS_ADMIN' \
+  "$root/etc/systemd/system/sluice.service" || die "the xdp unit lacks CAP_PERFMON CAP_SYS_ADMIN"
+step "the unit's user and capabilities run the rendered configuration (network namespace, xdp)"
+unit_runs xdp
 
 # --- bad inventories -------------------------------------------------------------------------------
 step "bad inventories fail before anything changes"

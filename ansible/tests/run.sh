@@ -47,6 +47,7 @@ python3 -m venv "$work/venv-probe" >/dev/null 2>&1 || need+=(python3-venv)
 rm -rf "$work/venv-probe"
 command -v keepalived >/dev/null || need+=(keepalived)   # checks the rendered HA templates
 command -v bird >/dev/null || need+=(bird2)
+command -v wg >/dev/null || need+=(wireguard-tools)      # keys for the example inventory check
 if ((${#need[@]})); then
   step "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -72,6 +73,14 @@ cp -a "$ansible_dir" "$work/lint"
 
 step "ansible-playbook --syntax-check"
 (cd "$ansible_dir" && ansible-playbook -i inventory/example/hosts.yml site.yml --syntax-check)
+
+step "the example inventory (a VRRP pair, an anycast group of three) passes the checks"
+(cd "$ansible_dir" && ansible-playbook -i inventory/example/hosts.yml tests/validate-only.yml \
+  -e "vault_sluice_vrrp_private_key=$(wg genkey)" -e "vault_sluice_anycast_private_key=$(wg genkey)" \
+  -e vault_sluice_vrrp_auth_pass=example1) > "$work/example.log" 2>&1 ||
+  { cat "$work/example.log"; die "the example inventory fails the checks"; }
+grep -cE '^gw-.* ok=2 .* failed=0 ' "$work/example.log" | grep -qx 5 || { cat "$work/example.log"; die "not 5 hosts checked"; }
+echo "ok: 5 hosts"
 
 # --- the binary --------------------------------------------------------------------------------
 bin=${SLUICE_BIN:-}

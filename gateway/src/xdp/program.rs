@@ -6,8 +6,8 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 
 use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::{HashMap, MapData, MapError, PerCpuArray, XskMap};
-use aya::programs::links::{FdLink, LinkType};
-use aya::programs::{loaded_links, Xdp, XdpMode};
+use aya::programs::links::FdLink;
+use aya::programs::{Xdp, XdpMode};
 use aya::Ebpf;
 
 use super::appliance::{
@@ -148,7 +148,6 @@ impl XdpProgram {
         if self.attachments.iter().any(|a| a.ifname == ifname) {
             return Err(XdpError::AlreadyAttached(ifname.to_string()));
         }
-        let prog_id = self.prog(name)?.info().map_err(XdpError::Program)?.id();
         let prog = self.prog_mut(name)?;
         let (mode, link_id) = match prog.attach(ifname, XdpMode::Driver) {
             Ok(id) => (AttachMode::Driver, id),
@@ -170,10 +169,11 @@ impl XdpProgram {
             },
         };
         // aya falls back to a netlink attachment (which outlives the process) when the kernel
-        // refuses bpf_link_create with EINVAL. Accept only a real bpf_link.
-        let is_link = loaded_links()
-            .flatten()
-            .any(|l| l.program_id() == prog_id && matches!(l.link_type(), Ok(LinkType::Xdp)));
+        // refuses bpf_link_create with EINVAL. Accept only a real bpf_link. aya 0.14 has no
+        // public way to ask a link id which kind it is, but its Debug form names the variant
+        // (`XdpLinkId(FdLinkId(..))` or `XdpLinkId(NlLinkId(..))`); asking the kernel instead
+        // (listing every bpf link) would need CAP_SYS_ADMIN, which the service does not have.
+        let is_link = format!("{link_id:?}").contains("FdLinkId");
         if !is_link {
             // Detaching the netlink attachment through aya removes it from the interface.
             let _ = prog.detach(link_id);

@@ -299,69 +299,51 @@ impl FastPath {
 
     /// The status-file section.
     pub fn status(&self) -> Value {
-        let counters: serde_json::Map<String, Value> = self
+        let counters = self
             .counters()
-            .map(|c| {
-                c.iter()
-                    .map(|(k, n)| (k.name().to_string(), json!(n)))
-                    .collect()
-            })
+            .map(|c| name_counts(c.iter().map(|(k, n)| (k.name(), n))))
             .unwrap_or_default();
         let sockets: Vec<Value> = self
             .sockets
             .iter()
             .map(|s| {
-                let r = s.frame_report();
-                let kernel: serde_json::Map<String, Value> = KERNEL_DROP_REASONS
-                    .iter()
-                    .zip(s.kernel_drops())
-                    .map(|(k, n)| (k.to_string(), json!(n)))
-                    .collect();
-                json!({
-                    "queue": s.queue,
-                    "mode": s.mode.label(),
-                    "kernel_drops": kernel,
-                    "rx_frames": s.stats.rx_frames.load(Ordering::Relaxed),
-                    "tx_frames": s.stats.tx_frames.load(Ordering::Relaxed),
-                    "rx_fallback": s.stats.rx_fallback.load(Ordering::Relaxed),
-                    "tx_fallback": s.stats.tx_fallback.load(Ordering::Relaxed),
-                    "frames": {"total": r.total, "free": r.free, "in_fill": r.in_fill,
-                               "in_tx": r.in_tx, "lost": r.lost, "violations": r.violations},
-                })
+                socket_status(
+                    s.queue,
+                    s.mode,
+                    &s.frame_report(),
+                    s.kernel_drops(),
+                    &[
+                        ("rx_frames", s.stats.rx_frames.load(Ordering::Relaxed)),
+                        ("tx_frames", s.stats.tx_frames.load(Ordering::Relaxed)),
+                        ("rx_fallback", s.stats.rx_fallback.load(Ordering::Relaxed)),
+                        ("tx_fallback", s.stats.tx_fallback.load(Ordering::Relaxed)),
+                    ],
+                )
             })
             .collect();
         let inner = self.inner.as_ref().map(|i| {
-            let counters: serde_json::Map<String, Value> = self
+            let counters = self
                 .inner_counters()
-                .map(|c| {
-                    c.iter()
-                        .map(|(k, n)| (k.name().to_string(), json!(n)))
-                        .collect()
-                })
+                .map(|c| name_counts(c.iter().map(|(k, n)| (k.name(), n))))
                 .unwrap_or_default();
             let sockets: Vec<Value> = i
                 .sockets
                 .iter()
                 .map(|s| {
-                    let r = s.frame_report();
-                    let kernel: serde_json::Map<String, Value> = KERNEL_DROP_REASONS
-                        .iter()
-                        .zip(s.kernel_drops())
-                        .map(|(k, n)| (k.to_string(), json!(n)))
-                        .collect();
-                    json!({
-                        "queue": s.queue,
-                        "mode": s.mode.label(),
-                        "kernel_drops": kernel,
-                        "rx_frames": s.stats.rx_frames.load(Ordering::Relaxed),
-                        "tx_frames": s.stats.tx_frames.load(Ordering::Relaxed),
-                        "rx_fallback": s.stats.rx_fallback.load(Ordering::Relaxed),
-                        "tx_fallback": s.stats.tx_fallback.load(Ordering::Relaxed),
-                        "malformed": s.stats.malformed.load(Ordering::Relaxed),
-                        "direct": s.stats.direct.load(Ordering::Relaxed),
-                        "frames": {"total": r.total, "free": r.free, "in_fill": r.in_fill,
-                                   "in_tx": r.in_tx, "lost": r.lost, "violations": r.violations},
-                    })
+                    socket_status(
+                        s.queue,
+                        s.mode,
+                        &s.frame_report(),
+                        s.kernel_drops(),
+                        &[
+                            ("rx_frames", s.stats.rx_frames.load(Ordering::Relaxed)),
+                            ("tx_frames", s.stats.tx_frames.load(Ordering::Relaxed)),
+                            ("rx_fallback", s.stats.rx_fallback.load(Ordering::Relaxed)),
+                            ("tx_fallback", s.stats.tx_fallback.load(Ordering::Relaxed)),
+                            ("malformed", s.stats.malformed.load(Ordering::Relaxed)),
+                            ("direct", s.stats.direct.load(Ordering::Relaxed)),
+                        ],
+                    )
                 })
                 .collect();
             json!({
@@ -432,4 +414,35 @@ impl FastPath {
     pub fn zero_copy(&self) -> bool {
         self.sockets.iter().any(|s| s.mode == XskMode::ZeroCopy)
     }
+}
+
+/// Named counts as a JSON object.
+fn name_counts<'a>(counts: impl Iterator<Item = (&'a str, u64)>) -> serde_json::Map<String, Value> {
+    counts.map(|(k, n)| (k.to_string(), json!(n))).collect()
+}
+
+/// One AF_XDP socket (outer or inner) in the status file: its queue, mode, frame ledger, the
+/// kernel's drops, and its own counters.
+fn socket_status(
+    queue: u32,
+    mode: XskMode,
+    r: &FrameReport,
+    kernel_drops: [u64; 5],
+    counts: &[(&str, u64)],
+) -> Value {
+    let mut v = name_counts(counts.iter().copied());
+    v.insert("queue".into(), json!(queue));
+    v.insert("mode".into(), json!(mode.label()));
+    v.insert(
+        "kernel_drops".into(),
+        Value::Object(name_counts(
+            KERNEL_DROP_REASONS.iter().copied().zip(kernel_drops),
+        )),
+    );
+    v.insert(
+        "frames".into(),
+        json!({"total": r.total, "free": r.free, "in_fill": r.in_fill,
+               "in_tx": r.in_tx, "lost": r.lost, "violations": r.violations}),
+    );
+    Value::Object(v)
 }

@@ -58,7 +58,7 @@ pub use wg::{KeyPair, WgImpl, WgInterface};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// What went wrong, in words that say which step failed and why (command, exit status, output).
@@ -98,20 +98,30 @@ impl<T, E: fmt::Display> Context<T> for std::result::Result<T, E> {
     }
 }
 
-/// A short id for one run: 5 characters of `[0-9a-z]`, from the pid, the clock and a counter.
+/// A short id for one run: 5 characters of `[0-9a-z]`.
 /// Short because Linux interface names hold at most 15 characters.
+///
+/// Ids from one process never repeat (up to [`ID_SPACE`] of them): a per-process base, mixed from
+/// the pid and the clock, plus a counter, goes through an affine bijection of the id space. Ids
+/// from different processes differ with high probability (the base is what differs).
 pub fn unique_id() -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(|| {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        // splitmix64, so close pids and times give unrelated bases.
+        let mut x = nanos ^ (u64::from(std::process::id()) << 32);
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^ (x >> 31)
+    });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    // A small mix (splitmix64) so ids from close pids and times don't share a prefix.
-    let mut x = nanos ^ (u64::from(std::process::id()) << 32) ^ (u64::from(n) << 16);
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^= x >> 31;
+    // ID_SPACE = 2^9 * 3^8 * 13, so any multiplier prime to 2, 3 and 13 is a bijection mod it;
+    // consecutive counters then land far apart, which keeps names from sharing prefixes.
+    let mut x = ((base % ID_SPACE + n % ID_SPACE) % ID_SPACE * ID_MULTIPLIER + 12_345) % ID_SPACE;
     const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut id = String::with_capacity(5);
     // First character a letter, so names built from it never start with a digit.
@@ -123,6 +133,11 @@ pub fn unique_id() -> String {
     }
     id
 }
+
+/// How many distinct ids [`unique_id`] has: 26 * 36^4.
+pub const ID_SPACE: u64 = 26 * 36 * 36 * 36 * 36;
+/// Prime to 2, 3 and 13, the prime factors of [`ID_SPACE`].
+const ID_MULTIPLIER: u64 = 7_919 * 101;
 
 /// True when this process runs as root (effective uid 0), which namespaces and TUN need.
 pub fn is_root() -> bool {
@@ -294,7 +309,7 @@ mod tests {
 
     #[test]
     fn ids_are_short_distinct_and_name_safe() {
-        let ids: Vec<String> = (0..200).map(|_| unique_id()).collect();
+        let ids: Vec<String> = (0..20_000).map(|_| unique_id()).collect();
         for id in &ids {
             assert_eq!(id.len(), 5);
             assert!(id
@@ -306,6 +321,14 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), ids.len());
+        // The multiplier must be invertible mod the id space, or ids would repeat.
+        let gcd = |mut a: u64, mut b: u64| {
+            while b != 0 {
+                (a, b) = (b, a % b);
+            }
+            a
+        };
+        assert_eq!(gcd(ID_MULTIPLIER, ID_SPACE), 1);
     }
 
     #[test]

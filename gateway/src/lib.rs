@@ -10,6 +10,7 @@ pub mod config;
 pub mod crypto;
 pub mod datapath;
 pub mod drops;
+pub mod hawatch;
 pub mod keys;
 pub mod log;
 pub mod metrics;

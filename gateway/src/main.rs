@@ -45,6 +45,17 @@ enum Command {
     Pubkey,
     /// Print a new preshared key (base64), as `wg genpsk` does.
     Genpsk,
+    /// High availability: role control and the anycast health watcher.
+    Ha {
+        #[command(subcommand)]
+        command: HaCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum HaCommand {
+    /// Anycast: poll /healthz, run --up when healthy and --down (within one interval) when not.
+    Watch(sluice::hawatch::WatchArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +70,9 @@ fn main() -> ExitCode {
         Command::Genkey => print_key(&keys::generate_private(&mut OsRng)),
         Command::Genpsk => print_key(&keys::generate_psk(&mut OsRng)),
         Command::Pubkey => pubkey(),
+        Command::Ha { command } => match command {
+            HaCommand::Watch(args) => ha_watch(&args),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -83,6 +97,11 @@ fn pubkey() -> Result<(), String> {
     let private =
         keys::decode_key(&input).map_err(|e| format!("invalid private key on stdin: {e}"))?;
     print_key(&keys::public_from_private(&private))
+}
+
+fn ha_watch(args: &sluice::hawatch::WatchArgs) -> Result<(), String> {
+    log::init(None).map_err(|e| e.to_string())?;
+    sluice::hawatch::run(args).map_err(|e| e.to_string())
 }
 
 fn load(path: &Path) -> Result<Config, String> {

@@ -59,11 +59,20 @@ pub enum DropReason {
     /// An outer frame (AF_XDP path) that is not a well-formed Ethernet/IP/UDP datagram, or
     /// too large for the receive batch.
     MalformedFrame,
+    /// An HA sync datagram that failed authentication (bad tag, wrong group key).
+    SyncForged,
+    /// An HA sync datagram replayed, too old, or from an older epoch of its sender.
+    SyncReplayed,
+    /// An HA sync datagram that is truncated, of an unknown version, from a sender index that
+    /// is ours or out of range, or whose records do not parse.
+    SyncMalformed,
+    /// A datagram to an HA virtual address while this gateway is not its master.
+    VipNotMaster,
 }
 
 impl DropReason {
     /// Every reason, in discriminant order.
-    pub const ALL: [DropReason; 25] = [
+    pub const ALL: [DropReason; 29] = [
         DropReason::UnknownType,
         DropReason::BadLength,
         DropReason::ReservedNonZero,
@@ -89,6 +98,10 @@ impl DropReason {
         DropReason::InnerQueueFull,
         DropReason::UnroutedMulticast,
         DropReason::MalformedFrame,
+        DropReason::SyncForged,
+        DropReason::SyncReplayed,
+        DropReason::SyncMalformed,
+        DropReason::VipNotMaster,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -120,6 +133,10 @@ impl DropReason {
             DropReason::InnerQueueFull => "inner_queue_full",
             DropReason::UnroutedMulticast => "unrouted_multicast",
             DropReason::MalformedFrame => "malformed_frame",
+            DropReason::SyncForged => "sync_forged",
+            DropReason::SyncReplayed => "sync_replayed",
+            DropReason::SyncMalformed => "sync_malformed",
+            DropReason::VipNotMaster => "vip_not_master",
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod allowedips;
 pub mod cookie;
 pub mod device;
 pub mod effects;
+pub mod hasync;
 pub mod index;
 pub mod ip;
 pub mod kdf;

@@ -54,6 +54,8 @@ pub struct Keypair {
     pub initiator: bool,
     pub created: Time,
     send_counter: u64,
+    /// Sends stop here (REJECT_AFTER_MESSAGES, or the end of an HA counter region).
+    send_limit: u64,
     replay: ReplayWindow,
 }
 
@@ -80,8 +82,31 @@ impl Keypair {
             initiator: keys.initiator,
             created: keys.created,
             send_counter: 0,
+            send_limit: REJECT_AFTER_MESSAGES,
             replay: ReplayWindow::new(),
         }
+    }
+
+    /// A keypair resumed from another gateway's session (HA takeover, see
+    /// [`super::hasync`]): it sends from `send_counter` up to (not including) `send_limit`,
+    /// and counts every received counter below `receive_mark` as seen.
+    pub fn resume(
+        keys: SessionKeys,
+        send_counter: u64,
+        send_limit: u64,
+        receive_mark: u64,
+    ) -> Keypair {
+        Keypair {
+            send_counter,
+            send_limit: send_limit.min(REJECT_AFTER_MESSAGES),
+            replay: ReplayWindow::starting_at(receive_mark.min(REJECT_AFTER_MESSAGES)),
+            ..Keypair::new(keys)
+        }
+    }
+
+    /// The send and receive keys, for HA session sync only (sealed before they leave).
+    pub fn export_keys(&self) -> (&[u8; crypto::KEY_LEN], &[u8; crypto::KEY_LEN]) {
+        (&self.send_key, &self.recv_key)
     }
 
     /// Past REJECT_AFTER_TIME: useless for sending and receiving.
@@ -121,7 +146,7 @@ impl Keypair {
         out: &mut [u8],
         seal: &mut Seal<'_>,
     ) -> Result<usize, DropReason> {
-        if self.is_expired(now) || self.send_counter >= REJECT_AFTER_MESSAGES {
+        if self.is_expired(now) || self.send_counter >= self.send_limit {
             return Err(DropReason::KeyExpired);
         }
         let padded = messages::padded_len(inner.len(), mtu);
@@ -271,6 +296,26 @@ impl Keypairs {
         self.previous = self.current.take();
         self.current = Some(next);
         dropped
+    }
+
+    /// Install a keypair taken over from another gateway (HA): as current if the peer may
+    /// already receive on it, else as next, confirmed by the peer's first data.
+    pub fn adopt(&mut self, kp: Keypair, confirmed: bool) -> Evicted {
+        if !confirmed {
+            return self.insert(kp);
+        }
+        let dropped = self.previous.take().map(|k| k.local_index);
+        self.previous = self.current.take();
+        self.current = Some(kp);
+        [dropped, None, None]
+    }
+
+    pub fn previous(&self) -> Option<&Keypair> {
+        self.previous.as_ref()
+    }
+
+    pub fn next(&self) -> Option<&Keypair> {
+        self.next.as_ref()
     }
 
     pub fn current(&self) -> Option<&Keypair> {

@@ -1,0 +1,1179 @@
+//! HA session sync (issue 8), sans-IO: the wire format of the sync channel between the members
+//! of a gateway group, its sealing and replay protection, the records it carries, the counter
+//! regions that make a taken-over session safe to send on, and the store of sessions held for
+//! other members.
+//!
+//! # Channel
+//!
+//! One UDP datagram is `header ‖ nonce ‖ XChaCha20-Poly1305(records) ‖ tag`:
+//!
+//! | field | bytes | |
+//! |---|---|---|
+//! | type | 1 | [`TYPE_SYNC`] |
+//! | version | 1 | [`VERSION`] |
+//! | sender node | 1 | index in the member list |
+//! | reserved | 1 | zero |
+//! | sender epoch | 8 | the sender's start time, wall-clock ns (grows across restarts) |
+//! | sequence | 8 | per sender and epoch, from 0 |
+//! | nonce | 24 | random |
+//!
+//! The header is the AAD. The key is `KDF1(group secret, "sluice-ha-v1" ‖ member list)`, so
+//! groups with another secret or another member list cannot talk to each other. A receiver
+//! keeps per member the highest epoch seen and a [`ReplayWindow`] over sequence numbers: a lower
+//! epoch, a replayed or too-old sequence, a bad tag, a sender index that is ours or out of
+//! range are rejected with a [`DropReason`] and change nothing.
+//!
+//! # Counter regions (no nonce reuse)
+//!
+//! The 64-bit counter of a session is cut into regions of 2^[`REGION_BITS`]. The member that
+//! derives a session sends in region 0. Member `j` taking a session over sends in the smallest
+//! region `r >= 1` with `r % N == j` above every region it has seen used for that session
+//! ([`takeover_region`]). Each region has exactly one possible sender, a sender's counter only
+//! grows and never leaves its region, so no (key, counter) pair is ever sent twice, whatever
+//! the channel loses, even in split brain.
+
+use super::kdf;
+use super::messages::{KEY_LEN, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, TAG_LEN};
+use super::noise::SessionKeys;
+use super::replay::ReplayWindow;
+use super::session::Keypair;
+use super::{Rng, Time};
+use crate::DropReason;
+use chacha20poly1305::aead::AeadInOut;
+use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
+use core::fmt;
+use core::time::Duration;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use zeroize::Zeroizing;
+
+// ---- specification: wire constants ----
+
+/// The first byte of every sync datagram (WireGuard's message types are 1 to 4).
+pub const TYPE_SYNC: u8 = 0x48;
+pub const VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 20;
+pub const NONCE_LEN: usize = 24;
+/// Bytes a datagram adds around its records.
+pub const OVERHEAD: usize = HEADER_LEN + NONCE_LEN + TAG_LEN;
+/// Largest sync datagram.
+pub const MAX_DATAGRAM: usize = 1400;
+/// The label mixed into the group key.
+pub const LABEL: &[u8] = b"sluice-ha-v1";
+
+const RECORD_SESSION: u8 = 1;
+const RECORD_MARKS: u8 = 2;
+const RECORD_GONE: u8 = 3;
+const ENDPOINT_LEN: usize = 19;
+/// tag, peer, local, remote, send key, recv key, flags, age, send counter, mark, endpoint, region
+pub const SESSION_RECORD_LEN: usize =
+    1 + KEY_LEN + 4 + 4 + KEY_LEN + KEY_LEN + 1 + 4 + 8 + 8 + ENDPOINT_LEN + 4;
+/// tag, local, send counter, mark, region
+pub const MARKS_RECORD_LEN: usize = 1 + 4 + 8 + 8 + 4;
+pub const GONE_RECORD_LEN: usize = 1 + 4;
+const _: () = assert!(SESSION_RECORD_LEN == 149);
+const _: () = assert!(OVERHEAD + SESSION_RECORD_LEN <= MAX_DATAGRAM);
+
+/// Counter regions are 2^40 counters long.
+pub const REGION_BITS: u32 = 40;
+/// The highest region whose end is still below REJECT_AFTER_MESSAGES.
+pub const MAX_REGION: u32 = ((REJECT_AFTER_MESSAGES >> REGION_BITS) - 1) as u32;
+/// With HA, member `j` allocates receiver indices whose top bits are `j`.
+pub const INDEX_NODE_SHIFT: u32 = 28;
+/// At most this many members (the index prefix has 4 bits).
+pub const MAX_MEMBERS: usize = 1 << (32 - INDEX_NODE_SHIFT);
+
+// ---- implementation: timing ----
+
+/// Marks of sessions whose counters moved are sent this often.
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
+/// A member takes over only sessions created at least this long after it started: a previous
+/// incarnation of it may have used its regions of older sessions, and it does not remember.
+pub const START_MARGIN: Duration = Duration::from_secs(1);
+
+/// The member whose index prefix `index` carries.
+pub fn node_of_index(index: u32) -> u8 {
+    (index >> INDEX_NODE_SHIFT) as u8
+}
+
+/// `index` moved into member `node`'s partition.
+pub fn partition_index(node: u8, index: u32) -> u32 {
+    (index & ((1 << INDEX_NODE_SHIFT) - 1)) | (u32::from(node) << INDEX_NODE_SHIFT)
+}
+
+/// The first counter of region `r`.
+pub fn region_start(r: u32) -> u64 {
+    u64::from(r) << REGION_BITS
+}
+
+/// One past the last counter a sender in region `r` may use.
+pub fn region_end(r: u32) -> u64 {
+    (u64::from(r + 1) << REGION_BITS).min(REJECT_AFTER_MESSAGES)
+}
+
+/// The region a counter lies in.
+pub fn region_of(counter: u64) -> u32 {
+    (counter >> REGION_BITS) as u32
+}
+
+/// The region member `me` of `n` sends in when it takes over a session in which regions up to
+/// `highest_seen` have been used: the smallest `r >= 1` with `r % n == me` above it. `None` if
+/// the counter space is exhausted (the session is then unusable: rehandshake).
+pub fn takeover_region(me: u8, n: u8, highest_seen: u32) -> Option<u32> {
+    let (me, n) = (u32::from(me), u32::from(n.max(1)));
+    let above = highest_seen.checked_add(1)?.max(1);
+    let base = above - above % n + me;
+    let r = if base >= above {
+        base
+    } else {
+        base.checked_add(n)?
+    };
+    let r = if r == 0 { n } else { r };
+    (r <= MAX_REGION).then_some(r)
+}
+
+/// The channel key of a group: KDF1(secret, LABEL ‖ member list).
+pub struct GroupKey(Zeroizing<[u8; KEY_LEN]>);
+
+impl fmt::Debug for GroupKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("GroupKey(<redacted>)")
+    }
+}
+
+impl GroupKey {
+    pub fn derive(secret: &[u8; KEY_LEN], members: &[SocketAddr]) -> GroupKey {
+        let mut input = LABEL.to_vec();
+        for m in members {
+            input.extend_from_slice(m.to_string().as_bytes());
+            input.push(b'\n');
+        }
+        GroupKey(kdf::kdf1(secret, &input))
+    }
+}
+
+/// A datagram's header (authenticated, not encrypted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub node: u8,
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+impl Header {
+    fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[0] = TYPE_SYNC;
+        h[1] = VERSION;
+        h[2] = self.node;
+        h[4..12].copy_from_slice(&self.epoch.to_le_bytes());
+        h[12..20].copy_from_slice(&self.seq.to_le_bytes());
+        h
+    }
+
+    fn parse(d: &[u8]) -> Result<Header, DropReason> {
+        if d.len() < OVERHEAD || d[0] != TYPE_SYNC || d[1] != VERSION || d[3] != 0 {
+            return Err(DropReason::SyncMalformed);
+        }
+        let u64_at = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&d[at..at + 8]);
+            u64::from_le_bytes(b)
+        };
+        Ok(Header {
+            node: d[2],
+            epoch: u64_at(4),
+            seq: u64_at(12),
+        })
+    }
+}
+
+/// Seal `plaintext` records under `header` with a fresh random nonce.
+pub fn seal(key: &GroupKey, header: &Header, rng: &mut dyn Rng, plaintext: &[u8]) -> Vec<u8> {
+    let mut nonce = [0u8; NONCE_LEN];
+    rng.fill_bytes(&mut nonce);
+    let h = header.encode();
+    let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(plaintext);
+    let cipher = XChaCha20Poly1305::new(&(*key.0).into());
+    let body = &mut out[HEADER_LEN + NONCE_LEN..];
+    // XChaCha20-Poly1305 fails only for inputs over 256 GiB; ours are < 1400 bytes.
+    if let Ok(tag) = cipher.encrypt_inout_detached(&XNonce::from(nonce), &h, body.into()) {
+        out.extend_from_slice(&tag);
+    }
+    out
+}
+
+/// Authenticate and decrypt a datagram. Returns its header and the plaintext records.
+pub fn open(key: &GroupKey, d: &[u8]) -> Result<(Header, Zeroizing<Vec<u8>>), DropReason> {
+    let header = Header::parse(d)?;
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(&d[HEADER_LEN..HEADER_LEN + NONCE_LEN]);
+    let body_end = d.len() - TAG_LEN;
+    let mut body = Zeroizing::new(d[HEADER_LEN + NONCE_LEN..body_end].to_vec());
+    let tag: &[u8; TAG_LEN] = d[body_end..]
+        .try_into()
+        .map_err(|_| DropReason::SyncMalformed)?;
+    let cipher = XChaCha20Poly1305::new(&(*key.0).into());
+    cipher
+        .decrypt_inout_detached(
+            &XNonce::from(nonce),
+            &d[..HEADER_LEN],
+            body.as_mut_slice().into(),
+            tag.into(),
+        )
+        .map_err(|_| DropReason::SyncForged)?;
+    Ok((header, body))
+}
+
+/// A session as its owner announces it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub peer: [u8; KEY_LEN],
+    pub local_index: u32,
+    pub remote_index: u32,
+    pub send_key: Zeroizing<[u8; KEY_LEN]>,
+    pub recv_key: Zeroizing<[u8; KEY_LEN]>,
+    pub initiator: bool,
+    /// The keypair may be sent on (an initiator's, or a responder's confirmed by data).
+    pub may_send: bool,
+    pub age_ms: u32,
+    pub send_counter: u64,
+    /// Greatest counter received plus one.
+    pub receive_mark: u64,
+    pub endpoint: Option<SocketAddr>,
+    pub region: u32,
+}
+
+impl fmt::Debug for SessionRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionRecord")
+            .field("peer", &crate::keys::encode_key(&self.peer))
+            .field("local_index", &self.local_index)
+            .field("remote_index", &self.remote_index)
+            .field("initiator", &self.initiator)
+            .field("may_send", &self.may_send)
+            .field("age_ms", &self.age_ms)
+            .field("send_counter", &self.send_counter)
+            .field("receive_mark", &self.receive_mark)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("keys", &"<redacted>")
+            .finish()
+    }
+}
+
+impl SessionRecord {
+    /// A record of `kp` for peer `peer`, `age` old at `now`.
+    pub fn of(
+        peer: &[u8; KEY_LEN],
+        kp: &Keypair,
+        may_send: bool,
+        now: Time,
+        endpoint: Option<SocketAddr>,
+    ) -> SessionRecord {
+        let (send, recv) = kp.export_keys();
+        SessionRecord {
+            peer: *peer,
+            local_index: kp.local_index,
+            remote_index: kp.remote_index,
+            send_key: Zeroizing::new(*send),
+            recv_key: Zeroizing::new(*recv),
+            initiator: kp.initiator,
+            may_send,
+            age_ms: u32::try_from(now.saturating_since(kp.created).as_millis()).unwrap_or(u32::MAX),
+            send_counter: kp.send_counter(),
+            receive_mark: kp.receive_counter(),
+            endpoint,
+            region: region_of(kp.send_counter()),
+        }
+    }
+}
+
+/// Counters of a session that moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MarksRecord {
+    pub local_index: u32,
+    pub send_counter: u64,
+    pub receive_mark: u64,
+    pub region: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    Session(SessionRecord),
+    Marks(MarksRecord),
+    /// The session with this local index was dropped or replaced.
+    Gone(u32),
+}
+
+impl Record {
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Record::Session(_) => SESSION_RECORD_LEN,
+            Record::Marks(_) => MARKS_RECORD_LEN,
+            Record::Gone(_) => GONE_RECORD_LEN,
+        }
+    }
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Record::Session(s) => {
+                out.push(RECORD_SESSION);
+                out.extend_from_slice(&s.peer);
+                out.extend_from_slice(&s.local_index.to_le_bytes());
+                out.extend_from_slice(&s.remote_index.to_le_bytes());
+                out.extend_from_slice(&s.send_key[..]);
+                out.extend_from_slice(&s.recv_key[..]);
+                out.push(u8::from(s.initiator) | (u8::from(s.may_send) << 1));
+                out.extend_from_slice(&s.age_ms.to_le_bytes());
+                out.extend_from_slice(&s.send_counter.to_le_bytes());
+                out.extend_from_slice(&s.receive_mark.to_le_bytes());
+                encode_endpoint(s.endpoint, out);
+                out.extend_from_slice(&s.region.to_le_bytes());
+            }
+            Record::Marks(m) => {
+                out.push(RECORD_MARKS);
+                out.extend_from_slice(&m.local_index.to_le_bytes());
+                out.extend_from_slice(&m.send_counter.to_le_bytes());
+                out.extend_from_slice(&m.receive_mark.to_le_bytes());
+                out.extend_from_slice(&m.region.to_le_bytes());
+            }
+            Record::Gone(i) => {
+                out.push(RECORD_GONE);
+                out.extend_from_slice(&i.to_le_bytes());
+            }
+        }
+    }
+
+    /// Decode every record of a plaintext; any malformed record rejects the whole datagram.
+    pub fn decode_all(mut p: &[u8]) -> Result<Vec<Record>, DropReason> {
+        let mut out = Vec::new();
+        while let Some(&tag) = p.first() {
+            let len = match tag {
+                RECORD_SESSION => SESSION_RECORD_LEN,
+                RECORD_MARKS => MARKS_RECORD_LEN,
+                RECORD_GONE => GONE_RECORD_LEN,
+                _ => return Err(DropReason::SyncMalformed),
+            };
+            let rec = p.get(..len).ok_or(DropReason::SyncMalformed)?;
+            let mut c = Cursor(&rec[1..]);
+            out.push(match tag {
+                RECORD_SESSION => {
+                    let peer = c.key()?;
+                    let local_index = c.u32()?;
+                    let remote_index = c.u32()?;
+                    let send_key = Zeroizing::new(c.key()?);
+                    let recv_key = Zeroizing::new(c.key()?);
+                    let flags = c.u8()?;
+                    if flags > 3 {
+                        return Err(DropReason::SyncMalformed);
+                    }
+                    Record::Session(SessionRecord {
+                        peer,
+                        local_index,
+                        remote_index,
+                        send_key,
+                        recv_key,
+                        initiator: flags & 1 != 0,
+                        may_send: flags & 2 != 0,
+                        age_ms: c.u32()?,
+                        send_counter: c.u64()?,
+                        receive_mark: c.u64()?,
+                        endpoint: c.endpoint()?,
+                        region: c.u32()?,
+                    })
+                }
+                RECORD_MARKS => Record::Marks(MarksRecord {
+                    local_index: c.u32()?,
+                    send_counter: c.u64()?,
+                    receive_mark: c.u64()?,
+                    region: c.u32()?,
+                }),
+                _ => Record::Gone(c.u32()?),
+            });
+            p = &p[len..];
+        }
+        Ok(out)
+    }
+}
+
+fn encode_endpoint(e: Option<SocketAddr>, out: &mut Vec<u8>) {
+    let mut b = [0u8; ENDPOINT_LEN];
+    match e {
+        None => {}
+        Some(SocketAddr::V4(a)) => {
+            b[0] = 4;
+            b[1..5].copy_from_slice(&a.ip().octets());
+            b[17..19].copy_from_slice(&a.port().to_le_bytes());
+        }
+        Some(SocketAddr::V6(a)) => {
+            b[0] = 6;
+            b[1..17].copy_from_slice(&a.ip().octets());
+            b[17..19].copy_from_slice(&a.port().to_le_bytes());
+        }
+    }
+    out.extend_from_slice(&b);
+}
+
+/// Reads fixed-size fields; every read is length-checked.
+struct Cursor<'a>(&'a [u8]);
+
+impl Cursor<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], DropReason> {
+        let (head, rest) = self
+            .0
+            .split_first_chunk::<N>()
+            .ok_or(DropReason::SyncMalformed)?;
+        self.0 = rest;
+        Ok(*head)
+    }
+    fn u8(&mut self) -> Result<u8, DropReason> {
+        Ok(self.take::<1>()?[0])
+    }
+    fn u32(&mut self) -> Result<u32, DropReason> {
+        Ok(u32::from_le_bytes(self.take()?))
+    }
+    fn u64(&mut self) -> Result<u64, DropReason> {
+        Ok(u64::from_le_bytes(self.take()?))
+    }
+    fn key(&mut self) -> Result<[u8; KEY_LEN], DropReason> {
+        self.take()
+    }
+    fn endpoint(&mut self) -> Result<Option<SocketAddr>, DropReason> {
+        let b: [u8; ENDPOINT_LEN] = self.take()?;
+        let port = u16::from_le_bytes([b[17], b[18]]);
+        match b[0] {
+            0 => Ok(None),
+            4 => Ok(Some(SocketAddr::new(
+                IpAddr::from([b[1], b[2], b[3], b[4]]),
+                port,
+            ))),
+            6 => {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(&b[1..17]);
+                Ok(Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(a)), port)))
+            }
+            _ => Err(DropReason::SyncMalformed),
+        }
+    }
+}
+
+/// Our sending side: numbers and seals datagrams.
+#[derive(Debug)]
+pub struct SyncSender {
+    node: u8,
+    epoch: u64,
+    seq: u64,
+}
+
+impl SyncSender {
+    pub fn new(node: u8, epoch: u64) -> SyncSender {
+        SyncSender {
+            node,
+            epoch,
+            seq: 0,
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Pack `records` into as few datagrams as fit [`MAX_DATAGRAM`]; at least one (an empty
+    /// datagram is the heartbeat that tells the others we are alive, and our epoch).
+    pub fn seal_records(
+        &mut self,
+        key: &GroupKey,
+        rng: &mut dyn Rng,
+        records: &[Record],
+    ) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut plain = Zeroizing::new(Vec::with_capacity(MAX_DATAGRAM));
+        for r in records {
+            if OVERHEAD + plain.len() + r.encoded_len() > MAX_DATAGRAM {
+                out.push(self.seal_one(key, rng, &plain));
+                plain.clear();
+            }
+            r.encode(&mut plain);
+        }
+        if !plain.is_empty() || out.is_empty() {
+            out.push(self.seal_one(key, rng, &plain));
+        }
+        out
+    }
+
+    fn seal_one(&mut self, key: &GroupKey, rng: &mut dyn Rng, plain: &[u8]) -> Vec<u8> {
+        let header = Header {
+            node: self.node,
+            epoch: self.epoch,
+            seq: self.seq,
+        };
+        self.seq += 1;
+        seal(key, &header, rng, plain)
+    }
+}
+
+#[derive(Debug)]
+struct MemberState {
+    epoch: u64,
+    window: ReplayWindow,
+}
+
+/// What an accepted datagram said.
+#[derive(Debug)]
+pub struct Accepted {
+    pub node: u8,
+    pub epoch: u64,
+    /// The sender restarted (or we heard it for the first time): it needs a full resync.
+    pub new_epoch: bool,
+    pub records: Vec<Record>,
+}
+
+/// Our receiving side: authenticates datagrams and rejects replays, per member.
+#[derive(Debug)]
+pub struct SyncReceiver {
+    me: u8,
+    n: u8,
+    members: Vec<Option<MemberState>>,
+}
+
+impl SyncReceiver {
+    pub fn new(me: u8, n: u8) -> SyncReceiver {
+        SyncReceiver {
+            me,
+            n,
+            members: (0..n).map(|_| None).collect(),
+        }
+    }
+
+    /// Check and open one datagram. Nothing changes unless it is accepted.
+    pub fn accept(&mut self, key: &GroupKey, d: &[u8]) -> Result<Accepted, DropReason> {
+        let h = Header::parse(d)?;
+        if h.node >= self.n || h.node == self.me {
+            return Err(DropReason::SyncMalformed);
+        }
+        let slot = self
+            .members
+            .get_mut(usize::from(h.node))
+            .ok_or(DropReason::SyncMalformed)?;
+        let new_epoch = match slot {
+            Some(m) if h.epoch < m.epoch => return Err(DropReason::SyncReplayed),
+            Some(m) if h.epoch == m.epoch => {
+                if !m.window.may_accept(h.seq) {
+                    return Err(DropReason::SyncReplayed);
+                }
+                false
+            }
+            _ => true,
+        };
+        let (_, plain) = open(key, d)?;
+        let records = Record::decode_all(&plain);
+        let m = match slot {
+            Some(m) if !new_epoch => m,
+            _ => slot.insert(MemberState {
+                epoch: h.epoch,
+                window: ReplayWindow::new(),
+            }),
+        };
+        if !m.window.check_and_update(h.seq) {
+            return Err(DropReason::SyncReplayed);
+        }
+        Ok(Accepted {
+            node: h.node,
+            epoch: h.epoch,
+            new_epoch,
+            records: records?,
+        })
+    }
+}
+
+/// A session another member derived or holds, kept in case we must take it over.
+pub struct HeldSession {
+    pub from_node: u8,
+    pub peer: [u8; KEY_LEN],
+    pub remote_index: u32,
+    send_key: Zeroizing<[u8; KEY_LEN]>,
+    recv_key: Zeroizing<[u8; KEY_LEN]>,
+    pub initiator: bool,
+    pub may_send: bool,
+    /// When it was derived, on our clock (our receipt time minus its age).
+    pub created: Time,
+    pub receive_mark: u64,
+    pub endpoint: Option<SocketAddr>,
+    /// The highest counter region anyone was seen using.
+    pub highest_region: u32,
+    /// We took it over (in this region).
+    pub taken: Option<u32>,
+}
+
+impl fmt::Debug for HeldSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeldSession")
+            .field("from_node", &self.from_node)
+            .field("peer", &crate::keys::encode_key(&self.peer))
+            .field("created", &self.created)
+            .field("receive_mark", &self.receive_mark)
+            .field("highest_region", &self.highest_region)
+            .field("taken", &self.taken)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A keypair built to take a held session over.
+#[derive(Debug)]
+pub struct Takeover {
+    pub keypair: Keypair,
+    /// Install as current (else as next, waiting for the peer's first data).
+    pub confirmed: bool,
+    pub peer: [u8; KEY_LEN],
+    pub from_node: u8,
+    pub region: u32,
+    pub endpoint: Option<SocketAddr>,
+}
+
+/// Sessions held for the other members, by local index.
+#[derive(Debug)]
+pub struct HeldStore {
+    me: u8,
+    n: u8,
+    started: Time,
+    sessions: HashMap<u32, HeldSession>,
+}
+
+impl HeldStore {
+    /// `started`: when this member started (on its clock), see [`START_MARGIN`].
+    pub fn new(me: u8, n: u8, started: Time) -> HeldStore {
+        HeldStore {
+            me,
+            n,
+            started,
+            sessions: HashMap::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    pub fn get(&self, local_index: u32) -> Option<&HeldSession> {
+        self.sessions.get(&local_index)
+    }
+
+    pub fn indices(&self) -> Vec<u32> {
+        self.sessions.keys().copied().collect()
+    }
+
+    /// Sessions held and not (yet) taken over.
+    pub fn held_for_others(&self) -> usize {
+        self.sessions.values().filter(|s| s.taken.is_none()).count()
+    }
+
+    /// Apply a record `from` a member at `now`.
+    pub fn apply(&mut self, now: Time, from: u8, record: Record) {
+        match record {
+            Record::Session(s) => {
+                let created = Time::from_nanos(
+                    now.as_nanos()
+                        .saturating_sub(u64::from(s.age_ms) * 1_000_000),
+                );
+                let e = self
+                    .sessions
+                    .entry(s.local_index)
+                    .or_insert_with(|| HeldSession {
+                        from_node: from,
+                        peer: s.peer,
+                        remote_index: s.remote_index,
+                        send_key: s.send_key.clone(),
+                        recv_key: s.recv_key.clone(),
+                        initiator: s.initiator,
+                        may_send: s.may_send,
+                        created,
+                        receive_mark: s.receive_mark,
+                        endpoint: s.endpoint,
+                        highest_region: s.region,
+                        taken: None,
+                    });
+                if e.peer != s.peer || e.remote_index != s.remote_index {
+                    // An index reused for a new session: the old one is gone.
+                    *e = HeldSession {
+                        from_node: from,
+                        peer: s.peer,
+                        remote_index: s.remote_index,
+                        send_key: s.send_key,
+                        recv_key: s.recv_key,
+                        initiator: s.initiator,
+                        may_send: s.may_send,
+                        created,
+                        receive_mark: s.receive_mark,
+                        endpoint: s.endpoint,
+                        highest_region: s.region,
+                        taken: None,
+                    };
+                    return;
+                }
+                e.from_node = from;
+                e.may_send |= s.may_send;
+                e.receive_mark = e.receive_mark.max(s.receive_mark);
+                e.highest_region = e.highest_region.max(s.region);
+                if s.endpoint.is_some() {
+                    e.endpoint = s.endpoint;
+                }
+            }
+            Record::Marks(m) => {
+                if let Some(e) = self.sessions.get_mut(&m.local_index) {
+                    e.receive_mark = e.receive_mark.max(m.receive_mark);
+                    e.highest_region = e.highest_region.max(m.region);
+                    // Counters moved: the peer used the session, so it is confirmed.
+                    e.may_send |= m.receive_mark > 0;
+                }
+            }
+            Record::Gone(i) => {
+                // Keep what we took over: ours now, and its regions must be remembered.
+                if self.sessions.get(&i).is_some_and(|s| s.taken.is_none()) {
+                    self.sessions.remove(&i);
+                }
+            }
+        }
+    }
+
+    /// Drop sessions past REJECT_AFTER_TIME.
+    pub fn expire(&mut self, now: Time) {
+        self.sessions
+            .retain(|_, s| !now.has_elapsed(s.created, REJECT_AFTER_TIME));
+    }
+
+    /// Build the keypair to take `local_index` over, and record the region it will use. `None`
+    /// if not held, expired, too old to be sure of our regions, or out of regions.
+    pub fn take_over(&mut self, now: Time, local_index: u32) -> Option<Takeover> {
+        let (me, n) = (self.me, self.n);
+        let margin_ok = |s: &HeldSession| {
+            s.created.as_nanos() >= (self.started + START_MARGIN).as_nanos()
+                && !now.has_elapsed(s.created, REJECT_AFTER_TIME)
+        };
+        let s = self.sessions.get(&local_index)?;
+        if !margin_ok(s) {
+            return None;
+        }
+        let s = self.sessions.get_mut(&local_index)?;
+        let region = takeover_region(me, n, s.highest_region)?;
+        s.highest_region = region;
+        s.taken = Some(region);
+        let keys = SessionKeys {
+            send: s.send_key.clone(),
+            recv: s.recv_key.clone(),
+            local_index,
+            remote_index: s.remote_index,
+            initiator: s.initiator,
+            created: s.created,
+        };
+        Some(Takeover {
+            keypair: Keypair::resume(
+                keys,
+                region_start(region),
+                region_end(region),
+                s.receive_mark,
+            ),
+            confirmed: s.may_send || s.initiator,
+            peer: s.peer,
+            from_node: s.from_node,
+            region,
+            endpoint: s.endpoint,
+        })
+    }
+
+    /// A keypair to check a packet with before taking over (nothing is recorded).
+    pub fn probe(&self, now: Time, local_index: u32) -> Option<Keypair> {
+        let s = self.sessions.get(&local_index)?;
+        if s.taken.is_some() || now.has_elapsed(s.created, REJECT_AFTER_TIME) {
+            return None;
+        }
+        let keys = SessionKeys {
+            send: s.send_key.clone(),
+            recv: s.recv_key.clone(),
+            local_index,
+            remote_index: s.remote_index,
+            initiator: s.initiator,
+            created: s.created,
+        };
+        Some(Keypair::resume(keys, 0, 0, s.receive_mark))
+    }
+}
+
+impl super::peer::Peer {
+    /// Take a session over from another gateway (HA): install its keypair, follow the peer to
+    /// `endpoint`, and start a fresh handshake at once so the session taken over is replaced
+    /// soon. The caller has registered the keypair's local index for this peer.
+    pub fn take_over(
+        &mut self,
+        env: &mut super::effects::Env,
+        keypair: Keypair,
+        confirmed: bool,
+        endpoint: Option<SocketAddr>,
+    ) {
+        for i in self
+            .keypairs
+            .adopt(keypair, confirmed)
+            .into_iter()
+            .flatten()
+        {
+            env.indices.release(i);
+        }
+        self.timers.on_session_derived(env.cx.now);
+        if let Some(e) = endpoint {
+            self.set_endpoint(e);
+        }
+        self.send_initiation(env, false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::rng::SeededRng;
+    use proptest::prelude::*;
+
+    fn members() -> Vec<SocketAddr> {
+        vec![
+            "10.99.0.1:51821".parse().unwrap(),
+            "10.99.0.2:51821".parse().unwrap(),
+            "10.99.0.3:51821".parse().unwrap(),
+        ]
+    }
+
+    fn key() -> GroupKey {
+        GroupKey::derive(&[7u8; 32], &members())
+    }
+
+    fn session(local: u32, region: u32) -> SessionRecord {
+        SessionRecord {
+            peer: [9u8; 32],
+            local_index: local,
+            remote_index: 77,
+            send_key: Zeroizing::new([1u8; 32]),
+            recv_key: Zeroizing::new([2u8; 32]),
+            initiator: false,
+            may_send: true,
+            age_ms: 50,
+            send_counter: region_start(region) + 5,
+            receive_mark: 1000,
+            endpoint: Some("198.18.1.2:40001".parse().unwrap()),
+            region,
+        }
+    }
+
+    #[test]
+    fn seal_open_round_trip_and_records_decode() {
+        let mut rng = SeededRng::new(1);
+        let mut tx = SyncSender::new(1, 1234);
+        let recs = vec![
+            Record::Session(session(partition_index(1, 5), 0)),
+            Record::Marks(MarksRecord {
+                local_index: 9,
+                send_counter: 10,
+                receive_mark: 11,
+                region: 2,
+            }),
+            Record::Gone(42),
+            Record::Session(SessionRecord {
+                endpoint: Some("[fd00::1]:9".parse().unwrap()),
+                ..session(3, 4)
+            }),
+            Record::Session(SessionRecord {
+                endpoint: None,
+                ..session(4, 0)
+            }),
+        ];
+        let d = tx.seal_records(&key(), &mut rng, &recs);
+        assert_eq!(d.len(), 1);
+        assert!(d[0].len() <= MAX_DATAGRAM);
+        let mut rx = SyncReceiver::new(0, 3);
+        let a = rx.accept(&key(), &d[0]).unwrap();
+        assert_eq!((a.node, a.epoch, a.new_epoch), (1, 1234, true));
+        assert_eq!(a.records, recs);
+        // The next datagram of the same epoch is not new.
+        let d2 = tx.seal_records(&key(), &mut rng, &[]);
+        let a2 = rx.accept(&key(), &d2[0]).unwrap();
+        assert!(!a2.new_epoch && a2.records.is_empty());
+    }
+
+    #[test]
+    fn many_records_split_into_datagrams_within_the_limit() {
+        let mut rng = SeededRng::new(2);
+        let mut tx = SyncSender::new(2, 1);
+        let recs: Vec<Record> = (0..100).map(|i| Record::Session(session(i, 0))).collect();
+        let ds = tx.seal_records(&key(), &mut rng, &recs);
+        assert!(ds.len() >= 100 * SESSION_RECORD_LEN / MAX_DATAGRAM);
+        let mut rx = SyncReceiver::new(0, 3);
+        let mut got = Vec::new();
+        for d in &ds {
+            assert!(d.len() <= MAX_DATAGRAM);
+            got.extend(rx.accept(&key(), d).unwrap().records);
+        }
+        assert_eq!(got, recs);
+    }
+
+    #[test]
+    fn forged_replayed_and_malformed_datagrams_are_rejected() {
+        let mut rng = SeededRng::new(3);
+        let mut tx = SyncSender::new(1, 500);
+        let good = tx
+            .seal_records(&key(), &mut rng, &[Record::Gone(1)])
+            .remove(0);
+        let mut rx = SyncReceiver::new(0, 3);
+
+        // Bad tag.
+        let mut bad = good.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert_eq!(rx.accept(&key(), &bad).unwrap_err(), DropReason::SyncForged);
+        // Flipped ciphertext byte.
+        let mut bad = good.clone();
+        bad[OVERHEAD - TAG_LEN] ^= 0x80;
+        assert_eq!(rx.accept(&key(), &bad).unwrap_err(), DropReason::SyncForged);
+        // Flipped header byte (the AAD): the epoch.
+        let mut bad = good.clone();
+        bad[5] ^= 1;
+        assert_eq!(rx.accept(&key(), &bad).unwrap_err(), DropReason::SyncForged);
+        // Another group's key.
+        let other = GroupKey::derive(&[8u8; 32], &members());
+        assert_eq!(
+            rx.accept(&other, &good).unwrap_err(),
+            DropReason::SyncForged
+        );
+        // Same secret, other member list.
+        let other = GroupKey::derive(&[7u8; 32], &members()[..2]);
+        assert_eq!(
+            rx.accept(&other, &good).unwrap_err(),
+            DropReason::SyncForged
+        );
+        // Truncated, wrong type, wrong version, reserved byte set.
+        for cut in [0, 1, HEADER_LEN, OVERHEAD - 1] {
+            assert_eq!(
+                rx.accept(&key(), &good[..cut]).unwrap_err(),
+                DropReason::SyncMalformed
+            );
+        }
+        for (at, v) in [(0, 1u8), (1, 2), (3, 1)] {
+            let mut bad = good.clone();
+            bad[at] = v;
+            assert_eq!(
+                rx.accept(&key(), &bad).unwrap_err(),
+                DropReason::SyncMalformed
+            );
+        }
+        // None of that moved anything: the genuine datagram is accepted once.
+        assert!(rx.accept(&key(), &good).is_ok());
+        assert_eq!(
+            rx.accept(&key(), &good).unwrap_err(),
+            DropReason::SyncReplayed
+        );
+
+        // A sender index that is ours, or out of range.
+        for node in [0u8, 3, 15, 255] {
+            let mut s = SyncSender::new(node, 900);
+            let d = s.seal_records(&key(), &mut rng, &[]).remove(0);
+            assert_eq!(
+                rx.accept(&key(), &d).unwrap_err(),
+                DropReason::SyncMalformed
+            );
+        }
+
+        // A lower epoch (an old incarnation's datagram) after a newer one.
+        let mut old = SyncSender::new(1, 499);
+        let d = old.seal_records(&key(), &mut rng, &[]).remove(0);
+        assert_eq!(rx.accept(&key(), &d).unwrap_err(), DropReason::SyncReplayed);
+        // A higher epoch restarts the window.
+        let mut newer = SyncSender::new(1, 501);
+        let d = newer.seal_records(&key(), &mut rng, &[]).remove(0);
+        let a = rx.accept(&key(), &d).unwrap();
+        assert!(a.new_epoch);
+        // And now the previous epoch's datagrams are refused.
+        let d = tx.seal_records(&key(), &mut rng, &[]).remove(0);
+        assert_eq!(rx.accept(&key(), &d).unwrap_err(), DropReason::SyncReplayed);
+    }
+
+    #[test]
+    fn garbage_records_inside_an_authentic_datagram_are_malformed() {
+        let mut rng = SeededRng::new(4);
+        let mut rx = SyncReceiver::new(0, 3);
+        let garbage = [vec![9u8], vec![RECORD_GONE, 1, 2], vec![RECORD_SESSION; 10]];
+        for (seq, plain) in garbage.iter().enumerate() {
+            let h = Header {
+                node: 2,
+                epoch: 1,
+                seq: seq as u64,
+            };
+            let d = seal(&key(), &h, &mut rng, plain);
+            assert_eq!(
+                rx.accept(&key(), &d).unwrap_err(),
+                DropReason::SyncMalformed
+            );
+        }
+    }
+
+    #[test]
+    fn regions_follow_the_rule() {
+        // Two members: member 1 takes odd regions, member 0 even regions >= 2.
+        assert_eq!(takeover_region(1, 2, 0), Some(1));
+        assert_eq!(takeover_region(0, 2, 0), Some(2));
+        assert_eq!(takeover_region(1, 2, 1), Some(3));
+        assert_eq!(takeover_region(0, 2, 3), Some(4));
+        assert_eq!(takeover_region(2, 3, 4), Some(5));
+        assert_eq!(takeover_region(0, 3, 0), Some(3));
+        assert_eq!(takeover_region(1, 2, MAX_REGION), None);
+        assert!(region_end(MAX_REGION) <= REJECT_AFTER_MESSAGES);
+        assert_eq!(region_of(region_start(7) + 12345), 7);
+    }
+
+    proptest! {
+        /// Any sequence of takeovers by any members, each seeing only some of the regions used
+        /// before (lost sync), never gives two members the same region, and never region 0.
+        #[test]
+        fn regions_of_different_members_never_collide(
+            n in 2u8..=16,
+            steps in proptest::collection::vec((0u8..16, any::<bool>()), 1..60),
+        ) {
+            let mut owner: HashMap<u32, u8> = HashMap::new();
+            owner.insert(0, 255); // the deriver
+            let mut seen_by: Vec<u32> = vec![0; usize::from(n)];
+            let mut highest = 0u32;
+            for (who, synced) in steps {
+                let who = who % n;
+                let seen = if synced { highest } else { seen_by[usize::from(who)] };
+                let Some(r) = takeover_region(who, n, seen) else { continue };
+                prop_assert!(r >= 1);
+                prop_assert_eq!(r % u32::from(n), u32::from(who));
+                prop_assert!(r > seen);
+                if let Some(&o) = owner.get(&r) {
+                    prop_assert_eq!(o, who, "region {} used by two members", r);
+                }
+                owner.insert(r, who);
+                seen_by[usize::from(who)] = r;
+                highest = highest.max(r);
+            }
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(p in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = Record::decode_all(&p);
+            let mut rx = SyncReceiver::new(0, 2);
+            let _ = rx.accept(&key(), &p);
+        }
+    }
+
+    #[test]
+    fn taken_over_keypair_starts_at_its_region_and_rejects_old_counters() {
+        let start = Time::from_nanos(1_000_000_000);
+        let mut store = HeldStore::new(1, 2, start);
+        let now = start + Duration::from_secs(5);
+        let idx = partition_index(0, 1234);
+        store.apply(now, 0, Record::Session(session(idx, 0)));
+        store.apply(
+            now,
+            0,
+            Record::Marks(MarksRecord {
+                local_index: idx,
+                send_counter: 99,
+                receive_mark: 2000,
+                region: 0,
+            }),
+        );
+        assert_eq!(store.held_for_others(), 1);
+        let t = store.take_over(now, idx).unwrap();
+        assert_eq!(t.region, 1);
+        assert!(t.confirmed);
+        assert_eq!(t.keypair.send_counter(), region_start(1));
+        assert_eq!(t.keypair.receive_counter(), 2000);
+        // Encrypt with the taker, decrypt with a client holding the other direction.
+        let mut taker = t.keypair;
+        let mut client = Keypair::new(SessionKeys {
+            send: Zeroizing::new([2u8; 32]),
+            recv: Zeroizing::new([1u8; 32]),
+            local_index: 77,
+            remote_index: idx,
+            initiator: true,
+            created: now,
+        });
+        let mut buf = [0u8; 128];
+        let n = taker.encrypt(now, b"hi", 1420, &mut buf).unwrap();
+        let mut m = buf;
+        assert!(client.decrypt(now, &mut m[..n]).is_ok());
+        assert_eq!(client.receive_counter(), region_start(1) + 1);
+        // The client's counters up to the mark are refused, the next one is taken.
+        for c in [0u64, 1000, 1999] {
+            let mut msg = [0u8; 64];
+            let mut probe = Keypair::resume(
+                SessionKeys {
+                    send: Zeroizing::new([2u8; 32]),
+                    recv: Zeroizing::new([1u8; 32]),
+                    local_index: 77,
+                    remote_index: idx,
+                    initiator: true,
+                    created: now,
+                },
+                c,
+                u64::MAX,
+                0,
+            );
+            let n = probe.encrypt(now, b"", 1420, &mut msg).unwrap();
+            assert_eq!(
+                taker.decrypt(now, &mut msg[..n]),
+                Err(DropReason::Replayed),
+                "counter {c}"
+            );
+        }
+        let n = client.encrypt(now, b"", 1420, &mut buf).unwrap();
+        assert!(client.send_counter() == 1);
+        let _ = n;
+        // Taking it over again moves to the next region of ours.
+        let t2 = store.take_over(now, idx).unwrap();
+        assert_eq!(t2.region, 3);
+        // Marks from the other member naming region 4 push us past it.
+        store.apply(
+            now,
+            0,
+            Record::Marks(MarksRecord {
+                local_index: idx,
+                send_counter: region_start(4),
+                receive_mark: 0,
+                region: 4,
+            }),
+        );
+        assert_eq!(store.take_over(now, idx).unwrap().region, 5);
+    }
+
+    #[test]
+    fn sessions_older_than_our_start_or_expired_are_not_taken_over() {
+        let start = Time::from_nanos(10_000_000_000);
+        let mut store = HeldStore::new(1, 2, start);
+        // Received half a second after we started, 100 ms old: too close to our start.
+        let now = start + Duration::from_millis(500);
+        store.apply(now, 0, Record::Session(session(5, 0)));
+        assert!(store.take_over(now, 5).is_none());
+        let later = start + Duration::from_secs(3);
+        store.apply(later, 0, Record::Session(session(6, 0)));
+        assert!(store.take_over(later, 6).is_some());
+        store.apply(later, 0, Record::Session(session(7, 0)));
+        store.apply(later, 0, Record::Gone(7));
+        assert!(store.get(7).is_none());
+        // Taken-over sessions survive Gone.
+        store.apply(later, 0, Record::Gone(6));
+        assert!(store.get(6).is_some());
+        store.expire(later + REJECT_AFTER_TIME);
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn index_partitions() {
+        assert_eq!(node_of_index(partition_index(5, u32::MAX)), 5);
+        assert_eq!(partition_index(0, 0xF000_0001), 1);
+        assert_eq!(MAX_MEMBERS, 16);
+    }
+}

@@ -23,8 +23,16 @@
 //!
 //! [log]
 //! level = "info"              # or RUST_LOG-style directives; SLUICE_LOG overrides it
+//!
+//! [ha]                        # optional: a member of an HA group, see [`ha`]
+//! mode = "vrrp"
+//! node = 0
+//! members = ["10.99.0.1:51821", "10.99.0.2:51821"]
+//! secret_file = "ha.key"
+//! vips = ["192.0.2.10"]
 //! ```
 
+pub mod ha;
 pub mod wgquick;
 
 use crate::proto::allowedips::AllowedIps;
@@ -117,6 +125,8 @@ pub struct Config {
     pub log_level: Option<String>,
     /// Things accepted but not acted on, for the operator to see at start.
     pub notes: Vec<String>,
+    /// `[ha]`: this gateway is a member of an HA group; `None`: standalone.
+    pub ha: Option<ha::HaConfig>,
 }
 
 pub const DEFAULT_LISTEN_PORT: u16 = 51820;
@@ -133,6 +143,8 @@ struct RawGateway {
     metrics: RawMetrics,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    ha: Option<ha::RawHa>,
 }
 
 #[derive(Deserialize)]
@@ -225,8 +237,13 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             )
         })?),
     };
+    let ha = match &raw.ha {
+        None => None,
+        Some(h) => Some(ha::parse(h, dir, &at)?),
+    };
     let mut cfg = build(path, name, wg_path, wg, dataplane, metrics)?;
     cfg.metrics_per_peer = per_peer;
+    cfg.ha = ha;
     if let Some(l) = &raw.log.level {
         crate::log::parse_filter(l.get_ref())
             .map_err(|why| at(l.span(), format!("log.level '{}': {why}", l.get_ref())))?;
@@ -438,6 +455,7 @@ fn build(
         metrics_per_peer: None,
         log_level: None,
         notes,
+        ha: None,
         wg_path,
     })
 }

@@ -56,6 +56,20 @@ enum Command {
 enum HaCommand {
     /// Anycast: poll /healthz, run --up when healthy and --down (within one interval) when not.
     Watch(sluice::hawatch::WatchArgs),
+    /// Tell the running gateway its VRRP role: `notify --config FILE master|backup|fault`, or
+    /// keepalived's generic form `notify --config FILE TYPE NAME STATE [PRIORITY]`.
+    Notify {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// STATE, or TYPE NAME STATE [PRIORITY] as keepalived passes them.
+        #[arg(required = true, num_args = 1..=4)]
+        args: Vec<String>,
+    },
+    /// Print the running gateway's HA state (one JSON line from its control socket).
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -72,6 +86,7 @@ fn main() -> ExitCode {
         Command::Pubkey => pubkey(),
         Command::Ha { command } => match command {
             HaCommand::Watch(args) => ha_watch(&args),
+            other => ha_control(other),
         },
     };
     match result {
@@ -122,6 +137,21 @@ fn check(path: &Path) -> Result<(), String> {
         cfg.dataplane.mode,
         cfg.dataplane.workers
     );
+    if let Some(h) = &cfg.ha {
+        let members: Vec<String> = h.members.iter().map(|m| m.to_string()).collect();
+        let vips: Vec<String> = h.vips.iter().map(|v| v.to_string()).collect();
+        println!(
+            "ha: mode {}, node {} of {} ({}), members {}, vips [{}], sync {}, secret {}",
+            h.mode.label(),
+            h.node,
+            h.members.len(),
+            h.own_address(),
+            members.join(" "),
+            vips.join(" "),
+            if h.sync { "on" } else { "off" },
+            h.secret_file.display()
+        );
+    }
     Ok(())
 }
 
@@ -132,6 +162,90 @@ fn up(path: &Path, status_file: Option<PathBuf>) -> Result<(), String> {
         log::info(&format!("note: {note}"));
     }
     datapath::run(&cfg, &RunOptions { status_file }).map_err(|e| e.to_string())
+}
+
+/// keepalived passes `TYPE NAME STATE PRIORITY` to a generic notify script; a bare state works
+/// too.
+fn notify_state(args: &[String]) -> Result<&str, String> {
+    match args {
+        [state] | [_, _, state] | [_, _, state, _] => Ok(state),
+        _ => Err(format!(
+            "ha notify: expected STATE or TYPE NAME STATE [PRIORITY], got {args:?}"
+        )),
+    }
+}
+
+/// `sluice ha notify` and `sluice ha status`: one request on the control socket.
+fn ha_control(command: HaCommand) -> Result<(), String> {
+    let (config, request) = match &command {
+        HaCommand::Notify { config, args } => {
+            let state = notify_state(args)?.to_ascii_lowercase();
+            if !["master", "backup", "fault"].contains(&state.as_str()) {
+                return Err(format!(
+                    "ha notify: unknown state '{state}' (master, backup or fault)"
+                ));
+            }
+            (config, format!("ha-role {state}"))
+        }
+        HaCommand::Status { config } => (config, "ha-status".to_string()),
+        HaCommand::Watch(_) => return Err("ha watch is not a control request".into()),
+    };
+    let cfg = load(config)?;
+    if cfg.ha.is_none() {
+        return Err(format!("{}: no [ha] section", config.display()));
+    }
+    let reply = datapath::control_sock::request(&cfg.name, &request)
+        .map_err(|e| format!("{}: {e} (is sluice running?)", cfg.name))?;
+    if let Some(why) = reply.strip_prefix("error: ") {
+        return Err(format!("{}: {why}", cfg.name));
+    }
+    println!("{reply}");
+    Ok(())
+}
+
+/// The `ha:` block of `sluice show`, from the control socket's `ha-status`.
+fn format_ha(status: &serde_json::Value) -> String {
+    let s = |k: &str| status[k].as_str().unwrap_or("?").to_string();
+    let n = |k: &str| status[k].as_u64().unwrap_or(0);
+    let ago = |v: &serde_json::Value| {
+        v.as_u64().map_or_else(
+            || "never".to_string(),
+            |ms| format!("{:.1} s ago", ms as f64 / 1000.0),
+        )
+    };
+    let on = |b: bool| if b { "on" } else { "off" };
+    let mut out = format!(
+        "  ha: {} (sync {})\n    role: {}\n    node: {}\n",
+        s("mode"),
+        on(status["sync"].as_bool().unwrap_or(false)),
+        s("role"),
+        n("node")
+    );
+    for m in status["members"].as_array().into_iter().flatten() {
+        let addr = m["address"].as_str().unwrap_or("?");
+        if m["self"].as_bool().unwrap_or(false) {
+            out.push_str(&format!("    member {} {addr}: this gateway\n", m["node"]));
+        } else {
+            out.push_str(&format!(
+                "    member {} {addr}: last heard {}, epoch {}, sync lag {}\n",
+                m["node"],
+                ago(&m["last_heard_ms"]),
+                m["epoch"],
+                ago(&m["sync_lag_ms"])
+            ));
+        }
+    }
+    out.push_str(&format!(
+        "    sessions held for others: {}\n    takeovers: {}\n    sync messages: {} sent, {} received; rejected: {} forged, {} replayed, {} malformed\n",
+        n("sessions_held"),
+        n("takeovers"),
+        n("sync_sent"),
+        n("sync_received"),
+        status["rejected"]["sync_forged"],
+        status["rejected"]["sync_replayed"],
+        status["rejected"]["sync_malformed"],
+    ));
+    out
 }
 
 fn show(name: Option<String>) -> Result<(), String> {
@@ -145,7 +259,16 @@ fn show(name: Option<String>) -> Result<(), String> {
     let mut out = Vec::new();
     for n in &names {
         let state = sluice::uapi::client::query(n).map_err(|e| format!("{n}: {e}"))?;
-        out.push(sluice::uapi::client::format_show(n, &state, now));
+        let mut text = sluice::uapi::client::format_show(n, &state, now);
+        if datapath::control_sock::path(n).exists() {
+            if let Ok(reply) = datapath::control_sock::request(n, "ha-status") {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&reply) {
+                    text.push('\n');
+                    text.push_str(&format_ha(&v));
+                }
+            }
+        }
+        out.push(text);
     }
     print!("{}", out.join("\n"));
     Ok(())

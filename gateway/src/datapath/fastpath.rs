@@ -219,9 +219,16 @@ impl FastPath {
 
     /// Follow address changes on the interface (VIPs coming and going).
     pub fn refresh_addrs(&self) {
-        let Ok(now) = netdev::addresses(&self.ifname) else {
+        self.refresh_addrs_hiding(&[]);
+    }
+
+    /// [`FastPath::refresh_addrs`], leaving `hidden` out of the map: an HA VIP while this
+    /// gateway is not its VRRP master.
+    pub fn refresh_addrs_hiding(&self, hidden: &[std::net::IpAddr]) {
+        let Ok(mut now) = netdev::addresses(&self.ifname) else {
             return;
         };
+        now.retain(|a| !hidden.contains(a));
         let mut addrs = super::shared::lock(&self.addrs);
         if *addrs == now {
             return;

@@ -47,7 +47,13 @@ impl<O: Outer> HandshakeThread<O> {
                 rng: &mut rng,
             };
             match handle(&self.shared, &mut cx, &mut out, job.src, &mut job.data) {
-                Ok(()) => handled += 1,
+                Ok(()) => {
+                    handled += 1;
+                    // HA: a new session to tell the group about now, not at the next tick.
+                    if let Some(ha) = self.shared.ha.get() {
+                        ha.poke();
+                    }
+                }
                 Err(reason) => {
                     drops.count(reason);
                     // Debug only: anyone can send (or replay) handshake messages, so a failed

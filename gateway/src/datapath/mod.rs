@@ -18,9 +18,11 @@
 //! TUN device) and return.
 
 pub mod control;
+pub mod control_sock;
 pub mod fastpath;
 pub mod fault;
 pub mod frame;
+pub mod ha;
 pub mod handshake;
 pub mod icmp;
 pub mod io;
@@ -81,6 +83,8 @@ pub enum RunError {
     Uapi { name: String, err: std::io::Error },
     #[error("{0}")]
     Fault(String),
+    #[error("ha: {0}")]
+    Ha(String),
     #[error("dataplane mode xdp on {ifname}: {err}")]
     FastPath {
         ifname: String,
@@ -251,6 +255,7 @@ fn fixed_setting_changed(a: &Config, b: &Config) -> Option<&'static str> {
         (a.mtu != b.mtu, "MTU"),
         (a.addresses != b.addresses, "Address"),
         (a.dataplane != b.dataplane, "the [dataplane] section"),
+        (a.ha != b.ha, "the [ha] section"),
     ]
     .into_iter()
     .find_map(|(changed, what)| changed.then_some(what))
@@ -289,6 +294,25 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
         usize::from(cfg.mtu),
         workers,
     ));
+    let ha = match &cfg.ha {
+        Some(h) => {
+            shared.index.set_partition(h.node);
+            let ha = Arc::new(ha::Ha::new(h, shared.clock.now(), ha::epoch_now()));
+            ha.set_outer(sockets[0].clone());
+            let _ = shared.ha.set(ha.clone());
+            let socket = ha::bind(h).map_err(|e| {
+                RunError::Ha(format!("binding the sync address {}: {e}", h.own_address()))
+            })?;
+            let ctl = control_sock::CtlServer::bind(&cfg.name).map_err(|e| {
+                RunError::Ha(format!(
+                    "binding {}: {e}",
+                    control_sock::path(&cfg.name).display()
+                ))
+            })?;
+            Some((ha, socket, ctl))
+        }
+        None => None,
+    };
     shared.start_peers();
     let (hs_tx, hs_rx) = crossbeam_channel::bounded(HANDSHAKE_QUEUE);
     let stop = Arc::new(AtomicBool::new(false));
@@ -353,7 +377,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
     // Handshakes cost ~200 µs of CPU each; half as many handshake threads as workers keeps a
     // flood from starving the data path while still using bigger machines.
     let hs_threads = (workers / 2).max(1);
-    let hs_stats: Vec<Arc<WorkerStats>> = (0..hs_threads)
+    let mut hs_stats: Vec<Arc<WorkerStats>> = (0..hs_threads)
         .map(|_| Arc::new(WorkerStats::default()))
         .collect();
     for (i, s) in hs_stats.iter().enumerate() {
@@ -373,6 +397,46 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
         threads.push(t.map_err(RunError::Thread)?);
     }
     drop(hs_rx);
+    if let Some((ha, socket, ctl)) = ha {
+        // The sync thread reports (drops, heartbeat) as the last handshake-thread series.
+        hs_stats.push(ha.stats.clone());
+        let sync = ha::SyncThread {
+            ha: ha.clone(),
+            shared: shared.clone(),
+            socket,
+            stop: stop.clone(),
+        };
+        let t = std::thread::Builder::new()
+            .name("sluice-ha-sync".into())
+            .spawn(move || {
+                let stats = sync.ha.stats.clone();
+                fault::run_contained("ha sync", 0, &stats, move || sync.run());
+            });
+        threads.push(t.map_err(RunError::Thread)?);
+        if let Some(f) = &fast {
+            let (f, weak) = (f.clone(), Arc::downgrade(&ha));
+            ha.set_on_role(Box::new(move || {
+                if let Some(ha) = weak.upgrade() {
+                    f.refresh_addrs_hiding(ha.hidden_vips());
+                }
+            }));
+        }
+        let (ctl_shared, ctl_stop) = (shared.clone(), stop.clone());
+        let t = std::thread::Builder::new()
+            .name("sluice-ctl".into())
+            .spawn(move || {
+                ctl.serve(&|line| ha.handle_ctl(&ctl_shared, line), &ctl_stop);
+            });
+        threads.push(t.map_err(RunError::Thread)?);
+        log::info(&format!(
+            "ha mode={} node={} members={} sync={} control={}",
+            cfg.ha.as_ref().map_or("", |h| h.mode.label()),
+            cfg.ha.as_ref().map_or(0, |h| h.node),
+            cfg.ha.as_ref().map_or(0, |h| h.members.len()),
+            cfg.ha.as_ref().is_some_and(|h| h.sync),
+            control_sock::path(&cfg.name).display()
+        ));
+    }
 
     if let Some(server) = metrics {
         let per_peer = match cfg.metrics_per_peer {
@@ -444,7 +508,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
             _ => {}
         }
         if let Some(f) = &fast {
-            f.refresh_addrs();
+            f.refresh_addrs_hiding(shared.ha.get().map_or(&[], |h| h.hidden_vips()));
             f.sync_prefixes(&shared.table());
         }
         if let Some(path) = &opts.status_file {

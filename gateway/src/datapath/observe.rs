@@ -107,6 +107,7 @@ impl MetricsSource for GatewayObserver {
             handshake_queue_depth: self.queue.len() as u64,
             under_load: self.shared.is_under_load(self.shared.clock.now()),
             cookie_replies_sent: cookie_replies,
+            ha: self.shared.ha.get().map(|h| h.sample(&self.shared)),
         }
     }
 

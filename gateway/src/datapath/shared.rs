@@ -68,6 +68,8 @@ impl Default for Clock {
 #[derive(Debug)]
 pub struct IndexShards {
     shards: Vec<Mutex<HashMap<u32, PeerId>>>,
+    /// HA: this member's node number, the top bits of every index it allocates.
+    partition: std::sync::OnceLock<u8>,
 }
 
 impl IndexShards {
@@ -76,7 +78,18 @@ impl IndexShards {
             shards: (0..INDEX_SHARDS)
                 .map(|_| Mutex::new(HashMap::new()))
                 .collect(),
+            partition: std::sync::OnceLock::new(),
         }
+    }
+
+    /// HA: allocate only indices in member `node`'s partition (see `proto::hasync`).
+    pub fn set_partition(&self, node: u8) {
+        let _ = self.partition.set(node);
+    }
+
+    /// Map an index taken over from another member to `peer`.
+    pub fn insert(&self, index: u32, peer: PeerId) {
+        lock(self.shard(index)).insert(index, peer);
     }
 
     fn shard(&self, index: u32) -> &Mutex<HashMap<u32, PeerId>> {
@@ -99,7 +112,10 @@ impl IndexShards {
 impl Indices for &IndexShards {
     fn allocate(&mut self, rng: &mut dyn Rng, peer: PeerId) -> u32 {
         loop {
-            let index = rng.next_u32();
+            let mut index = rng.next_u32();
+            if let Some(&node) = self.partition.get() {
+                index = crate::proto::hasync::partition_index(node, index);
+            }
             let mut shard = lock(self.shard(index));
             if let std::collections::hash_map::Entry::Vacant(e) = shard.entry(index) {
                 e.insert(peer);
@@ -132,6 +148,8 @@ pub struct Shared {
     pub clock: Clock,
     /// Per worker: deadlines other threads filed for peers that worker owns.
     pub timer_inbox: Vec<Mutex<Vec<Deadline>>>,
+    /// HA group membership, when the gateway runs with `[ha]`.
+    pub ha: std::sync::OnceLock<Arc<super::ha::Ha>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -174,6 +192,7 @@ impl Shared {
             timer_inbox: (0..workers.max(1))
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
+            ha: std::sync::OnceLock::new(),
         }
     }
 

@@ -65,6 +65,7 @@ impl Status<'_> {
             "rx_packets": sum(|w| w.rx_packets.load(Ordering::Relaxed)),
             "tx_packets": sum(|w| w.tx_packets.load(Ordering::Relaxed)),
             "handshakes_handled": self.handshakes.iter().map(|w| w.rx_packets.load(Ordering::Relaxed)).sum::<u64>(),
+            "ha": self.shared.ha.get().map(|h| h.status(self.shared)),
         })
     }
 

@@ -316,6 +316,9 @@ impl<O: Outer, I: Inner> Worker<O, I> {
                     )
                 })
                 .unwrap_or(Err(DropReason::UnknownIndex));
+            if let (Ok(_), Some(ha)) = (&finished, self.shared.ha.get()) {
+                ha.note_received(p.receiver);
+            }
             let payload = match finished {
                 Ok(payload) if payload.is_empty() => {
                     if let Some(f) = frame {
@@ -594,11 +597,16 @@ fn classify_outer<O: Outer, I: Inner>(
     let kind = messages::message_type(datagram)?;
     if kind == TYPE_TRANSPORT {
         let receiver = Transport::new(&*datagram)?.receiver();
-        let id = w
-            .shared
-            .index
-            .get(receiver)
-            .ok_or(DropReason::UnknownIndex)?;
+        let id = match w.shared.index.get(receiver) {
+            Some(id) => id,
+            // HA: maybe a session another member derived, which we hold for it.
+            None => w
+                .shared
+                .ha
+                .get()
+                .and_then(|ha| ha.lazy_takeover(&w.shared, table, cx, out, receiver, datagram, src))
+                .ok_or(DropReason::UnknownIndex)?,
+        };
         let now = cx.now;
         let opening = w
             .shared

@@ -31,6 +31,9 @@ pub fn render(snap: &Snapshot, per_peer: PeerSeries) -> Result<String, prometheu
 fn families(snap: &Snapshot) -> Vec<MetricFamily> {
     let mut mfs = worker_families(&snap.workers);
     mfs.extend(handshake_thread_families(&snap.handshake_threads));
+    if let Some(ha) = &snap.ha {
+        mfs.extend(ha_families(ha));
+    }
     mfs.push(family(
         "sluice_xdp_verdicts_total",
         "Packets the XDP program gave each verdict",
@@ -325,6 +328,51 @@ fn gateway_families(snap: &Snapshot) -> Vec<MetricFamily> {
             "1 while the gateway serves metrics",
             MetricType::GAUGE,
             1,
+        ),
+    ]
+}
+
+/// The `sluice_ha_*` families.
+fn ha_families(ha: &crate::metrics::HaSample) -> Vec<MetricFamily> {
+    vec![
+        family(
+            "sluice_ha_role",
+            "1 for this gateway's current HA role",
+            MetricType::GAUGE,
+            ha.roles
+                .iter()
+                .map(|r| gauge(labels(&[("role", r)]), f64::from(u8::from(*r == ha.role))))
+                .collect(),
+        ),
+        family(
+            "sluice_ha_sync_messages_total",
+            "HA sync datagrams sent to and accepted from the other members",
+            MetricType::COUNTER,
+            vec![
+                counter(labels(&[("direction", "sent")]), ha.sync_sent),
+                counter(labels(&[("direction", "received")]), ha.sync_received),
+            ],
+        ),
+        family(
+            "sluice_ha_sessions_held",
+            "Sessions held for other members (not taken over)",
+            MetricType::GAUGE,
+            vec![gauge(Vec::new(), ha.sessions_held as f64)],
+        ),
+        family(
+            "sluice_ha_takeovers_total",
+            "Sessions taken over from other members",
+            MetricType::COUNTER,
+            vec![counter(Vec::new(), ha.takeovers)],
+        ),
+        family(
+            "sluice_ha_member_last_heard_seconds",
+            "Seconds since each other member was last heard on the sync channel (-1: never)",
+            MetricType::GAUGE,
+            ha.members
+                .iter()
+                .map(|(m, s)| gauge(labels(&[("member", m)]), s.unwrap_or(-1.0)))
+                .collect(),
         ),
     ]
 }

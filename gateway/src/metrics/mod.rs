@@ -34,6 +34,14 @@
 //! | `sluice_under_load` | gauge (0/1) | |
 //! | `sluice_cookie_replies_sent_total` | counter | |
 //! | `sluice_up` | gauge (always 1) | |
+//! | `sluice_ha_role` | gauge (1 for the current role) | `role` (`master`, `backup`, `fault`, `active`) |
+//! | `sluice_ha_sync_messages_total` | counter | `direction` (`sent`, `received`) |
+//! | `sluice_ha_sessions_held` | gauge | |
+//! | `sluice_ha_takeovers_total` | counter | |
+//! | `sluice_ha_member_last_heard_seconds` | gauge (-1: never) | `member` |
+//!
+//! Rejected sync datagrams are drops (`sync_forged`, `sync_replayed`, `sync_malformed`) of the
+//! sync thread, which reports as the last entry of the handshake-thread series.
 //!
 //! [`MetricsServer`] serves `GET /metrics` and `GET /healthz` over a minimal HTTP/1.1
 //! responder on a std `TcpListener`.
@@ -159,7 +167,25 @@ pub struct Snapshot {
     pub handshake_queue_depth: u64,
     pub under_load: bool,
     pub cookie_replies_sent: u64,
+    /// HA group state, when the gateway runs with `[ha]`.
+    pub ha: Option<HaSample>,
 }
+
+/// HA state for the `sluice_ha_*` families.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HaSample {
+    /// The current role (`sluice_ha_role{role}` is 1 for it, 0 for the others in `roles`).
+    pub role: &'static str,
+    pub roles: Vec<&'static str>,
+    pub sync_sent: u64,
+    pub sync_received: u64,
+    pub sessions_held: u64,
+    pub takeovers: u64,
+    /// Other members: sync address and seconds since last heard (`None`: never).
+    pub members: Vec<(String, Option<f64>)>,
+}
+
+impl Eq for HaSample {}
 
 /// What the metrics endpoint reads. Implemented by the running gateway (and by tests).
 pub trait MetricsSource: Send + Sync {

@@ -29,6 +29,8 @@
 //! - [`gateway`]: the gateway under test (sluice, or wireguard-go/boringtun as stand-ins).
 //! - [`topology`]: the picture above, built in one call.
 //! - [`traffic`]: iperf3, UDP and TCP exchanges verified end to end, raw capture and replay.
+//! - [`ha`]: templates from `configs/` rendered as Ansible does, bridges, keepalived, a
+//!   streaming probe that measures a failover's gap and loss; [`vrrp`]: a VRRP pair on it.
 //!
 //! Every name carries a short per-run id ([`unique_id`]), so parallel tests don't collide:
 //! WireGuard's UAPI sockets live in one folder for all namespaces
@@ -42,12 +44,14 @@ macro_rules! err {
 
 pub mod cmd;
 pub mod gateway;
+pub mod ha;
 pub mod netns;
 pub mod process;
 pub mod registry;
 pub mod tools;
 pub mod topology;
 pub mod traffic;
+pub mod vrrp;
 pub mod wg;
 
 pub use gateway::{Gateway, GatewayKind, GatewayStatus};

@@ -22,6 +22,12 @@ pub enum Tool {
     Iperf3,
     /// `sysctl` (procps).
     Sysctl,
+    /// keepalived (the VRRP tests and the failover bench).
+    Keepalived,
+    /// `curl`: keepalived's health check asks `/healthz` with it.
+    Curl,
+    /// `python3` with `jinja2` (python3-jinja2): renders the `configs/*.j2` templates.
+    Jinja2,
 }
 
 impl Tool {
@@ -44,6 +50,9 @@ impl Tool {
             Tool::BoringtunCli => "boringtun-cli",
             Tool::Iperf3 => "iperf3",
             Tool::Sysctl => "sysctl",
+            Tool::Keepalived => "keepalived",
+            Tool::Curl => "curl",
+            Tool::Jinja2 => "python3",
         }
     }
 
@@ -55,6 +64,9 @@ impl Tool {
             Tool::WireguardGo => Some("wireguard-go"),
             Tool::Iperf3 => Some("iperf3"),
             Tool::Sysctl => Some("procps"),
+            Tool::Keepalived => Some("keepalived"),
+            Tool::Curl => Some("curl"),
+            Tool::Jinja2 => Some("python3-jinja2"),
             Tool::BoringtunCli => None,
         }
     }
@@ -62,7 +74,17 @@ impl Tool {
     /// Where the executable is: `$PATH`, then `~/.cargo/bin` (where `cargo install` puts it,
     /// which is not always on a root shell's PATH).
     pub fn find(self) -> Option<PathBuf> {
-        find_binary(self.binary())
+        let path = find_binary(self.binary())?;
+        if self == Tool::Jinja2 {
+            // python3 alone is not enough: the module must import.
+            let ok = Command::new(&path)
+                .args(["-c", "import jinja2"])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            return ok.then_some(path);
+        }
+        Some(path)
     }
 
     /// The path to run it by: found, or the bare name (so errors name it).

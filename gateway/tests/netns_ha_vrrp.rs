@@ -1,0 +1,230 @@
+#![allow(clippy::unwrap_used)]
+//! VRRP with the real keepalived in front of two sluice gateways (`sluice::testbed::vrrp`):
+//! keepalived's configuration is `configs/keepalived.conf.j2` rendered as Ansible renders it,
+//! a real wireguard-go client (configured with `wg`) streams through the virtual IP to a sink
+//! on the inside, and the master is killed or made unhealthy.
+//!
+//! Root only; under `CI=true` a missing prerequisite is a failure, never a skip. Every
+//! namespace and process is removed at the end, also on failure (the pair's guards).
+
+mod netns_common;
+
+use netns_common::{xdp_from_env, OrFail, SLUICE};
+use sluice::testbed::ha::{http_status, ProbeReport, StreamProbe};
+use sluice::testbed::tools::{require_for_test, Tool};
+use sluice::testbed::vrrp::{self, VrrpPair, VrrpSpec};
+use sluice::testbed::{registry, GatewayStatus};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+const TOOLS: [Tool; 7] = [
+    Tool::Iproute2,
+    Tool::Sysctl,
+    Tool::Wg,
+    Tool::WireguardGo,
+    Tool::Keepalived,
+    Tool::Curl,
+    Tool::Jinja2,
+];
+/// How long keepalived may take to elect a master or move the VIP (bounds of waits, not
+/// assertions on time).
+const ELECTION: Duration = Duration::from_secs(30);
+/// The probe's interval: 500 datagrams a second.
+const PROBE_INTERVAL: Duration = Duration::from_millis(2);
+const SINK_PORT: u16 = 9000;
+const PROBE_PORT: u16 = 9001;
+
+fn ready(test: &str) -> bool {
+    if !require_for_test(test, &TOOLS) {
+        return false;
+    }
+    for line in registry::cleanup_stale() {
+        eprintln!("{test}: {line}");
+    }
+    true
+}
+
+fn spec(ha: Option<bool>, client: bool) -> VrrpSpec {
+    VrrpSpec {
+        sluice_bin: PathBuf::from(SLUICE),
+        xdp: xdp_from_env(),
+        ha,
+        env: [Vec::new(), Vec::new()],
+        client,
+    }
+}
+
+/// A probe from the client's tunnel address to the sink, through the VIP.
+fn start_probe(pair: &VrrpPair, echo: bool) -> StreamProbe {
+    let sender = pair
+        .client_ns
+        .udp_bind(SocketAddr::new(
+            IpAddr::V4(vrrp::CLIENT_TUNNEL_V4),
+            PROBE_PORT,
+        ))
+        .or_fail("binding the probe's sender");
+    let sink_addr = SocketAddr::new(IpAddr::V4(vrrp::SINK_V4), SINK_PORT);
+    let sink = pair
+        .sink_ns
+        .udp_bind(sink_addr)
+        .or_fail("binding the probe's sink");
+    StreamProbe::start(sender, sink_addr, sink, PROBE_INTERVAL, echo).or_fail("starting the probe")
+}
+
+fn print_report(test: &str, r: &ProbeReport) {
+    eprintln!(
+        "{test}: failover gap {:.0} ms (starting {:.0} ms into the stream), {} of {} datagrams \
+         lost ({} in the gap), {} duplicates, one datagram every {:.0} ms",
+        r.max_gap_ms, r.gap_start_ms, r.lost, r.sent, r.lost_in_gap, r.duplicates, r.interval_ms
+    );
+}
+
+fn peer_handshake(s: &GatewayStatus, key: &str) -> Option<u64> {
+    s.peer(key)
+        .and_then(|p| p.last_handshake_unix)
+        .filter(|&t| t > 0)
+}
+
+/// The master's sluice answers 503 on /healthz (a worker panicked, by fault injection):
+/// keepalived's health check fails, the master goes to FAULT and the backup takes the VIPs.
+#[test]
+fn unhealthy_master_gives_the_vip_to_the_backup() {
+    let test = "unhealthy_master_gives_the_vip_to_the_backup";
+    if !ready(test) {
+        return;
+    }
+    let mut s = spec(None, false);
+    // Long enough for gateway 1 to win the election first (the test checks that it did).
+    s.env[0] = vec![(
+        "SLUICE_FAULT_INJECT".to_string(),
+        "worker-panic:0:12000".to_string(),
+    )];
+    let mut pair = VrrpPair::build(&s).or_fail("building the VRRP pair");
+    let healthz: SocketAddr = vrrp::METRICS.parse().unwrap();
+    if let Err(e) = pair.wait_master(0, ELECTION) {
+        panic!("{e}\n{}", pair.logs(30));
+    }
+    assert_eq!(
+        http_status(&pair.members[0].ns, healthz, "/healthz").or_fail("healthz"),
+        200,
+        "gateway 1 was master before its worker panicked"
+    );
+    if let Err(e) = pair.wait_master(1, ELECTION) {
+        panic!("{e}\n{}", pair.logs(30));
+    }
+    let code = http_status(&pair.members[0].ns, healthz, "/healthz").or_fail("healthz");
+    assert_eq!(code, 503, "gateway 1 lost the VIP because it is unhealthy");
+    assert_eq!(
+        http_status(&pair.members[1].ns, healthz, "/healthz").or_fail("healthz"),
+        200
+    );
+    let states = pair.members[0].keepalived.states();
+    assert!(
+        states.iter().any(|s| s == "FAULT"),
+        "keepalived 1 went to FAULT: {states:?}\n{}",
+        pair.logs(30)
+    );
+    // The master's sluice is still running: only its health took the VIP away.
+    pair.members[0]
+        .gateway
+        .ensure_running()
+        .or_fail("gateway 1 after its worker panicked");
+}
+
+/// Without session sync (sluice knows nothing of HA): the master's sluice is SIGKILLed while
+/// the client streams through the VIP; keepalived moves the VIP; the client's packets reach
+/// a gateway that has no session for them until the client's own timers start a new
+/// handshake. The gap is printed (it is WireGuard's timers, ~15 s); the test checks that the
+/// stream resumed and that it did through a new handshake with the backup.
+#[test]
+fn failover_without_sync_recovers_by_rehandshake() {
+    let test = "failover_without_sync_recovers_by_rehandshake";
+    if !ready(test) {
+        return;
+    }
+    let mut pair = VrrpPair::build(&spec(None, true)).or_fail("building the VRRP pair");
+    if let Err(e) = pair.wait_master(0, ELECTION) {
+        panic!("{e}\n{}", pair.logs(30));
+    }
+    let probe = start_probe(&pair, false);
+    if let Err(e) = probe.wait_flowing(
+        "the stream through gateway 1",
+        Duration::ZERO,
+        200,
+        Duration::from_secs(30),
+    ) {
+        panic!("{e}\n{}", pair.logs(30));
+    }
+    let key = pair.client_key.public.clone();
+    let s1 = pair.members[0]
+        .gateway
+        .wait_status("gateway 1's handshake", Duration::from_secs(10), |s| {
+            peer_handshake(s, &key).is_some()
+        })
+        .or_fail("gateway 1 has a handshake with the client");
+    let first = peer_handshake(&s1, &key).unwrap();
+    assert_eq!(
+        peer_handshake(&pair.members[1].status().or_fail("status 2"), &key),
+        None,
+        "gateway 2 has never seen the client yet"
+    );
+    let client_before = pair.client_handshake().or_fail("client handshake");
+    assert!(client_before > 0);
+    // Let the stream run a little on the first gateway, then kill it.
+    probe
+        .wait_flowing(
+            "more of the stream",
+            probe.elapsed(),
+            250,
+            Duration::from_secs(10),
+        )
+        .or_fail("streaming");
+    let killed_at = probe.elapsed();
+    pair.members[0]
+        .gateway
+        .stop_with(libc::SIGKILL, Duration::from_secs(5));
+    if let Err(e) = pair.wait_master(1, ELECTION) {
+        panic!("{e}\n{}", pair.logs(30));
+    }
+    // WireGuard's own timers: no reply for 15 s after sending data starts a new handshake.
+    if let Err(e) = probe.wait_flowing(
+        "the stream to resume through gateway 2",
+        killed_at + Duration::from_millis(1),
+        100,
+        Duration::from_secs(60),
+    ) {
+        panic!("{e}\n{}", pair.logs(30));
+    }
+    let report = probe.finish(Duration::from_millis(300));
+    print_report(test, &report);
+    let s2 = pair.members[1]
+        .gateway
+        .wait_status("gateway 2's handshake", Duration::from_secs(10), |s| {
+            peer_handshake(s, &key).is_some()
+        })
+        .or_fail("gateway 2 completed a handshake");
+    let second = peer_handshake(&s2, &key).unwrap();
+    assert!(second >= first, "handshakes {first} then {second}");
+    let client_after = pair.client_handshake().or_fail("client handshake");
+    assert!(
+        client_after > client_before,
+        "the client made a new handshake ({client_before} then {client_after})"
+    );
+    assert!(
+        report.gap_start_ms >= killed_at.as_secs_f64() * 1e3 - 1000.0,
+        "the longest gap is the failover's: {report:?}"
+    );
+    assert!(report.lost > 0, "a failover without sync loses datagrams");
+    assert_eq!(report.duplicates, 0);
+    // The backup's sluice saw the client's packets for the dead gateway's session and had to
+    // drop them: no session for that receiver index.
+    assert!(
+        !s2.nonzero_drops().is_empty(),
+        "gateway 2 counted the old session's packets as drops: {s2:?}"
+    );
+    eprintln!(
+        "{test}: gateway 2 drops by reason: {:?}",
+        s2.nonzero_drops()
+    );
+}

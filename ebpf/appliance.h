@@ -28,25 +28,21 @@ static __always_inline int classify_inner(struct cursor *c)
 
 	struct sluice_prefix key = { .prefixlen = SLUICE_XDP_ADDR_LEN * 8 };
 	if (ethertype == bpf_htons(ETHERTYPE_IPV4)) {
+		struct ipv4_hdr_ ip;
 		__u32 hdr_len = 0, tot_len = 0;
-		r = check_ipv4(c, &hdr_len, &tot_len);
+		r = check_ipv4(c, &ip, &hdr_len, &tot_len);
 		if (r != PARSE_OK)
 			return inner_reason(r);
-		struct ipv4_hdr_ *ip = c->pos;
-		if ((void *)(ip + 1) > c->end) /* for the verifier */
-			return SLUICE_XDP_INNER_CNT_PASS_MALFORMED;
-		v4_mapped((struct sluice_addr *)key.addr, &ip->daddr);
+		v4_mapped((struct sluice_addr *)key.addr, ip.daddr);
 	} else if (ethertype == bpf_htons(ETHERTYPE_IPV6)) {
+		struct ipv6_hdr_ ip6;
 		__u32 payload_len = 0;
-		r = check_ipv6(c, &payload_len);
+		r = check_ipv6(c, &ip6, &payload_len);
 		if (r != PARSE_OK)
 			return inner_reason(r);
-		struct ipv6_hdr_ *ip6 = c->pos;
-		if ((void *)(ip6 + 1) > c->end) /* for the verifier */
-			return SLUICE_XDP_INNER_CNT_PASS_MALFORMED;
-		if (is_v4_mapped(ip6->daddr))
+		if (is_v4_mapped(ip6.daddr))
 			return SLUICE_XDP_INNER_CNT_PASS_NOT_TUNNEL;
-		__builtin_memcpy(key.addr, ip6->daddr, 16);
+		__builtin_memcpy(key.addr, ip6.daddr, 16);
 	} else {
 		return SLUICE_XDP_INNER_CNT_PASS_NOT_IP;
 	}

@@ -37,10 +37,10 @@ static __always_inline void count(__u32 slot)
  * The cheap WireGuard checks (whitepaper section 5.4): the type, the three reserved bytes, and
  * the exact or minimum length per type. Returns the drop reason, or PARSE_OK.
  */
-static __always_inline int check_wireguard(struct udp_info *info, void *end)
+static __always_inline int check_wireguard(const struct cursor *c, const struct udp_info *info)
 {
-	__u8 *hdr = info->payload;
-	if (info->payload_len < WG_HEADER_LEN || (void *)(hdr + WG_HEADER_LEN) > end)
+	__u8 hdr[WG_HEADER_LEN];
+	if (info->payload_len < WG_HEADER_LEN || !load(c, info->payload_off, hdr, sizeof(hdr)))
 		return SLUICE_XDP_CNT_DROP_WG_TRUNCATED;
 	if (hdr[0] < WG_TYPE_INITIATION || hdr[0] > WG_TYPE_TRANSPORT)
 		return SLUICE_XDP_CNT_DROP_WG_UNKNOWN_TYPE;
@@ -96,10 +96,7 @@ static __always_inline int classify(struct cursor *c, struct udp_info *info)
 SEC("xdp")
 int sluice_xdp(struct xdp_md *ctx)
 {
-	struct cursor c = {
-		.pos = (void *)(long)ctx->data,
-		.end = (void *)(long)ctx->data_end,
-	};
+	struct cursor c = cursor_at_start(ctx);
 	struct udp_info info = {};
 
 	int r = classify(&c, &info);
@@ -107,7 +104,7 @@ int sluice_xdp(struct xdp_md *ctx)
 		count(r);
 		return XDP_PASS;
 	}
-	r = check_wireguard(&info, c.end);
+	r = check_wireguard(&c, &info);
 	if (r != PARSE_OK) {
 		count(r);
 		return XDP_DROP;
@@ -124,10 +121,7 @@ int sluice_xdp(struct xdp_md *ctx)
 SEC("xdp")
 int sluice_xdp_inner(struct xdp_md *ctx)
 {
-	struct cursor c = {
-		.pos = (void *)(long)ctx->data,
-		.end = (void *)(long)ctx->data_end,
-	};
+	struct cursor c = cursor_at_start(ctx);
 	int r = classify_inner(&c);
 	if (r != PARSE_OK) {
 		count_in(&inner_counters, r);

@@ -4,7 +4,9 @@
 //! it returns and that exactly one counter slot moved by exactly one. Then: the redirect branch
 //! with a real AF_XDP socket in each XSKMAP, the port, address and prefix sets being replaced,
 //! attaching to a veth in a fresh namespace (visible in `ip -d link`), and a process that
-//! attached and was SIGKILLed leaving no program behind (the bpf_link dies with the process).
+//! attached and was SIGKILLed leaving no program behind (the bpf_link dies with the process),
+//! and all of it again in a process holding only the systemd unit's four capabilities
+//! (CAP_NET_ADMIN, CAP_BPF, CAP_NET_RAW, CAP_IPC_LOCK: no CAP_PERFMON, no CAP_SYS_ADMIN).
 //!
 //! Root only. Under `CI=true` a missing root or a failed load fails the test; otherwise the
 //! tests skip with a message.
@@ -30,6 +32,10 @@ const PEER6: Ipv6Addr = Ipv6Addr::new(0xfd18, 0, 0, 7, 0, 0, 0, 2);
 
 /// The environment variable that turns `attached_child` into the process the SIGKILL test runs.
 const CHILD_ENV: &str = "SLUICE_XDP_FIXTURE_CHILD";
+
+/// The environment variable that turns `unit_capabilities_child` into the process that
+/// `loads_and_attaches_with_only_the_unit_capabilities` runs with reduced capabilities.
+const UNIT_CAPS_CHILD_ENV: &str = "SLUICE_XDP_UNIT_CAPS_CHILD";
 
 // ---------------------------------------------------------------------------------------------
 // Prerequisites
@@ -786,6 +792,14 @@ fn check(
     problems
 }
 
+/// Every case of `cases` through [`check`]; the problems found.
+fn run_table(prog: &XdpProgram, cases: &[Case]) -> Vec<String> {
+    cases
+        .iter()
+        .flat_map(|c| check(prog, c.name, &c.frame, c.action, c.counter))
+        .collect()
+}
+
 #[test]
 fn fixture_table() {
     if !root_or_skip("fixture_table") {
@@ -793,10 +807,7 @@ fn fixture_table() {
     }
     let prog = fixture_program();
     let cases = table();
-    let mut problems = Vec::new();
-    for c in &cases {
-        problems.extend(check(&prog, c.name, &c.frame, c.action, c.counter));
-    }
+    let problems = run_table(&prog, &cases);
     assert!(
         problems.is_empty(),
         "{} of {} cases wrong:\n{}",
@@ -1080,6 +1091,14 @@ fn check_inner(
     problems
 }
 
+/// Every case of `cases` through [`check_inner`] (all pass: no socket in `inner_xsks`).
+fn run_inner_table(prog: &XdpProgram, cases: &[InnerCase]) -> Vec<String> {
+    cases
+        .iter()
+        .flat_map(|c| check_inner(prog, c.name, &c.frame, XDP_PASS, c.counter))
+        .collect()
+}
+
 #[test]
 fn inner_fixture_table() {
     if !root_or_skip("inner_fixture_table") {
@@ -1087,10 +1106,7 @@ fn inner_fixture_table() {
     }
     let mut prog = inner_fixture_program();
     let cases = inner_table();
-    let mut problems = Vec::new();
-    for c in &cases {
-        problems.extend(check_inner(&prog, c.name, &c.frame, XDP_PASS, c.counter));
-    }
+    let mut problems = run_inner_table(&prog, &cases);
     assert!(
         problems.is_empty(),
         "{} of {} cases wrong:\n{}",
@@ -1575,4 +1591,122 @@ fn attached_child() {
     std::thread::sleep(Duration::from_secs(120));
     drop(prog);
     panic!("attached_child was not killed within 120 s");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Only the systemd unit's capabilities (ansible/roles/sluice): no CAP_PERFMON, no CAP_SYS_ADMIN
+
+/// The unit's capabilities as a `setpriv --bounding-set` argument.
+const UNIT_CAPS: &str = "-all,+net_admin,+bpf,+net_raw,+ipc_lock";
+
+/// Capability numbers (`linux/capability.h`).
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_NET_RAW: u32 = 13;
+const CAP_IPC_LOCK: u32 = 14;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// The effective capability set of this process (`CapEff` in /proc/self/status).
+fn effective_caps() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .expect("CapEff in /proc/self/status")
+        .trim();
+    u64::from_str_radix(hex, 16).unwrap()
+}
+
+/// The verifier lets a loader without CAP_PERFMON move packet pointers by constants only; the
+/// program must pass it anyway (it reads past variable-length headers with bpf_xdp_load_bytes).
+/// A child process in a fresh namespace, started through `setpriv` with exactly the unit's four
+/// capabilities, loads both programs, runs both fixture tables and attaches to a veth.
+#[test]
+fn loads_and_attaches_with_only_the_unit_capabilities() {
+    if !root_or_skip("loads_and_attaches_with_only_the_unit_capabilities") {
+        return;
+    }
+    let id = unique_id();
+    let a = Netns::new(&format!("sl-xfc-{id}")).unwrap();
+    let b = Netns::new(&format!("sl-xfd-{id}")).unwrap();
+    let (dev, peer) = (format!("sl-xfc{id}"), format!("sl-xfd{id}"));
+    veth(&a, &dev, &b, &peer, None).unwrap();
+
+    let exe = std::env::current_exe().unwrap();
+    // `ip netns exec` enters the namespace (CAP_SYS_ADMIN) before setpriv drops everything
+    // but the four from the bounding set; the test binary then runs as root with only those.
+    let out = Command::new("ip")
+        .args(["netns", "exec", a.name(), "setpriv", "--inh-caps=-all"])
+        .args(["--bounding-set", UNIT_CAPS, "--"])
+        .arg(&exe)
+        .args([
+            "--exact",
+            "unit_capabilities_child",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(UNIT_CAPS_CHILD_ENV, &dev)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains(&format!("UNIT-CAPS OK {dev}")),
+        "the child with only the unit's capabilities failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    // The child is gone, and its bpf_link with it.
+    wait_no_xdp(&a, &dev).unwrap_or_else(|d| panic!("XDP still attached after the child:\n{d}"));
+}
+
+/// Not a test of its own: the child process of
+/// `loads_and_attaches_with_only_the_unit_capabilities` (in the namespace, with
+/// `SLUICE_XDP_UNIT_CAPS_CHILD=<dev>`). Without the variable it does nothing.
+#[test]
+fn unit_capabilities_child() {
+    let Ok(dev) = std::env::var(UNIT_CAPS_CHILD_ENV) else {
+        return;
+    };
+    let caps = effective_caps();
+    let has = |cap: u32| caps & (1 << cap) != 0;
+    for cap in [CAP_NET_ADMIN, CAP_NET_RAW, CAP_IPC_LOCK, CAP_BPF] {
+        assert!(has(cap), "capability {cap} missing: CapEff {caps:016x}");
+    }
+    assert!(
+        !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN),
+        "more than the unit's capabilities: CapEff {caps:016x}"
+    );
+    assert_eq!(caps.count_ones(), 4, "CapEff {caps:016x}");
+
+    let mut prog = inner_fixture_program();
+    let cases = table();
+    let mut problems = run_table(&prog, &cases);
+    problems.extend(run_inner_table(&prog, &inner_table()));
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+
+    let mode = prog.attach(&dev).unwrap();
+    assert_eq!(
+        mode,
+        sluice::xdp::AttachMode::Driver,
+        "veth supports native XDP"
+    );
+    // Already in the namespace: the plain `ip` here sees the veth.
+    let shown = Command::new("ip")
+        .args(["-d", "link", "show", "dev", &dev])
+        .output()
+        .unwrap();
+    let details = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        has_xdp(&details),
+        "no XDP program shown on {dev}:\n{details}"
+    );
+    prog.detach(&dev).unwrap();
+    prog.attach_inner(&dev).unwrap();
+    prog.detach(&dev).unwrap();
+    println!(
+        "UNIT-CAPS OK {dev}: CapEff {caps:016x}, {} outer and inner fixtures, attached",
+        cases.len()
+    );
 }

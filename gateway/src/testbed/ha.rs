@@ -385,6 +385,24 @@ impl StreamProbe {
             .map_or(0, |a| a.iter().filter(|x| x.at >= t).count())
     }
 
+    /// The first arrival at or after probe time `t`.
+    pub fn first_arrival_since(&self, t: Duration) -> Option<Duration> {
+        self.arrivals
+            .lock()
+            .ok()?
+            .iter()
+            .map(|a| a.at)
+            .find(|&at| at >= t)
+    }
+
+    /// Probe time `t` as Unix time in seconds (for comparing with other clocks).
+    pub fn unix_time_of(&self, t: Duration) -> f64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        now - self.start.elapsed().as_secs_f64() + t.as_secs_f64()
+    }
+
     /// Wait until `n` datagrams have arrived after probe time `t`, or fail after `timeout`.
     pub fn wait_flowing(&self, what: &str, t: Duration, n: usize, timeout: Duration) -> Result<()> {
         wait_for(what, timeout, Duration::from_millis(20), || {
@@ -418,6 +436,72 @@ impl Drop for StreamProbe {
         self.stop_send.store(true, Ordering::Relaxed);
         self.stop_recv.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Every WireGuard transport message (type 4, keepalives included) to one UDP port seen by a
+/// packet socket (see [`Netns::packet_ipv4_socket`]): its receiver index and counter, in the
+/// order seen. A (receiver index, counter) pair seen twice is a nonce used twice.
+#[derive(Debug)]
+pub struct DataCapture {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<(u32, u64)>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl DataCapture {
+    pub fn start(packets: UdpSocket, dst_port: u16) -> Result<DataCapture> {
+        packets
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .ctx(|| "capture read timeout")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, seen2) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok(n) = packets.recv(&mut buf) else {
+                    continue;
+                };
+                let Some(c) = super::traffic::parse_ipv4_udp(&buf[..n]) else {
+                    continue;
+                };
+                let p = &c.payload;
+                if c.dst.port() != dst_port || p.len() < 32 || p[..4] != [4, 0, 0, 0] {
+                    continue;
+                }
+                let mut idx = [0u8; 4];
+                idx.copy_from_slice(&p[4..8]);
+                let mut ctr = [0u8; 8];
+                ctr.copy_from_slice(&p[8..16]);
+                if let Ok(mut s) = seen2.lock() {
+                    s.push((u32::from_le_bytes(idx), u64::from_le_bytes(ctr)));
+                }
+            }
+        });
+        Ok(DataCapture {
+            stop,
+            seen,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stop and return every (receiver index, counter) seen.
+    pub fn finish(mut self) -> Vec<(u32, u64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for DataCapture {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }

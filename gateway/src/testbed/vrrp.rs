@@ -107,6 +107,46 @@ impl Member {
     pub fn status(&self) -> Result<GatewayStatus> {
         self.gateway.status()
     }
+
+    /// The `ha` object of sluice's status file (role, members, sessions held, takeovers...);
+    /// `Null` when sluice runs without `[ha]`.
+    pub fn ha_status(&self) -> Result<serde_json::Value> {
+        let path = self
+            .gateway
+            .status_path()
+            .ok_or_else(|| err!("gateway {} has no status file", self.index + 1))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| err!("reading {}: {e}", path.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| err!("parsing {}: {e}", path.display()))?;
+        Ok(v.get("ha").cloned().unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Poll [`Member::ha_status`] until `pred` holds.
+    pub fn wait_ha(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value> {
+        wait_for(what, timeout, Duration::from_millis(100), || {
+            let v = self.ha_status()?;
+            if pred(&v) {
+                Ok(Some(v))
+            } else {
+                Err(format!("ha status {v}").into())
+            }
+        })
+    }
+
+    /// `ha.<key>` as a number (0 if absent).
+    pub fn ha_counter(&self, key: &str) -> Result<u64> {
+        Ok(self
+            .ha_status()?
+            .get(key)
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0))
+    }
 }
 
 /// The built pair. Dropping it stops every process and removes every namespace and file.
@@ -363,6 +403,64 @@ impl VrrpPair {
             .client()?
             .peer(&self.gateway_key.public)?
             .latest_handshake)
+    }
+
+    /// The client's latest handshake as Unix time in seconds with its fraction (0: none),
+    /// read over the UAPI socket (`wg show` drops the nanoseconds).
+    pub fn client_handshake_precise(&self) -> Result<f64> {
+        let text = super::wg::uapi_get(self.client()?.ifname())?;
+        let (mut sec, mut nsec) = (0u64, 0u64);
+        for line in text.lines() {
+            if let Some(v) = line.strip_prefix("last_handshake_time_sec=") {
+                sec = v.parse().unwrap_or(0);
+            } else if let Some(v) = line.strip_prefix("last_handshake_time_nsec=") {
+                nsec = v.parse().unwrap_or(0);
+            }
+        }
+        Ok(sec as f64 + nsec as f64 * 1e-9)
+    }
+
+    /// Split the pair's VRRP: the gateways' ports on the outside bridge are isolated from
+    /// each other (each still reaches the client), so neither hears the other's adverts and
+    /// both become master. `false` joins them again.
+    pub fn partition_vrrp(&self, on: bool) -> Result<()> {
+        let v = if on { "on" } else { "off" };
+        for i in 1..=2 {
+            self.lan_ns.run(&[
+                "bridge",
+                "link",
+                "set",
+                "dev",
+                &format!("g{i}o"),
+                "isolated",
+                v,
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Route the sink's replies for the tunnel's IPv4 through gateway `v4` and its IPv6
+    /// through gateway `v6` (their own inside addresses) instead of the inside VIP.
+    pub fn route_inside_via(&self, v4: usize, v6: usize) -> Result<()> {
+        let (_, _, g4, _) = gateway_addrs(v4);
+        let (_, _, _, g6) = gateway_addrs(v6);
+        self.sink_ns.ip(&[
+            "-4",
+            "route",
+            "replace",
+            "10.77.0.0/16",
+            "via",
+            &g4.to_string(),
+        ])?;
+        self.sink_ns.ip(&[
+            "-6",
+            "route",
+            "replace",
+            "fd77::/64",
+            "via",
+            &g6.to_string(),
+        ])?;
+        Ok(())
     }
 
     /// Logs of every process, for failure messages.

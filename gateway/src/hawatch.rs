@@ -459,9 +459,10 @@ mod tests {
         assert_eq!(d.on_probe(true, ms(2200)), None);
         assert_eq!(d.on_probe(true, ms(2400)), None);
         assert_eq!(d.on_probe(false, ms(2600)), None);
-        assert_eq!(d.on_probe(true, ms(2800)), None);
-        assert_eq!(d.on_probe(true, ms(3000)), Some(State::Down)); // re-assert due (1200 ms)
-        d.ran(State::Down, true, ms(3000));
+        // 1000 ms since the last command: re-asserted (still down: one good probe).
+        assert_eq!(d.on_probe(true, ms(2800)), Some(State::Down));
+        d.ran(State::Down, true, ms(2800));
+        assert_eq!(d.on_probe(true, ms(3000)), None);
         assert_eq!(d.on_probe(true, ms(3200)), Some(State::Up));
     }
 

@@ -29,6 +29,7 @@
 //! - [`gateway`]: the gateway under test (sluice, or wireguard-go/boringtun as stand-ins).
 //! - [`topology`]: the picture above, built in one call.
 //! - [`traffic`]: iperf3, UDP and TCP exchanges verified end to end, raw capture and replay.
+//! - [`anycast`]: an anycast group of two gateways behind a BGP router (BIRD, ECMP, BFD).
 //! - [`ha`]: templates from `configs/` rendered as Ansible does, bridges, keepalived, a
 //!   streaming probe that measures a failover's gap and loss; [`vrrp`]: a VRRP pair on it.
 //!
@@ -42,6 +43,7 @@ macro_rules! err {
     ($($t:tt)*) => { $crate::testbed::Error(format!($($t)*)) };
 }
 
+pub mod anycast;
 pub mod cmd;
 pub mod gateway;
 pub mod ha;

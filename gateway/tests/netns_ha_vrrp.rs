@@ -10,7 +10,7 @@
 mod netns_common;
 
 use netns_common::{xdp_from_env, OrFail, SLUICE};
-use sluice::testbed::ha::{http_status, ProbeReport, StreamProbe};
+use sluice::testbed::ha::{http_status, DataCapture, ProbeReport, StreamProbe};
 use sluice::testbed::tools::{require_for_test, Tool};
 use sluice::testbed::vrrp::{self, VrrpPair, VrrpSpec};
 use sluice::testbed::{registry, GatewayStatus};
@@ -363,4 +363,129 @@ fn failover_with_sync_continues_the_stream_within_a_second() {
          {handshake_after:.3}), so on the old session"
     );
     assert_eq!(report.duplicates, 0, "no datagram delivered twice");
+}
+
+/// Split brain: VRRP between the two gateways is cut (their bridge ports are isolated from
+/// each other, both still reach the client), so both become master, both hold the VIP, and
+/// gateway 2 takes over the client's session while gateway 1 keeps using it. The sink echoes
+/// the client's streams back, IPv4 through gateway 1 and IPv6 through gateway 2, so both
+/// encrypt for the same client at once. Every WireGuard transport message on the client's
+/// side is captured: no (receiver index, counter) pair may appear twice, i.e. no nonce is
+/// ever used twice under one key.
+#[test]
+fn split_brain_never_reuses_a_nonce() {
+    let test = "split_brain_never_reuses_a_nonce";
+    if !ready(test) {
+        return;
+    }
+    let mut pair = synced_pair(test);
+    let packets = pair
+        .client_ns
+        .packet_ipv4_socket()
+        .or_fail("packet socket in the client's namespace");
+    let capture = DataCapture::start(packets, vrrp::CLIENT_PORT).or_fail("capture");
+    pair.route_inside_via(0, 1)
+        .or_fail("routing the sink's replies");
+    let p4 = start_probe_on(&pair, true, false);
+    let p6 = start_probe_on(&pair, true, true);
+    for (p, what) in [(&p4, "IPv4"), (&p6, "IPv6")] {
+        if let Err(e) = p.wait_flowing(
+            &format!("the {what} stream"),
+            Duration::ZERO,
+            200,
+            Duration::from_secs(30),
+        ) {
+            panic!("{e}\n{}", pair.logs(30));
+        }
+    }
+    if let Err(e) = pair.members[1].wait_ha(
+        "gateway 2 to hold the client's session",
+        Duration::from_secs(10),
+        |v| v.get("sessions_held").and_then(|n| n.as_u64()) >= Some(1),
+    ) {
+        panic!("{e}\n{}", pair.logs(30));
+    }
+    pair.partition_vrrp(true).or_fail("cutting VRRP");
+    let both = sluice::testbed::wait_for(
+        "both gateways to hold the VIP",
+        ELECTION,
+        Duration::from_millis(20),
+        || {
+            let h = pair.vip_holders()?;
+            Ok((h == [0, 1]).then_some(()))
+        },
+    );
+    if let Err(e) = both {
+        panic!("{e}\n{}", pair.logs(30));
+    }
+    for i in 0..2 {
+        if let Err(e) =
+            pair.members[i].wait_ha("both to be master", ELECTION, |v| role_is(v, "master"))
+        {
+            panic!("{e}\n{}", pair.logs(30));
+        }
+    }
+    let (e4, e6) = (p4.echoes(), p6.echoes());
+    // Both gateways encrypt for the client while the split lasts.
+    for (p, before, what) in [(&p4, e4, "IPv4 (gateway 1)"), (&p6, e6, "IPv6 (gateway 2)")] {
+        let r = sluice::testbed::wait_for(
+            &format!("echoes through {what} during the split"),
+            Duration::from_secs(30),
+            Duration::from_millis(20),
+            || Ok((p.echoes() >= before + 500).then_some(())),
+        );
+        if let Err(e) = r {
+            panic!("{e}\n{}", pair.logs(30));
+        }
+    }
+    let r4 = p4.finish(Duration::from_millis(300));
+    let r6 = p6.finish(Duration::from_millis(0));
+    let seen = capture.finish();
+    let ha: Vec<serde_json::Value> = pair
+        .members
+        .iter()
+        .map(|m| m.ha_status().or_fail("ha status"))
+        .collect();
+    eprintln!(
+        "{test}: IPv4 {} sent {} echoed, IPv6 {} sent {} echoed",
+        r4.sent, r4.echoes, r6.sent, r6.echoes
+    );
+    let mut sorted = seen.clone();
+    sorted.sort_unstable();
+    let dups: Vec<(u32, u64)> = sorted
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .collect();
+    // Per receiver index, the counter regions (counter >> 40) the messages came from.
+    let mut regions: std::collections::BTreeMap<u32, std::collections::BTreeSet<u64>> =
+        Default::default();
+    for &(idx, ctr) in &seen {
+        regions.entry(idx).or_default().insert(ctr >> 40);
+    }
+    eprintln!(
+        "{test}: {} transport messages to the client, receiver index -> counter regions: \
+         {regions:x?}; takeovers: gateway 1 {}, gateway 2 {}",
+        seen.len(),
+        ha[0]["takeovers"],
+        ha[1]["takeovers"]
+    );
+    assert!(seen.len() > 1000, "captured the echoes: {}", seen.len());
+    assert!(
+        dups.is_empty(),
+        "{} (receiver index, counter) pairs were sent twice, e.g. {:x?}",
+        dups.len(),
+        &dups[..dups.len().min(5)]
+    );
+    // The check means something only if two senders really used one key: some receiver
+    // index carried counters from two regions (the deriver's and a taker's).
+    assert!(
+        regions.values().any(|r| r.len() >= 2),
+        "both gateways sent under one session: {regions:x?}"
+    );
+    assert!(
+        ha[1]["takeovers"].as_u64() >= Some(1),
+        "gateway 2 took the session over: {}",
+        ha[1]
+    );
 }

@@ -266,9 +266,11 @@ mod tests {
         assert!(load(&p2).unwrap().ha.is_none());
     }
 
+    type Case<'a> = (String, Option<(&'a str, u32)>, usize, &'a str);
+
     #[test]
     fn mistakes_are_file_line_reason() {
-        let cases: Vec<(String, Option<(&str, u32)>, usize, &str)> = vec![
+        let cases: Vec<Case> = vec![
             (GOOD.to_string(), None, 9, "cannot read ha.secret_file"),
             (
                 GOOD.to_string(),

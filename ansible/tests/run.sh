@@ -335,6 +335,8 @@ mkdir -p "$work/ha"
 keepalived -t -f "$work/ha/keepalived.conf" || die "keepalived rejects the rendered keepalived.conf"
 bird -p -c "$work/ha/bird.conf" || die "bird rejects the rendered bird.conf"
 grep -q 'route 2001:db8:77::1/128 unreachable;' "$work/ha/bird.conf" || die "bird.conf lacks the IPv6 anycast prefix"
+grep -q 'ExecStart=/usr/local/bin/sluice ha watch --healthz http://127.0.0.1:9586/healthz' \
+  "$work/ha/sluice-anycast-watch.service" || die "the anycast watcher unit does not run sluice ha watch"
 grep -q '192.0.2.10/24 dev eth0' "$work/ha/keepalived.conf" || die "keepalived.conf lacks the virtual IP"
 echo "ok: keepalived.conf and bird.conf parse"
 

@@ -9,6 +9,8 @@
 //!   data plane's throughput while peers change; see [`churn`].
 //! - `compare`: many simulated users against sluice, wireguard-go and boringtun-cli on the
 //!   same core, throughput and handshakes, with sluice's ratio to each; see [`compare`].
+//! - `failover`: a VRRP failover under a streaming user, gap and loss with and without
+//!   session sync; see [`failover`].
 //!
 //! This file only parses the command line and dispatches; each subcommand lives in its own
 //! module and reports through [`report`], so all of them share one header and JSON layout.
@@ -16,6 +18,7 @@
 mod churn;
 mod compare;
 mod crypto_bench;
+mod failover;
 mod harness;
 mod lab;
 mod proto_bench;
@@ -51,6 +54,9 @@ enum Command {
     /// wireguard-go and boringtun-cli on the same core: throughput per size and handshakes
     /// per second, with sluice's ratio to each. Needs root.
     Compare(compare::Args),
+    /// A VRRP failover (real keepalived, two sluice gateways) under a streaming wireguard-go
+    /// user: the gap and the datagrams lost, with and without session sync. Needs root.
+    Failover(failover::Args),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +67,7 @@ fn main() -> ExitCode {
         Command::Crypto(args) => crypto_bench::run(&args),
         Command::Churn(args) => churn::run(&args),
         Command::Compare(args) => compare::run(&args),
+        Command::Failover(args) => failover::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,183 @@
+//! `sluice-bench failover`: what a VRRP failover costs a streaming user, with and without
+//! session sync.
+//!
+//! The VRRP pair of `sluice::testbed::vrrp` (two sluice gateways sharing the key and the peers,
+//! the real keepalived on each with `configs/keepalived.conf.j2` rendered as Ansible renders
+//! it, adverts every 100 ms, the /healthz check 20 times a second), one wireguard-go user
+//! whose Endpoint is the VIP, and an inside sink. The user streams numbered UDP datagrams
+//! (one every `--interval-ms`) through the tunnel to the sink; the master's sluice is
+//! SIGKILLed; keepalived moves the VIPs; the stream resumes through the backup:
+//!
+//! - **without sync**: sluice runs without `[ha]`; the backup has no session, so the user's
+//!   packets are dropped until wireguard-go's own timers start a new handshake (~15 s).
+//! - **with sync**: `[ha]` with `sync = true` and keepalived's notify hook; the backup holds
+//!   the session and takes it over at once.
+//!
+//! Reported per case over `--repeats` runs: the gap (the longest silence at the sink, which
+//! spans the kill) and the datagrams lost. Times are those of this machine's namespaces and
+//! processes; they are measured, not asserted. `--quick`: one run of each (CI smoke run).
+//! Not done yet: the 10,000-user case (simulated users from `compare`'s generator).
+
+use crate::report::{Machine, Record, Report};
+use sluice::testbed::ha::{ProbeReport, StreamProbe};
+use sluice::testbed::vrrp::{self, VrrpPair, VrrpSpec};
+use sluice::testbed::{is_root, registry, tools, wait_for};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Failovers per case [default: 3; --quick: 1]
+    #[arg(long)]
+    repeats: Option<usize>,
+    /// Milliseconds between the user's datagrams
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    interval_ms: u64,
+    /// sluice's data path in the gateways: socket or xdp
+    #[arg(long, default_value = "socket")]
+    dataplane: String,
+    /// CI-sized run: one failover per case
+    #[arg(long)]
+    quick: bool,
+    /// The sluice binary (default: a release build of this workspace)
+    #[arg(long)]
+    sluice: Option<PathBuf>,
+    /// Write the results as JSON
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// The tools the pair needs.
+const TOOLS: [tools::Tool; 7] = [
+    tools::Tool::Iproute2,
+    tools::Tool::Sysctl,
+    tools::Tool::Wg,
+    tools::Tool::WireguardGo,
+    tools::Tool::Keepalived,
+    tools::Tool::Curl,
+    tools::Tool::Jinja2,
+];
+
+pub fn run(args: &Args) -> Result<(), String> {
+    if !is_root() {
+        return Err("failover needs root (network namespaces, keepalived): run it as root".into());
+    }
+    let xdp = match args.dataplane.as_str() {
+        "socket" => false,
+        "xdp" => true,
+        other => return Err(format!("--dataplane {other}: socket or xdp")),
+    };
+    tools::install(&tools::missing(&TOOLS)).map_err(|e| e.to_string())?;
+    ctrlc::set_handler(|| {
+        eprintln!("\ninterrupted: removing the namespaces");
+        for line in registry::cleanup_all() {
+            eprintln!("  {line}");
+        }
+        std::process::exit(130);
+    })
+    .map_err(|e| format!("installing the Ctrl-C handler: {e}"))?;
+    for line in registry::cleanup_stale() {
+        println!("earlier run: {line}");
+    }
+    let sluice = crate::lab::sluice_binary(args.sluice.as_deref())?;
+    let repeats = args
+        .repeats
+        .unwrap_or(if args.quick { 1 } else { 3 })
+        .max(1);
+    let interval = Duration::from_millis(args.interval_ms);
+    let params = serde_json::json!({
+        "users": 1,
+        "client": "wireguard-go",
+        "repeats": repeats,
+        "interval_ms": args.interval_ms,
+        "dataplane": args.dataplane,
+        "advert_int_s": 0.1,
+        "quick": args.quick,
+    });
+    let mut report = Report::new("failover", Machine::collect(), params);
+    print!("{}", report.header());
+    for (label, ha) in [("without sync", None), ("with sync", Some(true))] {
+        let (mut gaps, mut lost) = (Vec::new(), Vec::new());
+        for r in 0..repeats {
+            let spec = VrrpSpec {
+                sluice_bin: sluice.clone(),
+                xdp,
+                ha,
+                env: [Vec::new(), Vec::new()],
+                client: true,
+            };
+            let p = one_failover(&spec, interval).map_err(|e| format!("{label}, run {r}: {e}"))?;
+            println!(
+                "  1 user, {label}, run {}: gap {:.0} ms, {} of {} datagrams lost",
+                r + 1,
+                p.max_gap_ms,
+                p.lost,
+                p.sent
+            );
+            gaps.push(p.max_gap_ms);
+            lost.push(p.lost as f64);
+        }
+        report.results.push(Record::from_samples(
+            &format!("1 user, {label}: gap"),
+            "ms",
+            &gaps,
+        ));
+        report.results.push(Record::from_samples(
+            &format!("1 user, {label}: datagrams lost"),
+            "datagrams",
+            &lost,
+        ));
+    }
+    report.notes.push(format!(
+        "one datagram every {} ms; gap = longest silence at the sink, spanning the SIGKILL of \
+         the master's sluice",
+        args.interval_ms
+    ));
+    print!("\n{}", report.table());
+    if let Some(path) = &args.json {
+        report.write_json(path)?;
+    }
+    Ok(())
+}
+
+/// Build the pair, stream, kill the master's sluice, wait for the stream to resume, report.
+fn one_failover(spec: &VrrpSpec, interval: Duration) -> Result<ProbeReport, String> {
+    let mut pair = VrrpPair::build(spec).map_err(|e| e.to_string())?;
+    let long = Duration::from_secs(30);
+    let r = (|| -> sluice::testbed::Result<ProbeReport> {
+        pair.wait_master(0, long)?;
+        if spec.ha.is_some() {
+            pair.members[1].wait_ha("gateway 2 to be backup", long, |v| {
+                v.get("role").and_then(|r| r.as_str()) == Some("backup")
+            })?;
+        }
+        let sender = pair
+            .client_ns
+            .udp_bind(SocketAddr::new(IpAddr::V4(vrrp::CLIENT_TUNNEL_V4), 9001))?;
+        let sink_addr = SocketAddr::new(IpAddr::V4(vrrp::SINK_V4), 9000);
+        let sink = pair.sink_ns.udp_bind(sink_addr)?;
+        let probe = StreamProbe::start(sender, sink_addr, sink, interval, false)?;
+        probe.wait_flowing("the stream", Duration::ZERO, 100, long)?;
+        if spec.ha.is_some() {
+            pair.members[1].wait_ha("gateway 2 to hold the session", long, |v| {
+                v.get("sessions_held").and_then(|n| n.as_u64()) >= Some(1)
+            })?;
+        }
+        // A second of steady stream before the kill.
+        std::thread::sleep(Duration::from_secs(1));
+        let killed_at = probe.elapsed();
+        pair.members[0]
+            .gateway
+            .stop_with(libc::SIGKILL, Duration::from_secs(5));
+        pair.wait_master(1, long)?;
+        wait_for(
+            "the stream to resume",
+            Duration::from_secs(60),
+            Duration::from_millis(20),
+            || Ok((probe.received_since(killed_at) >= 100).then_some(())),
+        )?;
+        Ok(probe.finish(Duration::from_millis(300)))
+    })();
+    r.map_err(|e| format!("{e}\n{}", pair.logs(20)))
+}

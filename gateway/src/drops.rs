@@ -104,6 +104,12 @@ impl DropReason {
         DropReason::VipNotMaster,
     ];
     pub const COUNT: usize = Self::ALL.len();
+    /// The reasons the HA sync thread rejects a datagram for (`sluice_ha_sync_drops_total`).
+    pub const SYNC: [DropReason; 3] = [
+        DropReason::SyncForged,
+        DropReason::SyncReplayed,
+        DropReason::SyncMalformed,
+    ];
 
     /// The Prometheus label value and the name printed in summaries.
     pub const fn label(self) -> &'static str {

@@ -558,7 +558,7 @@ fn scrape_of_100k_peers() {
 
 // ---------------------------------------------------------------- configs/
 
-const EXPORTED: [&str; 15] = [
+const EXPORTED: [&str; 16] = [
     "wireguard_sent_bytes_total",
     "wireguard_received_bytes_total",
     "wireguard_latest_handshake_seconds",
@@ -574,6 +574,7 @@ const EXPORTED: [&str; 15] = [
     "sluice_under_load",
     "sluice_cookie_replies_sent_total",
     "sluice_up",
+    "sluice_ha_sync_drops_total",
 ];
 
 fn config(name: &str) -> String {
@@ -624,6 +625,17 @@ fn grafana_dashboard_is_valid_and_uses_exported_metrics() {
     ] {
         assert!(all.contains(m), "no panel shows {m}");
     }
+    // The drops panel adds up every thread's drops: workers, handshake threads, HA sync.
+    assert!(
+        exprs.iter().any(|e| [
+            "sluice_worker_drops_total",
+            "sluice_handshake_thread_drops_total",
+            "sluice_ha_sync_drops_total"
+        ]
+        .iter()
+        .all(|m| e.contains(m))),
+        "no panel sums every drop family"
+    );
 }
 
 fn yaml(name: &str) -> yaml_rust2::Yaml {
@@ -657,6 +669,13 @@ fn prometheus_alerts_are_valid_yaml_rules() {
         "stale handshake alert"
     );
     assert!(has("sluice_worker_drops_total"), "drops alert");
+    assert!(
+        alerts
+            .iter()
+            .any(|(_, e)| e.contains("sluice_handshake_thread_drops_total")
+                && e.contains("sluice_ha_sync_drops_total")),
+        "the drops alert adds up handshake-thread and HA sync drops"
+    );
     assert!(has("sluice_under_load"), "under-load alert");
     assert!(
         has("sluice_up") && has("sluice_worker_rx_packets_total"),

@@ -67,9 +67,8 @@ struct Member {
 
 impl Drop for Member {
     fn drop(&mut self) {
-        // A SIGKILLed sluice leaves its control socket behind.
+        // The gateway guard also removes the control socket a SIGKILLed sluice leaves behind.
         self.gateway.stop(Duration::from_secs(5));
-        let _ = std::fs::remove_file(sluice::datapath::control_sock::path(self.gateway.ifname()));
     }
 }
 
@@ -247,6 +246,16 @@ impl Bed {
 
     /// Move the VIPs from A to B by hand and tell B it is master (keepalived's notify form).
     fn move_vip_to_b(&self) {
+        self.move_vip_addresses_to_b();
+        notify(
+            &self.members[1].config,
+            &["INSTANCE", "sluice_vi", "MASTER", "100"],
+        )
+        .or_fail("notify B master");
+    }
+
+    /// Move the VIP addresses from A to B (B is not told).
+    fn move_vip_addresses_to_b(&self) {
         let (a, b) = (&self.members[0].ns, &self.members[1].ns);
         a.del_addr("outer", &format!("{VIP}/24")).or_fail("del VIP");
         a.del_addr("inside", &format!("{INNER_VIP}/24"))
@@ -259,11 +268,32 @@ impl Bed {
             ns.ip(&["neigh", "flush", "dev", "to-lan"])
                 .or_fail("neigh flush");
         }
-        notify(
-            &self.members[1].config,
-            &["INSTANCE", "sluice_vi", "MASTER", "100"],
-        )
-        .or_fail("notify B master");
+    }
+
+    /// Wait until B holds the client's session and has heard A.
+    fn wait_b_holds_the_session(&mut self) {
+        let held = wait_for(
+            "B holds the client's session",
+            WAIT,
+            Duration::from_millis(100),
+            || {
+                let s = self.ha_status(1);
+                Ok::<_, NotYet>(
+                    (n(&s, "sessions_held") >= 1 && n(&s, "sync_received") > 0).then_some(s),
+                )
+            },
+        );
+        if let Err(e) = held {
+            panic!("{e}\n{}", self.logs());
+        }
+    }
+
+    /// B's `vip_not_master` drops (status file, rewritten every second).
+    fn b_vip_drops(&self) -> u64 {
+        self.members[1]
+            .gateway
+            .status()
+            .map_or(0, |s| s.drops_of("vip_not_master"))
     }
 
     fn kill_a(&mut self) {
@@ -406,20 +436,7 @@ fn failover_with_sync_resumes_on_the_old_session() {
         .wait_flowing("through A", Duration::ZERO, 50, WAIT)
         .or_fail("stream through A");
     // B holds the client's session (and hears A) before anything moves.
-    let held = wait_for(
-        "B holds the client's session",
-        WAIT,
-        Duration::from_millis(100),
-        || {
-            let s = bed.ha_status(1);
-            Ok::<_, NotYet>(
-                (n(&s, "sessions_held") >= 1 && n(&s, "sync_received") > 0).then_some(s),
-            )
-        },
-    );
-    if let Err(e) = held {
-        panic!("{e}\n{}", bed.logs());
-    }
+    bed.wait_b_holds_the_session();
     assert_eq!(bed.ha_status(0)["role"], "master");
     assert_eq!(bed.ha_status(1)["role"], "backup");
     let b_handshake_before = peer_handshake(&bed.members[1], &bed.client_key.public);
@@ -431,6 +448,12 @@ fn failover_with_sync_resumes_on_the_old_session() {
     let moved_at = bed.probe().elapsed();
     bed.move_vip_to_b();
     bed.kill_a();
+    let a_ctl = sluice::datapath::control_sock::path(bed.members[0].gateway.ifname());
+    assert!(
+        !a_ctl.exists(),
+        "the gateway guard removed {} after the SIGKILL",
+        a_ctl.display()
+    );
     assert_eq!(bed.ha_status(1)["role"], "master");
     if let Err(e) = bed.probe().wait_flowing("through B", moved_at, 100, WAIT) {
         panic!("{e}\n{}", bed.logs());
@@ -502,5 +525,67 @@ fn failover_without_sync_needs_a_rehandshake() {
     eprintln!(
         "{test}: without sync: the client re-handshook; gap {:.0} ms, {} of {} lost",
         report.max_gap_ms, report.lost, report.sent
+    );
+}
+
+/// A VIP on a VRRP backup (assigned by hand; keepalived would not) is not served: datagrams
+/// to it are dropped and counted as `vip_not_master` on both data paths (XDP passes them, the
+/// socket refuses them), and nothing is taken over. Once B is told it is master, the stream
+/// flows through it.
+#[test]
+fn a_backup_refuses_vip_traffic_until_it_is_master() {
+    let test = "a_backup_refuses_vip_traffic_until_it_is_master";
+    if !ready(test) {
+        return;
+    }
+    let mut bed = Bed::build(true);
+    bed.start_probe();
+    bed.probe()
+        .wait_flowing("through A", Duration::ZERO, 50, WAIT)
+        .or_fail("stream through A");
+    bed.wait_b_holds_the_session();
+    let before = bed.b_vip_drops();
+    bed.move_vip_addresses_to_b();
+    // The client's datagrams now reach B, still backup.
+    let refusing = wait_for(
+        "B refuses the VIP's datagrams",
+        WAIT,
+        Duration::from_millis(100),
+        || Ok::<_, NotYet>((bed.b_vip_drops() >= before + 20).then_some(())),
+    );
+    if let Err(e) = refusing {
+        panic!("{e}\n{}", bed.logs());
+    }
+    let mark = bed.probe().elapsed();
+    let counted = bed.b_vip_drops();
+    wait_for(
+        "B refuses more of the VIP's datagrams",
+        WAIT,
+        Duration::from_millis(100),
+        || Ok::<_, NotYet>((bed.b_vip_drops() >= counted + 20).then_some(())),
+    )
+    .or_fail("more refusals");
+    assert_eq!(
+        bed.probe().received_since(mark),
+        0,
+        "nothing got through the backup"
+    );
+    let s = bed.ha_status(1);
+    assert_eq!(s["role"], "backup");
+    assert_eq!(n(&s, "takeovers"), 0, "a backup takes nothing over: {s}");
+    assert_eq!(n(&s, "rx_taken_over"), 0, "{s}");
+
+    let told = bed.probe().elapsed();
+    notify(&bed.members[1].config, &["master"]).or_fail("notify B master");
+    if let Err(e) = bed.probe().wait_flowing("through B", told, 50, WAIT) {
+        panic!("{e}\n{}", bed.logs());
+    }
+    let s = bed.ha_status(1);
+    assert!(n(&s, "takeovers") >= 1, "B took the session over: {s}");
+    let refused = bed.b_vip_drops() - before;
+    let report = bed.probe.take().unwrap().finish(Duration::from_millis(500));
+    eprintln!(
+        "{test}: B refused {refused} datagrams to the VIP while backup; flowing again after notify master; {} of {} lost in all",
+        report.lost, report.sent
     );
 }

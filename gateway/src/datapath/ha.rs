@@ -14,14 +14,14 @@
 
 use super::io::send_transmits;
 use super::shared::{lock, Shared};
-use super::udp::UdpSocket as DataSocket;
+use super::udp::{UdpSocket as DataSocket, VipGate};
 use super::worker::WorkerStats;
 use crate::config::ha::{HaConfig, HaMode};
 use crate::crypto;
 use crate::proto::effects::{Context, Outbox};
 use crate::proto::hasync::{
-    node_of_index, GroupKey, HeldStore, MarksRecord, Record, SessionRecord, SyncReceiver,
-    SyncSender, MAX_DATAGRAM, SYNC_INTERVAL,
+    acks_for, node_of_index, Announcements, GroupKey, HeldStore, MarksRecord, Record,
+    SessionRecord, SyncReceiver, SyncSender, MAX_DATAGRAM, SYNC_INTERVAL,
 };
 use crate::proto::messages::transport::PAYLOAD_START;
 use crate::proto::peer::PeerId;
@@ -92,7 +92,7 @@ pub struct Ha {
     pub cfg: HaConfig,
     key: GroupKey,
     role: AtomicU8,
-    pub held: Mutex<HeldStore>,
+    pub held: Arc<Mutex<HeldStore>>,
     poke: AtomicBool,
     pub sync_sent: AtomicU64,
     pub sync_received: AtomicU64,
@@ -103,9 +103,13 @@ pub struct Ha {
     epoch: u64,
     /// Where the gateway's own transmits (takeover handshakes) go out.
     outer: OnceLock<Arc<DataSocket>>,
+    /// The outer sockets' [`VipGate`]: closed (VIP datagrams dropped, `vip_not_master`) while a
+    /// VRRP member is not master.
+    pub gate: Arc<VipGate>,
     /// Called after every role change (the XDP local-address map follows the role).
     on_role: OnceLock<Box<dyn Fn() + Send + Sync>>,
-    /// The sync thread's drop counters (published through its [`WorkerStats`]).
+    /// The sync thread's drop counters and heartbeat (published through its [`WorkerStats`]):
+    /// `sluice_ha_sync_drops_total`, the status file's drops, and `/healthz`.
     pub stats: Arc<WorkerStats>,
 }
 
@@ -127,7 +131,7 @@ impl Ha {
                 HaMode::Vrrp => Role::Backup as u8,
                 HaMode::Anycast => Role::Active as u8,
             }),
-            held: Mutex::new(HeldStore::new(cfg.node, n, started)),
+            held: Arc::new(Mutex::new(HeldStore::new(cfg.node, n, started))),
             poke: AtomicBool::new(false),
             sync_sent: AtomicU64::new(0),
             sync_received: AtomicU64::new(0),
@@ -136,6 +140,7 @@ impl Ha {
             members: Mutex::new(vec![MemberView::default(); cfg.members.len()]),
             epoch,
             outer: OnceLock::new(),
+            gate: Arc::new(VipGate::new(&cfg.vips, cfg.mode == HaMode::Vrrp)),
             on_role: OnceLock::new(),
             stats: Arc::new(WorkerStats::default()),
             cfg: cfg.clone(),
@@ -175,6 +180,7 @@ impl Ha {
             return Err("ha.mode is anycast: every member is always active".into());
         }
         let old = Role::from_u8(self.role.swap(role as u8, Ordering::Relaxed));
+        self.gate.set_closed(role != Role::Master);
         if old != role {
             tracing::info!(from = old.label(), to = role.label(), "ha role changed");
         }
@@ -392,6 +398,7 @@ impl Ha {
                     )
                 })
                 .collect(),
+            sync_drops: std::array::from_fn(|i| self.stats.drops[i].load(Ordering::Relaxed)),
         }
     }
 }
@@ -425,19 +432,27 @@ pub fn bind(cfg: &HaConfig) -> std::io::Result<UdpSocket> {
     Ok(s)
 }
 
+/// One sealed batch of records per member (index = node; ours stays empty).
+type PerMember = Vec<Vec<Record>>;
+
 impl SyncThread {
     pub fn run(self) {
         let ha = &*self.ha;
         let n = ha.cfg.members.len() as u8;
         let mut sender = SyncSender::new(ha.cfg.node, ha.epoch);
         let mut receiver = SyncReceiver::new(ha.cfg.node, n);
+        let mut announcements = Announcements::new(ha.cfg.node, n);
         let mut told: HashMap<u32, Told> = HashMap::new();
         let mut resync: Vec<u8> = Vec::new();
+        let mut acks: PerMember = vec![Vec::new(); usize::from(n)];
         let mut drops = DropCounters::default();
         let mut rng = OsRng;
         let mut buf = vec![0u8; MAX_DATAGRAM + 100];
         let mut next_tick = self.shared.clock.now();
         let (mut sent, mut received) = (0u64, 0u64);
+        let mut send = |sender: &mut SyncSender, to: usize, records: &[Record]| {
+            self.send(sender, &mut rng, to, records)
+        };
         while !self.stop.load(Ordering::Relaxed) {
             let now = self.shared.clock.now();
             ha.stats.heartbeat.store(now.as_nanos(), Ordering::Relaxed);
@@ -446,7 +461,8 @@ impl SyncThread {
                 match receiver.accept(&ha.key, &buf[..len]) {
                     Ok(a) => {
                         received += 1;
-                        self.apply(a, &mut resync);
+                        announcements.on_records(a.node, &a.records);
+                        self.apply(a, &mut resync, &mut acks);
                     }
                     Err(r) => {
                         drops.count(r);
@@ -458,35 +474,62 @@ impl SyncThread {
                 }
             }
             let _ = self.socket.set_nonblocking(false);
+            // Acks go out at once, so the sender stops re-announcing soon.
+            for (to, a) in acks.iter_mut().enumerate() {
+                if !a.is_empty() {
+                    sent += send(&mut sender, to, a);
+                    a.clear();
+                }
+            }
             let now = self.shared.clock.now();
             let tick = now >= next_tick;
             if tick || ha.poke.swap(false, Ordering::Relaxed) {
+                let mut due = Vec::new();
                 if tick {
                     next_tick = now + SYNC_INTERVAL;
                     lock(&ha.held).expire(now);
+                    due = announcements.due(now);
                 }
                 let full = !resync.is_empty();
-                let (changes, all) = scan(&self.shared, now, &mut told, full);
-                if (ha.cfg.sync && !changes.is_empty()) || tick {
-                    let records = if ha.cfg.sync { changes } else { Vec::new() };
-                    let ds = sender.seal_records(&ha.key, &mut rng, &records);
-                    for (i, m) in ha.cfg.members.iter().enumerate() {
-                        if i != usize::from(ha.cfg.node) {
-                            for d in &ds {
-                                sent += u64::from(self.socket.send_to(d, m).is_ok());
-                            }
+                let want: HashSet<u32> = due.iter().map(|&(i, _)| i).collect();
+                let scanned = scan(&self.shared, now, &mut told, full, &want);
+                let changes = if ha.cfg.sync {
+                    scanned.changes
+                } else {
+                    Vec::new()
+                };
+                for r in &changes {
+                    match r {
+                        Record::Session(s) => {
+                            announcements.sent(now, s.local_index, announcements.others());
                         }
+                        Record::Gone(i) => announcements.gone(*i),
+                        _ => {}
+                    }
+                }
+                for (to, _) in ha.cfg.members.iter().enumerate() {
+                    if to == usize::from(ha.cfg.node) {
+                        continue;
+                    }
+                    let mut records = changes.clone();
+                    records.extend(
+                        due.iter()
+                            .filter(|(_, mask)| mask & (1 << to) != 0)
+                            .filter_map(|(i, _)| scanned.wanted.get(i).cloned()),
+                    );
+                    if (ha.cfg.sync && !records.is_empty()) || tick {
+                        sent += send(&mut sender, to, &records);
                     }
                 }
                 for node in resync.drain(..) {
                     if !ha.cfg.sync {
                         continue;
                     }
-                    let Some(m) = ha.cfg.members.get(usize::from(node)) else {
-                        continue;
-                    };
-                    for d in sender.seal_records(&ha.key, &mut rng, &all) {
-                        sent += u64::from(self.socket.send_to(&d, m).is_ok());
+                    sent += send(&mut sender, usize::from(node), &scanned.all);
+                    for r in &scanned.all {
+                        if let Record::Session(s) = r {
+                            announcements.sent(now, s.local_index, 1 << node);
+                        }
                     }
                 }
             }
@@ -496,7 +539,19 @@ impl SyncThread {
         }
     }
 
-    fn apply(&self, a: crate::proto::hasync::Accepted, resync: &mut Vec<u8>) {
+    /// Seal `records` for member `to` and send them; returns the datagrams sent.
+    fn send(&self, sender: &mut SyncSender, rng: &mut OsRng, to: usize, records: &[Record]) -> u64 {
+        let Some(m) = self.ha.cfg.members.get(to) else {
+            return 0;
+        };
+        sender
+            .seal_records(&self.ha.key, rng, records)
+            .iter()
+            .map(|d| u64::from(self.socket.send_to(d, m).is_ok()))
+            .sum()
+    }
+
+    fn apply(&self, a: crate::proto::hasync::Accepted, resync: &mut Vec<u8>, acks: &mut PerMember) {
         let ha = &*self.ha;
         let now = self.shared.clock.now();
         {
@@ -504,7 +559,7 @@ impl SyncThread {
             if let Some(v) = views.get_mut(usize::from(a.node)) {
                 v.last_heard = Some(now);
                 v.epoch = a.epoch;
-                if !a.records.is_empty() {
+                if a.records.iter().any(|r| !matches!(r, Record::Ack(_))) {
                     v.marks_at = Some(now);
                 }
             }
@@ -520,12 +575,16 @@ impl SyncThread {
         if !ha.cfg.sync {
             return;
         }
+        if let Some(owed) = acks.get_mut(usize::from(a.node)) {
+            owed.extend(acks_for(&a.records));
+        }
         let mut held = lock(&ha.held);
         for r in a.records {
             let index = match &r {
                 Record::Session(s) => s.local_index,
                 Record::Marks(m) => m.local_index,
                 Record::Gone(i) => *i,
+                Record::Ack(_) => continue,
             };
             // Sessions we run ourselves (derived or taken over) are not held.
             if self.shared.index.get(index).is_some() {
@@ -536,17 +595,33 @@ impl SyncThread {
     }
 }
 
+/// What one scan of our keypairs found.
+struct Scanned {
+    /// New sessions, moved counters, dropped sessions since the last scan.
+    changes: Vec<Record>,
+    /// Every session as a SessionNew record (a full resync), if asked for.
+    all: Vec<Record>,
+    /// The SessionNew records of the sessions asked for by index (re-announcements), with the
+    /// counters they have now.
+    wanted: HashMap<u32, Record>,
+}
+
 /// Compare every keypair we run with what the group was told: new sessions, moved counters,
-/// dropped sessions. With `full`, also every session as a SessionNew record (a resync).
+/// dropped sessions. With `full`, also every session as a SessionNew record (a resync); and
+/// the sessions in `want` as SessionNew records.
 fn scan(
     shared: &Shared,
     now: Time,
     told: &mut HashMap<u32, Told>,
     full: bool,
-) -> (Vec<Record>, Vec<Record>) {
+    want: &HashSet<u32>,
+) -> Scanned {
     let table = shared.table();
-    let mut changes = Vec::new();
-    let mut all = Vec::new();
+    let mut out = Scanned {
+        changes: Vec::new(),
+        all: Vec::new(),
+        wanted: HashMap::new(),
+    };
     let mut seen = HashSet::new();
     for (_, slot) in table.iter() {
         let p = lock(slot);
@@ -578,8 +653,8 @@ fn scan(
                 ))
             };
             match told.get(&index) {
-                None => changes.push(record()),
-                Some(old) if *old != t => changes.push(Record::Marks(MarksRecord {
+                None => out.changes.push(record()),
+                Some(old) if *old != t => out.changes.push(Record::Marks(MarksRecord {
                     local_index: index,
                     send_counter: t.send,
                     receive_mark: t.mark,
@@ -589,16 +664,19 @@ fn scan(
             }
             told.insert(index, t);
             if full {
-                all.push(record());
+                out.all.push(record());
+            }
+            if want.contains(&index) {
+                out.wanted.insert(index, record());
             }
         }
     }
     let gone: Vec<u32> = told.keys().filter(|i| !seen.contains(i)).copied().collect();
     for i in gone {
         told.remove(&i);
-        changes.push(Record::Gone(i));
+        out.changes.push(Record::Gone(i));
     }
-    (changes, all)
+    out
 }
 
 /// The epoch of a member starting now: wall-clock nanoseconds (grows across restarts).

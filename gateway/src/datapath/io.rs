@@ -68,8 +68,12 @@ pub trait Inner: Send {
 }
 
 impl Outer for UdpSocket {
-    fn recv_batch(&self, batch: &mut RecvBatch, _drops: &mut DropCounters) -> usize {
-        UdpSocket::recv_batch(self, batch).unwrap_or(0)
+    fn recv_batch(&self, batch: &mut RecvBatch, drops: &mut DropCounters) -> usize {
+        let n = UdpSocket::recv_batch(self, batch).unwrap_or(0);
+        for _ in 0..batch.refused {
+            drops.count(crate::DropReason::VipNotMaster);
+        }
+        n
     }
     fn send(&self, runs: &[Segments<'_>]) -> usize {
         self.send_segments(runs)

@@ -296,9 +296,16 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
     ));
     let ha = match &cfg.ha {
         Some(h) => {
-            shared.index.set_partition(h.node);
             let ha = Arc::new(ha::Ha::new(h, shared.clock.now(), ha::epoch_now()));
+            shared.index.set_partition(h.node, ha.held.clone());
             ha.set_outer(sockets[0].clone());
+            if h.mode == crate::config::ha::HaMode::Vrrp && !h.vips.is_empty() {
+                for s in &sockets {
+                    s.set_vip_gate(ha.gate.clone()).map_err(|e| {
+                        RunError::Ha(format!("asking the kernel for destination addresses: {e}"))
+                    })?;
+                }
+            }
             let _ = shared.ha.set(ha.clone());
             let socket = ha::bind(h).map_err(|e| {
                 RunError::Ha(format!("binding the sync address {}: {e}", h.own_address()))
@@ -377,7 +384,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
     // Handshakes cost ~200 µs of CPU each; half as many handshake threads as workers keeps a
     // flood from starving the data path while still using bigger machines.
     let hs_threads = (workers / 2).max(1);
-    let mut hs_stats: Vec<Arc<WorkerStats>> = (0..hs_threads)
+    let hs_stats: Vec<Arc<WorkerStats>> = (0..hs_threads)
         .map(|_| Arc::new(WorkerStats::default()))
         .collect();
     for (i, s) in hs_stats.iter().enumerate() {
@@ -398,8 +405,8 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
     }
     drop(hs_rx);
     if let Some((ha, socket, ctl)) = ha {
-        // The sync thread reports (drops, heartbeat) as the last handshake-thread series.
-        hs_stats.push(ha.stats.clone());
+        // The sync thread reports (drops, heartbeat) through `ha.stats`, apart from the
+        // handshake threads.
         let sync = ha::SyncThread {
             ha: ha.clone(),
             shared: shared.clone(),

@@ -125,6 +125,12 @@ impl MetricsSource for GatewayObserver {
                     .iter()
                     .enumerate()
                     .map(|(i, w)| (format!("handshake thread {i}"), w)),
+            )
+            .chain(
+                self.shared
+                    .ha
+                    .get()
+                    .map(|h| ("ha sync thread".to_string(), &h.stats)),
             );
         for (name, w) in threads {
             if let Some(why) = w.exited.get() {

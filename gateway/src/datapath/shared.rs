@@ -68,9 +68,13 @@ impl Default for Clock {
 #[derive(Debug)]
 pub struct IndexShards {
     shards: Vec<Mutex<HashMap<u32, PeerId>>>,
-    /// HA: this member's node number, the top bits of every index it allocates.
-    partition: std::sync::OnceLock<u8>,
+    /// HA: this member's node number, the top bits of every index it allocates, and the
+    /// sessions held for the other members, whose indices are never allocated.
+    partition: std::sync::OnceLock<(u8, HeldIndices)>,
 }
+
+/// The held-session store, as index allocation sees it.
+pub type HeldIndices = Arc<Mutex<crate::proto::hasync::HeldStore>>;
 
 impl IndexShards {
     fn new() -> IndexShards {
@@ -82,9 +86,12 @@ impl IndexShards {
         }
     }
 
-    /// HA: allocate only indices in member `node`'s partition (see `proto::hasync`).
-    pub fn set_partition(&self, node: u8) {
-        let _ = self.partition.set(node);
+    /// HA: allocate only indices in member `node`'s partition (see `proto::hasync`), and none
+    /// that `held` holds for another member. A previous incarnation of this member allocated
+    /// in the same partition; another member may have taken one of its sessions over and
+    /// synced it back here, and an index allocated again would shadow it.
+    pub fn set_partition(&self, node: u8, held: HeldIndices) {
+        let _ = self.partition.set((node, held));
     }
 
     /// Map an index taken over from another member to `peer`.
@@ -113,8 +120,12 @@ impl Indices for &IndexShards {
     fn allocate(&mut self, rng: &mut dyn Rng, peer: PeerId) -> u32 {
         loop {
             let mut index = rng.next_u32();
-            if let Some(&node) = self.partition.get() {
-                index = crate::proto::hasync::partition_index(node, index);
+            if let Some((node, held)) = self.partition.get() {
+                index = crate::proto::hasync::partition_index(*node, index);
+                // Lock order: the held store is taken and released before the shard.
+                if lock(held).contains(index) {
+                    continue;
+                }
             }
             let mut shard = lock(self.shard(index));
             if let std::collections::hash_map::Entry::Vacant(e) = shard.entry(index) {
@@ -584,5 +595,47 @@ mod tests {
             assert_eq!(table_view(&shared.table()), model, "round {round}");
         }
         drop(held);
+    }
+
+    #[test]
+    fn ha_index_allocation_skips_indices_held_for_others() {
+        use crate::proto::hasync::{partition_index, HeldStore, Record, SessionRecord};
+        use crate::proto::rng::SeededRng;
+        let node = 1;
+        // The indices a seeded generator yields, moved into this member's partition.
+        let mut probe = SeededRng::new(42);
+        let drawn: Vec<u32> = (0..3)
+            .map(|_| partition_index(node, probe.next_u32()))
+            .collect();
+        // Another member took two sessions of our previous incarnation over and synced them
+        // back to us: we hold them under indices of our own partition.
+        let held = Arc::new(Mutex::new(HeldStore::new(node, 2, Time::from_nanos(1))));
+        for &local_index in &drawn[..2] {
+            let s = SessionRecord {
+                peer: [9u8; 32],
+                local_index,
+                remote_index: 5,
+                send_key: zeroize::Zeroizing::new([1u8; 32]),
+                recv_key: zeroize::Zeroizing::new([2u8; 32]),
+                initiator: false,
+                may_send: true,
+                age_ms: 10,
+                send_counter: 0,
+                receive_mark: 0,
+                endpoint: None,
+                region: 1,
+            };
+            lock(&held).apply(Time::from_nanos(5_000_000_000), 0, Record::Session(s));
+        }
+        let shards = IndexShards::new();
+        shards.set_partition(node, held.clone());
+        let mut ix = &shards;
+        let got = ix.allocate(&mut SeededRng::new(42), 7);
+        assert_eq!(got, drawn[2], "the two held indices were skipped");
+        assert_eq!(shards.get(got), Some(7));
+        assert!(drawn[..2].iter().all(|&i| shards.get(i).is_none()));
+        // Once the held sessions are gone, their indices may be allocated again.
+        lock(&held).expire(Time::from_nanos(u64::MAX / 2));
+        assert_eq!(ix.allocate(&mut SeededRng::new(42), 8), drawn[0]);
     }
 }

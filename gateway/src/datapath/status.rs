@@ -44,7 +44,14 @@ impl Status<'_> {
                 })
             })
             .collect();
-        let all = || self.workers.iter().chain(self.handshakes).map(|w| &**w);
+        let ha_sync = self.shared.ha.get().map(|h| &*h.stats);
+        let all = || {
+            self.workers
+                .iter()
+                .chain(self.handshakes)
+                .map(|w| &**w)
+                .chain(ha_sync)
+        };
         let mut drops = Map::new();
         for r in DropReason::ALL {
             let n: u64 = all()

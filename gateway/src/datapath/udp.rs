@@ -6,18 +6,25 @@
 //! datagrams of one flow back to back, with their size in a control message; [`RecvBatch`]
 //! splits them again. IPv4 peers appear as IPv4-mapped IPv6 on the socket and are converted
 //! back, so the protocol core only ever sees plain IPv4 and IPv6 addresses.
+//!
+//! HA (vrrp mode): a socket given a [`VipGate`] also receives each datagram's destination
+//! address (`IPV6_PKTINFO`, which a dual-stack socket gets for IPv4 too, as mapped) and, while
+//! the gate is closed (this member is not master), drops datagrams sent to a VIP and counts
+//! them in [`RecvBatch::refused`]. Without a gate, or with the gate open, nothing is parsed.
 
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// Datagrams per `recvmmsg`/`sendmmsg` call.
 pub const BATCH: usize = 32;
 /// Room per receive slot: a full GRO super-datagram, or one maximal datagram without GRO.
 const SLOT: usize = 65_536;
-/// Control-message room for one `UDP_GRO` integer.
-const CMSG_SPACE: usize = 64;
+/// Control-message room for one `UDP_GRO` integer and one `IPV6_PKTINFO`.
+const CMSG_SPACE: usize = 128;
 
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
@@ -76,12 +83,50 @@ fn from_sockaddr(sa: &libc::sockaddr_in6) -> SocketAddr {
     }
 }
 
+/// Destination addresses a socket refuses while closed: an HA member's VIPs while it is not
+/// VRRP master (keepalived assigns them to the master only, but nothing stops a datagram to a
+/// VIP from reaching a backup that has one by accident or by hand, or XDP passing it on).
+#[derive(Debug)]
+pub struct VipGate {
+    closed: AtomicBool,
+    /// IPv4 as mapped, as `IPV6_PKTINFO` reports it.
+    vips: Vec<Ipv6Addr>,
+}
+
+impl VipGate {
+    pub fn new(vips: &[IpAddr], closed: bool) -> VipGate {
+        VipGate {
+            closed: AtomicBool::new(closed),
+            vips: vips
+                .iter()
+                .map(|ip| match ip {
+                    IpAddr::V4(a) => a.to_ipv6_mapped(),
+                    IpAddr::V6(a) => *a,
+                })
+                .collect(),
+        }
+    }
+
+    pub fn set_closed(&self, closed: bool) {
+        self.closed.store(closed, Ordering::Relaxed);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    fn refuses(&self, dst: &Ipv6Addr) -> bool {
+        self.vips.contains(dst)
+    }
+}
+
 /// A bound, non-blocking, dual-stack UDP socket.
 #[derive(Debug)]
 pub struct UdpSocket {
     fd: OwnedFd,
     gro: bool,
     gso: bool,
+    gate: OnceLock<Arc<VipGate>>,
 }
 
 /// A run of datagrams to one destination laid out back to back: with GSO, `segment` bytes
@@ -126,7 +171,25 @@ impl UdpSocket {
         let gro = setsockopt(raw, libc::SOL_UDP, libc::UDP_GRO, 1).is_ok();
         // Setting a zero default segment size only probes that the kernel has UDP GSO.
         let gso = setsockopt(raw, libc::SOL_UDP, libc::UDP_SEGMENT, 0).is_ok();
-        Ok(UdpSocket { fd, gro, gso })
+        Ok(UdpSocket {
+            fd,
+            gro,
+            gso,
+            gate: OnceLock::new(),
+        })
+    }
+
+    /// Refuse datagrams to `gate`'s addresses while it is closed (see [`VipGate`]). Asks the
+    /// kernel for every datagram's destination address from now on.
+    pub fn set_vip_gate(&self, gate: Arc<VipGate>) -> io::Result<()> {
+        setsockopt(
+            self.fd.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_RECVPKTINFO,
+            1,
+        )?;
+        let _ = self.gate.set(gate);
+        Ok(())
     }
 
     pub fn fd(&self) -> RawFd {
@@ -157,9 +220,13 @@ impl UdpSocket {
         self.gso
     }
 
-    /// Receive up to [`BATCH`] datagrams (more with GRO) without blocking.
+    /// Receive up to [`BATCH`] datagrams (more with GRO) without blocking. Datagrams the
+    /// [`VipGate`] refuses are left out and counted in [`RecvBatch::refused`].
     pub fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {
         batch.datagrams.clear();
+        batch.refused = 0;
+        // One look at the gate per batch; closed is the rare case (a backup).
+        let gate = self.gate.get().filter(|g| g.is_closed());
         // SAFETY: mmsghdr/iovec are plain C structs for which zero bytes are valid.
         let mut iov: [libc::iovec; BATCH] = unsafe { zeroed() };
         let mut msgs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
@@ -199,6 +266,12 @@ impl UdpSocket {
             let len = msg.msg_len as usize;
             let src = from_sockaddr(&batch.addrs[i]);
             let segment = gro_segment(&msg.msg_hdr).unwrap_or(len).max(1);
+            if let Some(g) = gate {
+                if pktinfo_dst(&msg.msg_hdr).is_some_and(|d| g.refuses(&d)) {
+                    batch.refused += len.div_ceil(segment).max(1);
+                    continue;
+                }
+            }
             let base = i * SLOT;
             let mut off = 0;
             while off < len {
@@ -322,8 +395,28 @@ fn gro_segment(h: &libc::msghdr) -> Option<usize> {
     None
 }
 
+/// The destination address of a received datagram (`IPV6_PKTINFO`; IPv4 as mapped).
+fn pktinfo_dst(h: &libc::msghdr) -> Option<Ipv6Addr> {
+    // SAFETY: as in `gro_segment`: the walk stays within the control buffer the kernel
+    // filled, and the payload of an IPV6_PKTINFO message is an in6_pktinfo.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::IPPROTO_IPV6 && (*c).cmsg_type == libc::IPV6_PKTINFO {
+                let info = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::in6_pktinfo>());
+                return Some(Ipv6Addr::from(info.ipi6_addr.s6_addr));
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    None
+}
+
 /// Receive buffers owned by one worker, and the datagrams the last receive produced.
 pub struct RecvBatch {
+    /// Datagrams the last receive dropped because they were sent to a VIP while the socket's
+    /// [`VipGate`] was closed (the caller counts them as `vip_not_master`).
+    pub refused: usize,
     bufs: Vec<u8>,
     addrs: Vec<libc::sockaddr_in6>,
     cmsgs: Vec<[u64; CMSG_SPACE / 8]>,
@@ -342,6 +435,7 @@ impl std::fmt::Debug for RecvBatch {
 impl Default for RecvBatch {
     fn default() -> Self {
         RecvBatch {
+            refused: 0,
             bufs: vec![0u8; SLOT * BATCH],
             addrs: vec![to_sockaddr(SocketAddr::from(([0u8; 4], 0))); BATCH],
             cmsgs: vec![[0u64; CMSG_SPACE / 8]; BATCH],
@@ -353,6 +447,7 @@ impl Default for RecvBatch {
 impl RecvBatch {
     pub fn clear(&mut self) {
         self.datagrams.clear();
+        self.refused = 0;
     }
 
     /// Add a datagram by copy (for in-memory sources); false if the batch is full or the
@@ -469,6 +564,48 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert_eq!(got, payloads);
+    }
+
+    /// Over loopback in both families: datagrams to a gated address are refused while the
+    /// gate is closed, others pass, and everything passes once it opens.
+    #[test]
+    fn a_closed_vip_gate_refuses_datagrams_to_its_addresses() {
+        let rx = UdpSocket::bind(0).unwrap();
+        let port = rx.local_port().unwrap();
+        // 127.0.0.2 is loopback too; only it is a "VIP".
+        let vip4 = SocketAddr::from(([127, 0, 0, 2], port));
+        let other4 = SocketAddr::from(([127, 0, 0, 1], port));
+        let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+        let gate = Arc::new(VipGate::new(&[vip4.ip(), v6.ip()], true));
+        rx.set_vip_gate(gate.clone()).unwrap();
+        let tx = UdpSocket::bind(0).unwrap();
+        let recv_all = |want: usize| {
+            let mut batch = RecvBatch::default();
+            let (mut got, mut refused) = (Vec::new(), 0);
+            for _ in 0..200 {
+                rx.recv_batch(&mut batch).unwrap();
+                refused += batch.refused;
+                got.extend((0..batch.len()).map(|i| batch.get_mut(i).unwrap().1.to_vec()));
+                if got.len() + refused >= want {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            (got, refused)
+        };
+        let send = |dst: SocketAddr, d: &[u8]| assert_eq!(tx.send_batch(&[(dst, d)]), 1);
+        send(vip4, b"to the v4 vip");
+        send(other4, b"to another address");
+        send(v6, b"to the v6 vip");
+        let (got, refused) = recv_all(3);
+        assert_eq!(got, vec![b"to another address".to_vec()]);
+        assert_eq!(refused, 2);
+        gate.set_closed(false);
+        send(vip4, b"a");
+        send(v6, b"b");
+        let (mut got, refused) = recv_all(2);
+        got.sort();
+        assert_eq!((got, refused), (vec![b"a".to_vec(), b"b".to_vec()], 0));
     }
 
     #[test]

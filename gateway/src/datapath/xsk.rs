@@ -706,6 +706,10 @@ impl Outer for XskOuter {
         if n == 0 {
             // Nothing on the ring: serve what XDP passed to the kernel socket.
             let m = self.fallback.recv_batch(batch).unwrap_or(0);
+            // XDP passes datagrams to a VIP it may not serve; the socket refuses them.
+            for _ in 0..batch.refused {
+                drops.count(DropReason::VipNotMaster);
+            }
             self.stats
                 .rx_fallback
                 .fetch_add(m as u64, Ordering::Relaxed);

@@ -374,6 +374,15 @@ fn ha_families(ha: &crate::metrics::HaSample) -> Vec<MetricFamily> {
                 .map(|(m, s)| gauge(labels(&[("member", m)]), s.unwrap_or(-1.0)))
                 .collect(),
         ),
+        family(
+            "sluice_ha_sync_drops_total",
+            "HA sync datagrams the sync thread rejected, by reason",
+            MetricType::COUNTER,
+            DropReason::SYNC
+                .iter()
+                .map(|&r| counter(labels(&[("reason", r.label())]), ha.sync_drops[r as usize]))
+                .collect(),
+        ),
     ]
 }
 
@@ -590,6 +599,34 @@ mod tests {
         assert_eq!(got, vec![5, 5, 7, 7, 7, 8, 8, 8]);
         assert_eq!(h.get_sample_count(), 8);
         assert_eq!(h.get_sample_sum(), (5 + 6 + 32) as f64);
+    }
+
+    #[test]
+    fn sync_rejections_have_their_own_family() {
+        let mut ha = crate::metrics::HaSample {
+            role: "backup",
+            roles: vec!["backup", "master"],
+            ..Default::default()
+        };
+        ha.sync_drops[DropReason::SyncForged as usize] = 3;
+        ha.sync_drops[DropReason::SyncReplayed as usize] = 2;
+        let snap = Snapshot {
+            handshake_threads: vec![WorkerSample::default()],
+            ha: Some(ha),
+            ..Snapshot::default()
+        };
+        let text = render(&snap, PeerSeries::All).unwrap();
+        for (reason, n) in [
+            ("sync_forged", 3),
+            ("sync_replayed", 2),
+            ("sync_malformed", 0),
+        ] {
+            let line = format!("sluice_ha_sync_drops_total{{reason=\"{reason}\"}} {n}\n");
+            assert!(text.contains(&line), "{line}{text}");
+        }
+        // One thread label only: the handshake thread's.
+        assert!(text.contains("sluice_handshake_thread_drops_total{thread=\"0\""));
+        assert!(!text.contains("thread=\"1\""), "{text}");
     }
 
     #[test]

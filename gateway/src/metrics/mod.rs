@@ -39,9 +39,11 @@
 //! | `sluice_ha_sessions_held` | gauge | |
 //! | `sluice_ha_takeovers_total` | counter | |
 //! | `sluice_ha_member_last_heard_seconds` | gauge (-1: never) | `member` |
+//! | `sluice_ha_sync_drops_total` | counter | `reason` (`sync_forged`, `sync_replayed`, `sync_malformed`) |
 //!
-//! Rejected sync datagrams are drops (`sync_forged`, `sync_replayed`, `sync_malformed`) of the
-//! sync thread, which reports as the last entry of the handshake-thread series.
+//! Rejected sync datagrams are [`DropReason`]s of the sync thread, in their own family (the
+//! sync thread is no handshake thread); a dashboard adding up every drop sums
+//! `sluice_worker_drops_total`, `sluice_handshake_thread_drops_total` and this one.
 //!
 //! [`MetricsServer`] serves `GET /metrics` and `GET /healthz` over a minimal HTTP/1.1
 //! responder on a std `TcpListener`.
@@ -172,7 +174,7 @@ pub struct Snapshot {
 }
 
 /// HA state for the `sluice_ha_*` families.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct HaSample {
     /// The current role (`sluice_ha_role{role}` is 1 for it, 0 for the others in `roles`).
     pub role: &'static str,
@@ -183,9 +185,26 @@ pub struct HaSample {
     pub takeovers: u64,
     /// Other members: sync address and seconds since last heard (`None`: never).
     pub members: Vec<(String, Option<f64>)>,
+    /// Sync datagrams rejected, by reason (the sync thread's drop counters).
+    pub sync_drops: [u64; DropReason::COUNT],
 }
 
 impl Eq for HaSample {}
+
+impl Default for HaSample {
+    fn default() -> Self {
+        HaSample {
+            role: "",
+            roles: Vec::new(),
+            sync_sent: 0,
+            sync_received: 0,
+            sessions_held: 0,
+            takeovers: 0,
+            members: Vec::new(),
+            sync_drops: [0; DropReason::COUNT],
+        }
+    }
+}
 
 /// What the metrics endpoint reads. Implemented by the running gateway (and by tests).
 pub trait MetricsSource: Send + Sync {

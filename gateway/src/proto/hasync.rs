@@ -23,6 +23,23 @@
 //! epoch, a replayed or too-old sequence, a bad tag, a sender index that is ours or out of
 //! range are rejected with a [`DropReason`] and change nothing.
 //!
+//! # Records
+//!
+//! | record | tag | bytes | sent |
+//! |---|---|---|---|
+//! | SessionNew | 1 | [`SESSION_RECORD_LEN`] | when a session is derived (or taken over); again until acked |
+//! | Marks | 2 | [`MARKS_RECORD_LEN`] | every [`SYNC_INTERVAL`] for sessions whose counters moved |
+//! | Gone | 3 | [`GONE_RECORD_LEN`] | when a session is dropped or replaced |
+//! | Ack | 4 | [`ACK_RECORD_LEN`] | by a receiver, for every SessionNew it accepted (version 2) |
+//!
+//! A SessionNew is the one record whose loss matters (Marks are superseded by the next ones,
+//! a lost Gone only keeps a held session until it expires), so [`Announcements`] re-sends it,
+//! to the members that have not acked it, every [`RESEND_AFTER`] up to
+//! [`MAX_ANNOUNCE_SENDS`] times. Bandwidth stays bounded: each session is announced at most
+//! that many times per member, and only while unacked (a member that is down costs
+//! `new sessions/s × MAX_ANNOUNCE_SENDS × SESSION_RECORD_LEN` bytes/s until it returns, when its
+//! new epoch gets it a full resync).
+//!
 //! # Counter regions (no nonce reuse)
 //!
 //! The 64-bit counter of a session is cut into regions of 2^[`REGION_BITS`]. The member that
@@ -51,7 +68,8 @@ use zeroize::Zeroizing;
 
 /// The first byte of every sync datagram (WireGuard's message types are 1 to 4).
 pub const TYPE_SYNC: u8 = 0x48;
-pub const VERSION: u8 = 1;
+/// 2: adds the Ack record (a version-1 member would reject it as malformed).
+pub const VERSION: u8 = 2;
 pub const HEADER_LEN: usize = 20;
 pub const NONCE_LEN: usize = 24;
 /// Bytes a datagram adds around its records.
@@ -64,6 +82,7 @@ pub const LABEL: &[u8] = b"sluice-ha-v1";
 const RECORD_SESSION: u8 = 1;
 const RECORD_MARKS: u8 = 2;
 const RECORD_GONE: u8 = 3;
+const RECORD_ACK: u8 = 4;
 const ENDPOINT_LEN: usize = 19;
 /// tag, peer, local, remote, send key, recv key, flags, age, send counter, mark, endpoint, region
 pub const SESSION_RECORD_LEN: usize =
@@ -71,6 +90,8 @@ pub const SESSION_RECORD_LEN: usize =
 /// tag, local, send counter, mark, region
 pub const MARKS_RECORD_LEN: usize = 1 + 4 + 8 + 8 + 4;
 pub const GONE_RECORD_LEN: usize = 1 + 4;
+/// tag, local index of the SessionNew acknowledged
+pub const ACK_RECORD_LEN: usize = 1 + 4;
 const _: () = assert!(SESSION_RECORD_LEN == 149);
 const _: () = assert!(OVERHEAD + SESSION_RECORD_LEN <= MAX_DATAGRAM);
 
@@ -87,6 +108,10 @@ pub const MAX_MEMBERS: usize = 1 << (32 - INDEX_NODE_SHIFT);
 
 /// Marks of sessions whose counters moved are sent this often.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
+/// An announcement (SessionNew) not acked by a member this long after it was sent goes again.
+pub const RESEND_AFTER: Duration = Duration::from_millis(250);
+/// Each announcement goes to a member at most this many times (about 2.5 s of resends).
+pub const MAX_ANNOUNCE_SENDS: u8 = 10;
 /// A member takes over only sessions created at least this long after it started: a previous
 /// incarnation of it may have used its regions of older sessions, and it does not remember.
 pub const START_MARGIN: Duration = Duration::from_secs(1);
@@ -307,6 +332,8 @@ pub enum Record {
     Marks(MarksRecord),
     /// The session with this local index was dropped or replaced.
     Gone(u32),
+    /// The SessionNew with this local index arrived.
+    Ack(u32),
 }
 
 impl Record {
@@ -315,6 +342,7 @@ impl Record {
             Record::Session(_) => SESSION_RECORD_LEN,
             Record::Marks(_) => MARKS_RECORD_LEN,
             Record::Gone(_) => GONE_RECORD_LEN,
+            Record::Ack(_) => ACK_RECORD_LEN,
         }
     }
 
@@ -345,6 +373,10 @@ impl Record {
                 out.push(RECORD_GONE);
                 out.extend_from_slice(&i.to_le_bytes());
             }
+            Record::Ack(i) => {
+                out.push(RECORD_ACK);
+                out.extend_from_slice(&i.to_le_bytes());
+            }
         }
     }
 
@@ -356,6 +388,7 @@ impl Record {
                 RECORD_SESSION => SESSION_RECORD_LEN,
                 RECORD_MARKS => MARKS_RECORD_LEN,
                 RECORD_GONE => GONE_RECORD_LEN,
+                RECORD_ACK => ACK_RECORD_LEN,
                 _ => return Err(DropReason::SyncMalformed),
             };
             let rec = p.get(..len).ok_or(DropReason::SyncMalformed)?;
@@ -392,7 +425,8 @@ impl Record {
                     receive_mark: c.u64()?,
                     region: c.u32()?,
                 }),
-                _ => Record::Gone(c.u32()?),
+                RECORD_GONE => Record::Gone(c.u32()?),
+                _ => Record::Ack(c.u32()?),
             });
             p = &p[len..];
         }
@@ -590,6 +624,124 @@ impl SyncReceiver {
     }
 }
 
+/// The acks a receiver owes the sender of `records`: one per SessionNew.
+pub fn acks_for(records: &[Record]) -> Vec<Record> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Session(s) => Some(Record::Ack(s.local_index)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A bit per member.
+pub type MemberMask = u16;
+
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    /// Members that have not acked it.
+    unacked: MemberMask,
+    last_sent: Time,
+    sends: u8,
+}
+
+/// Our SessionNew announcements not yet acked by every member, for re-sending (see the module
+/// docs). Keyed by local index.
+#[derive(Debug)]
+pub struct Announcements {
+    me: u8,
+    n: u8,
+    pending: HashMap<u32, Pending>,
+}
+
+impl Announcements {
+    pub fn new(me: u8, n: u8) -> Announcements {
+        Announcements {
+            me,
+            n,
+            pending: HashMap::new(),
+        }
+    }
+
+    /// Every member but us.
+    pub fn others(&self) -> MemberMask {
+        let all = if usize::from(self.n) >= MAX_MEMBERS {
+            MemberMask::MAX
+        } else {
+            (1 << self.n) - 1
+        };
+        all & !(1 << self.me)
+    }
+
+    /// We sent the SessionNew of `index` to the members in `to` at `now`.
+    pub fn sent(&mut self, now: Time, index: u32, to: MemberMask) {
+        let to = to & self.others();
+        if to == 0 {
+            return;
+        }
+        let p = self.pending.entry(index).or_insert(Pending {
+            unacked: 0,
+            last_sent: now,
+            sends: 0,
+        });
+        p.unacked |= to;
+        p.last_sent = now;
+        p.sends = 1;
+    }
+
+    /// Apply the Ack records of a datagram from member `from`.
+    pub fn on_records(&mut self, from: u8, records: &[Record]) {
+        if from >= self.n {
+            return;
+        }
+        for r in records {
+            if let Record::Ack(i) = r {
+                if let Some(p) = self.pending.get_mut(i) {
+                    p.unacked &= !(1 << from);
+                    if p.unacked == 0 {
+                        self.pending.remove(i);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The session is gone: nothing more to announce.
+    pub fn gone(&mut self, index: u32) {
+        self.pending.remove(&index);
+    }
+
+    /// The announcements to send again at `now`, with the members to send each to. Those
+    /// sent [`MAX_ANNOUNCE_SENDS`] times are given up.
+    pub fn due(&mut self, now: Time) -> Vec<(u32, MemberMask)> {
+        let mut out = Vec::new();
+        self.pending.retain(|&i, p| {
+            if !now.has_elapsed(p.last_sent, RESEND_AFTER) {
+                return true;
+            }
+            if p.sends >= MAX_ANNOUNCE_SENDS {
+                return false;
+            }
+            p.sends += 1;
+            p.last_sent = now;
+            out.push((i, p.unacked));
+            true
+        });
+        out.sort_unstable();
+        out
+    }
+
+    /// Announcements waiting for an ack.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
 /// A session another member derived or holds, kept in case we must take it over.
 pub struct HeldSession {
     pub from_node: u8,
@@ -666,6 +818,11 @@ impl HeldStore {
         self.sessions.get(&local_index)
     }
 
+    /// Whether `local_index` is held (taken over or not): index allocation must skip it.
+    pub fn contains(&self, local_index: u32) -> bool {
+        self.sessions.contains_key(&local_index)
+    }
+
     pub fn indices(&self) -> Vec<u32> {
         self.sessions.keys().copied().collect()
     }
@@ -734,6 +891,7 @@ impl HeldStore {
                     e.may_send |= m.receive_mark > 0;
                 }
             }
+            Record::Ack(_) => {}
             Record::Gone(i) => {
                 // Keep what we took over: ours now, and its regions must be remembered.
                 if self.sessions.get(&i).is_some_and(|s| s.taken.is_none()) {
@@ -881,6 +1039,7 @@ mod tests {
                 region: 2,
             }),
             Record::Gone(42),
+            Record::Ack(partition_index(2, 7)),
             Record::Session(SessionRecord {
                 endpoint: Some("[fd00::1]:9".parse().unwrap()),
                 ..session(3, 4)
@@ -960,7 +1119,8 @@ mod tests {
                 DropReason::SyncMalformed
             );
         }
-        for (at, v) in [(0, 1u8), (1, 2), (3, 1)] {
+        // (Version 1 is the version before Ack records.)
+        for (at, v) in [(0, 1u8), (1, 1), (1, VERSION + 1), (3, 1)] {
             let mut bad = good.clone();
             bad[at] = v;
             assert_eq!(
@@ -1168,6 +1328,103 @@ mod tests {
         assert!(store.get(6).is_some());
         store.expire(later + REJECT_AFTER_TIME);
         assert!(store.is_empty());
+    }
+
+    /// One member of a group: its channel ends, the sessions it holds and its announcements.
+    struct Member {
+        tx: SyncSender,
+        rx: SyncReceiver,
+        held: HeldStore,
+        ann: Announcements,
+    }
+
+    impl Member {
+        fn new(node: u8) -> Member {
+            Member {
+                tx: SyncSender::new(node, 100 + u64::from(node)),
+                rx: SyncReceiver::new(node, 3),
+                held: HeldStore::new(node, 3, Time::from_nanos(1)),
+                ann: Announcements::new(node, 3),
+            }
+        }
+
+        /// Take a datagram in; returns the acks owed to its sender.
+        fn receive(&mut self, now: Time, d: &[u8]) -> (u8, Vec<Record>) {
+            let a = self.rx.accept(&key(), d).unwrap();
+            self.ann.on_records(a.node, &a.records);
+            let acks = acks_for(&a.records);
+            for r in a.records {
+                self.held.apply(now, a.node, r);
+            }
+            (a.node, acks)
+        }
+    }
+
+    #[test]
+    fn a_lost_announcement_is_resent_until_every_member_acked_it() {
+        let mut rng = SeededRng::new(9);
+        let mut m: Vec<Member> = (0..3).map(Member::new).collect();
+        let t0 = Time::from_nanos(10_000_000_000);
+        let idx = partition_index(0, 0x1234);
+        // Member 0 announces a new session to 1 and 2; the datagram to 1 is lost.
+        let rec = [Record::Session(session(idx, 0))];
+        let d = m[0].tx.seal_records(&key(), &mut rng, &rec).remove(0);
+        let others = m[0].ann.others();
+        m[0].ann.sent(t0, idx, others);
+        let (from, acks) = m[2].receive(t0, &d);
+        assert_eq!((from, acks.clone()), (0, vec![Record::Ack(idx)]));
+        assert!(m[2].held.get(idx).is_some());
+        assert!(m[1].held.get(idx).is_none(), "lost on the way to member 1");
+        // Member 2's ack reaches member 0.
+        let d = m[2].tx.seal_records(&key(), &mut rng, &acks).remove(0);
+        m[0].receive(t0, &d);
+        assert_eq!(m[0].ann.len(), 1, "member 1 has not acked");
+        // Nothing is due before RESEND_AFTER (one sync tick later, say).
+        assert!(m[0].ann.due(t0 + SYNC_INTERVAL).is_empty());
+        // Then it goes again, to member 1 only.
+        let t1 = t0 + RESEND_AFTER;
+        assert_eq!(m[0].ann.due(t1), vec![(idx, 0b010)]);
+        let d = m[0].tx.seal_records(&key(), &mut rng, &rec).remove(0);
+        let (_, acks) = m[1].receive(t1, &d);
+        assert!(
+            m[1].held.get(idx).is_some(),
+            "the session arrived after all"
+        );
+        let d = m[1].tx.seal_records(&key(), &mut rng, &acks).remove(0);
+        m[0].receive(t1, &d);
+        assert!(m[0].ann.is_empty());
+        assert!(m[0].ann.due(t1 + RESEND_AFTER * 4).is_empty());
+    }
+
+    #[test]
+    fn announcements_are_bounded_and_forget_gone_sessions() {
+        let mut ann = Announcements::new(1, 3);
+        assert_eq!(ann.others(), 0b101);
+        assert_eq!(Announcements::new(3, 16).others(), 0xfff7);
+        let t0 = Time::from_nanos(1_000_000_000);
+        // Nobody ever acks: sent MAX_ANNOUNCE_SENDS times in all, then given up.
+        ann.sent(t0, 7, ann.others());
+        let mut resends = 0;
+        for k in 1..100u32 {
+            resends += ann.due(t0 + RESEND_AFTER * k).len();
+        }
+        assert_eq!(resends, usize::from(MAX_ANNOUNCE_SENDS) - 1);
+        assert!(ann.is_empty());
+        // A session that is gone is not re-announced; acks from out of range or for unknown
+        // indices change nothing; an announcement only to ourselves is not tracked.
+        ann.sent(t0, 8, ann.others());
+        ann.sent(t0, 9, ann.others());
+        ann.gone(8);
+        ann.on_records(7, &[Record::Ack(9)]);
+        ann.on_records(0, &[Record::Ack(12345), Record::Gone(9)]);
+        ann.sent(t0, 10, 0b010);
+        assert_eq!(ann.due(t0 + RESEND_AFTER), vec![(9, 0b101)]);
+        ann.on_records(0, &[Record::Ack(9)]);
+        assert_eq!(ann.due(t0 + RESEND_AFTER * 2), vec![(9, 0b100)]);
+        // A full resync to member 0 makes it owe an ack again.
+        ann.sent(t0 + RESEND_AFTER * 2, 9, 0b001);
+        ann.on_records(2, &[Record::Ack(9)]);
+        assert_eq!(ann.due(t0 + RESEND_AFTER * 3), vec![(9, 0b001)]);
     }
 
     #[test]

@@ -404,7 +404,10 @@ impl Gateway {
         for (k, v) in &spec.env {
             c.env(k, v);
         }
-        let mut daemon = Daemon::spawn(&format!("sluice up in {}", ns.name()), c, &log, vec![])?;
+        // A SIGKILLed sluice leaves its control socket (bound with `[ha]`) behind: the daemon
+        // guard removes it once the process is gone, and the registry after a crashed test.
+        let ctl = crate::datapath::control_sock::path(&spec.ifname);
+        let mut daemon = Daemon::spawn(&format!("sluice up in {}", ns.name()), c, &log, vec![ctl])?;
         let ready = wait_for(
             &format!(
                 "sluice to create TUN {} and write {}",

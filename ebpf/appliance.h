@@ -19,34 +19,35 @@ static __always_inline int inner_reason(int outer)
 }
 
 /* PARSE_OK when the packet is for a user tunnel address, else its inner pass reason. */
-static __always_inline int classify_inner(struct cursor *c)
+static __always_inline int classify_inner(struct parse_scratch *s, struct xdp_md *ctx)
 {
-	__be16 ethertype = 0;
-	int r = parse_eth(c, &ethertype);
+	struct frame f;
+	int r = parse_eth(&f, s, ctx);
 	if (r != PARSE_OK)
 		return inner_reason(r);
-
-	struct sluice_prefix key = { .prefixlen = SLUICE_XDP_ADDR_LEN * 8 };
-	if (ethertype == bpf_htons(ETHERTYPE_IPV4)) {
-		struct ipv4_hdr_ ip;
+	if (f.ethertype == bpf_htons(ETHERTYPE_IPV4)) {
+		struct ipv4_hdr_ *ip = f.nh;
+		if ((void *)(ip + 1) > f.end)
+			return SLUICE_XDP_INNER_CNT_PASS_MALFORMED;
 		__u32 hdr_len = 0, tot_len = 0;
-		r = check_ipv4(c, &ip, &hdr_len, &tot_len);
-		if (r != PARSE_OK)
-			return inner_reason(r);
-		v4_mapped((struct sluice_addr *)key.addr, ip.daddr);
-	} else if (ethertype == bpf_htons(ETHERTYPE_IPV6)) {
-		struct ipv6_hdr_ ip6;
+		if (check_ipv4(scratch_rem(s), ip, &hdr_len, &tot_len) != PARSE_OK)
+			return SLUICE_XDP_INNER_CNT_PASS_MALFORMED;
+		set_dst_v4(s, ip->daddr);
+	} else if (f.ethertype == bpf_htons(ETHERTYPE_IPV6)) {
+		struct ipv6_hdr_ *ip6 = f.nh;
+		if ((void *)(ip6 + 1) > f.end)
+			return SLUICE_XDP_INNER_CNT_PASS_MALFORMED;
 		__u32 payload_len = 0;
-		r = check_ipv6(c, &ip6, &payload_len);
-		if (r != PARSE_OK)
-			return inner_reason(r);
-		if (is_v4_mapped(ip6.daddr))
+		if (check_ipv6(scratch_rem(s), ip6, &payload_len) != PARSE_OK)
+			return SLUICE_XDP_INNER_CNT_PASS_MALFORMED;
+		set_dst_v6(s, ip6);
+		if (dst_is_v4_mapped(s))
 			return SLUICE_XDP_INNER_CNT_PASS_NOT_TUNNEL;
-		__builtin_memcpy(key.addr, ip6.daddr, 16);
 	} else {
 		return SLUICE_XDP_INNER_CNT_PASS_NOT_IP;
 	}
-	if (!bpf_map_lookup_elem(&tunnel_prefixes, &key))
+	s->dst.key.prefixlen = SLUICE_XDP_ADDR_LEN * 8;
+	if (!bpf_map_lookup_elem(&tunnel_prefixes, &s->dst.key))
 		return SLUICE_XDP_INNER_CNT_PASS_NOT_TUNNEL;
 	return PARSE_OK;
 }

@@ -18,6 +18,7 @@
 
 /* IPv4 (RFC 791). */
 #define IPV4_MIN_HDR_LEN 20
+#define IPV4_VER_IHL_NO_OPTIONS 0x45 /* first byte: version 4, IHL 5 (no options) */
 #define IPV4_FRAG_MF 0x2000
 #define IPV4_FRAG_OFFSET 0x1FFF
 

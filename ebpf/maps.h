@@ -2,7 +2,7 @@
 /*
  * The maps of the XDP program. Userspace (gateway/src/xdp/) fills udp_ports and local_addrs,
  * inserts AF_XDP socket fds into xsks, and sums counters over CPUs. Names here are the names
- * the loader looks up.
+ * the loader looks up. (The parsers' per-CPU scratch map is in parse.h, next to its layout.)
  */
 #ifndef SLUICE_MAPS_H
 #define SLUICE_MAPS_H
@@ -19,12 +19,16 @@ struct {
 	__type(value, __u32);
 } xsks SEC(".maps");
 
-/* UDP destination ports sluice serves, host byte order; the value is unused (1). */
+/*
+ * UDP destination ports sluice serves (at most SLUICE_XDP_MAX_PORTS): a bitmap, port p being
+ * bit p % 64 of word p / 64. An array lookup, which the verifier inlines, is a fraction of a
+ * hash lookup's cost on every packet.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, SLUICE_XDP_MAX_PORTS);
-	__type(key, __u16);
-	__type(value, __u8);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SLUICE_XDP_PORT_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
 } udp_ports SEC(".maps");
 
 /* The gateway's local and VIP addresses; the value is unused (1). */

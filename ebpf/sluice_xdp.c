@@ -21,74 +21,49 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-static __always_inline void count_in(void *map, __u32 slot)
-{
-	__u64 *n = bpf_map_lookup_elem(map, &slot);
-	if (n)
-		*n += 1; /* per-CPU slot: no other writer */
-}
-
-static __always_inline void count(__u32 slot)
-{
-	count_in(&counters, slot);
-}
-
 /*
  * The cheap WireGuard checks (whitepaper section 5.4): the type, the three reserved bytes, and
  * the exact or minimum length per type. Returns the drop reason, or PARSE_OK.
  */
-static __always_inline int check_wireguard(const struct cursor *c, const struct udp_info *info)
+static __always_inline int check_wireguard(const struct parse_scratch *s)
 {
-	__u8 hdr[WG_HEADER_LEN];
-	if (info->payload_len < WG_HEADER_LEN || !load(c, info->payload_off, hdr, sizeof(hdr)))
+	__u16 payload_len = s->payload_len;
+	if (payload_len < WG_HEADER_LEN || !s->wg_present)
 		return SLUICE_XDP_CNT_DROP_WG_TRUNCATED;
-	if (hdr[0] < WG_TYPE_INITIATION || hdr[0] > WG_TYPE_TRANSPORT)
+	__u32 hdr = bpf_ntohl(s->wg); /* type in the top byte, then the reserved ones */
+	__u32 type = hdr >> 24;
+	if (type < WG_TYPE_INITIATION || type > WG_TYPE_TRANSPORT)
 		return SLUICE_XDP_CNT_DROP_WG_UNKNOWN_TYPE;
-	if (hdr[1] | hdr[2] | hdr[3])
+	if (hdr & 0x00ffffff)
 		return SLUICE_XDP_CNT_DROP_WG_RESERVED;
-	switch (hdr[0]) {
+	switch (type) {
 	case WG_TYPE_INITIATION:
-		return info->payload_len == WG_INITIATION_LEN ? PARSE_OK
-							    : SLUICE_XDP_CNT_DROP_WG_HANDSHAKE_LEN;
+		return payload_len == WG_INITIATION_LEN ? PARSE_OK : SLUICE_XDP_CNT_DROP_WG_HANDSHAKE_LEN;
 	case WG_TYPE_RESPONSE:
-		return info->payload_len == WG_RESPONSE_LEN ? PARSE_OK
-							  : SLUICE_XDP_CNT_DROP_WG_HANDSHAKE_LEN;
+		return payload_len == WG_RESPONSE_LEN ? PARSE_OK : SLUICE_XDP_CNT_DROP_WG_HANDSHAKE_LEN;
 	case WG_TYPE_COOKIE_REPLY:
-		return info->payload_len == WG_COOKIE_REPLY_LEN ? PARSE_OK
-							      : SLUICE_XDP_CNT_DROP_WG_HANDSHAKE_LEN;
+		return payload_len == WG_COOKIE_REPLY_LEN ? PARSE_OK
+							  : SLUICE_XDP_CNT_DROP_WG_HANDSHAKE_LEN;
 	default:
-		return info->payload_len >= WG_TRANSPORT_MIN_LEN ? PARSE_OK
-							       : SLUICE_XDP_CNT_DROP_WG_DATA_SHORT;
+		return payload_len >= WG_TRANSPORT_MIN_LEN ? PARSE_OK
+							   : SLUICE_XDP_CNT_DROP_WG_DATA_SHORT;
 	}
 }
 
 /* Parse down to UDP and decide whether it is for sluice: PARSE_OK, or the pass reason. */
-static __always_inline int classify(struct cursor *c, struct udp_info *info)
+static __always_inline int classify(struct parse_scratch *s, struct xdp_md *ctx)
 {
-	__be16 ethertype = 0;
-	int r = parse_eth(c, &ethertype);
+	int r = parse_frame_udp(s, ctx);
 	if (r != PARSE_OK)
 		return r;
-
-	if (ethertype == bpf_htons(ETHERTYPE_IPV4))
-		r = parse_ipv4(c, info);
-	else if (ethertype == bpf_htons(ETHERTYPE_IPV6))
-		r = parse_ipv6(c, info);
-	else if (ethertype == bpf_htons(ETHERTYPE_ARP))
-		return SLUICE_XDP_CNT_PASS_ARP;
-	else
-		return SLUICE_XDP_CNT_PASS_ETHERTYPE;
-	if (r != PARSE_OK)
-		return r;
-	if (info->proto != IPPROTO_UDP_)
-		return SLUICE_XDP_CNT_PASS_NOT_UDP;
-
-	r = parse_udp(c, info);
-	if (r != PARSE_OK)
-		return r;
-	if (!bpf_map_lookup_elem(&udp_ports, &info->dport))
+	/* udp_ports is a bitmap (maps.h); dport is read again after the call rather than kept
+	 * in a register across it, which would push it onto the stack. */
+	s->port_word = s->dport / 64;
+	const __u64 *ports = bpf_map_lookup_elem(&udp_ports, &s->port_word);
+	if (!ports || !(*ports & (1ULL << (s->dport % 64))))
 		return SLUICE_XDP_CNT_PASS_OTHER_PORT;
-	if (info->v4_mapped_on_v6 || !bpf_map_lookup_elem(&local_addrs, &info->dst))
+	/* local_addrs keys IPv4 as ::ffff:a.b.c.d: such an IPv6 destination must not match. */
+	if ((s->ipv6 && dst_is_v4_mapped(s)) || !bpf_map_lookup_elem(&local_addrs, s->dst.key.addr))
 		return SLUICE_XDP_CNT_PASS_OTHER_ADDR;
 	return PARSE_OK;
 }
@@ -96,40 +71,45 @@ static __always_inline int classify(struct cursor *c, struct udp_info *info)
 SEC("xdp")
 int sluice_xdp(struct xdp_md *ctx)
 {
-	struct cursor c = cursor_at_start(ctx);
-	struct udp_info info = {};
+	struct parse_scratch *s = scratch_get();
+	if (!s)
+		return XDP_PASS; /* cannot happen */
 
-	int r = classify(&c, &info);
-	if (r != PARSE_OK) {
-		count(r);
-		return XDP_PASS;
+	long action = XDP_PASS;
+	int r = classify(s, ctx);
+	if (r == PARSE_OK) {
+		r = check_wireguard(s);
+		if (r == PARSE_OK) {
+			/* An empty slot makes bpf_redirect_map return its flags' action: XDP_PASS,
+			 * so the kernel's UDP socket (the portable datapath) still serves this
+			 * queue. */
+			action = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
+			r = action == XDP_REDIRECT ? SLUICE_XDP_CNT_REDIRECT
+						   : SLUICE_XDP_CNT_PASS_NO_XSK;
+		} else {
+			action = XDP_DROP;
+		}
 	}
-	r = check_wireguard(&c, &info);
-	if (r != PARSE_OK) {
-		count(r);
-		return XDP_DROP;
-	}
-
-	/* An empty slot makes bpf_redirect_map return its flags' action: XDP_PASS, so the
-	 * kernel's UDP socket (the portable datapath) still serves this queue. */
-	__u32 queue = ctx->rx_queue_index;
-	long action = bpf_redirect_map(&xsks, queue, XDP_PASS);
-	count(action == XDP_REDIRECT ? SLUICE_XDP_CNT_REDIRECT : SLUICE_XDP_CNT_PASS_NO_XSK);
+	count_in(&counters, s, r);
 	return action;
 }
 
 SEC("xdp")
 int sluice_xdp_inner(struct xdp_md *ctx)
 {
-	struct cursor c = cursor_at_start(ctx);
-	int r = classify_inner(&c);
+	struct parse_scratch *s = scratch_get();
+	if (!s)
+		return XDP_PASS; /* cannot happen */
+
+	int r = classify_inner(s, ctx);
 	if (r != PARSE_OK) {
-		count_in(&inner_counters, r);
+		count_in(&inner_counters, s, r);
 		return XDP_PASS;
 	}
 	__u32 queue = ctx->rx_queue_index;
 	long action = bpf_redirect_map(&inner_xsks, queue, XDP_PASS);
-	count_in(&inner_counters, action == XDP_REDIRECT ? SLUICE_XDP_INNER_CNT_REDIRECT
-							 : SLUICE_XDP_INNER_CNT_PASS_NO_XSK);
+	count_in(&inner_counters, s,
+		 action == XDP_REDIRECT ? SLUICE_XDP_INNER_CNT_REDIRECT
+					: SLUICE_XDP_INNER_CNT_PASS_NO_XSK);
 	return action;
 }

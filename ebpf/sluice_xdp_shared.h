@@ -13,6 +13,7 @@
 /* Map sizes. */
 #define SLUICE_XDP_MAX_QUEUES 256  /* XSKMAP slots: one per NIC receive queue */
 #define SLUICE_XDP_MAX_PORTS 64    /* UDP ports sluice listens on */
+#define SLUICE_XDP_PORT_WORDS 1024 /* udp_ports: one bit per UDP port, in 64-bit words */
 #define SLUICE_XDP_MAX_ADDRS 4096  /* local and VIP addresses, both families */
 #define SLUICE_XDP_MAX_TUNNEL_PREFIXES 1048576 /* appliance mode: user tunnel prefixes */
 

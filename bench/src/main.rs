@@ -11,6 +11,8 @@
 //!   same core, throughput and handshakes, with sluice's ratio to each; see [`compare`].
 //! - `failover`: a VRRP failover under a streaming user, gap and loss with and without
 //!   session sync; see [`failover`].
+//! - `xdp-parse`: the XDP program's cost per frame, loaded by root and with only the systemd
+//!   unit's capabilities; see [`xdp_parse`].
 //!
 //! This file only parses the command line and dispatches; each subcommand lives in its own
 //! module and reports through [`report`], so all of them share one header and JSON layout.
@@ -23,6 +25,7 @@ mod harness;
 mod lab;
 mod proto_bench;
 mod report;
+mod xdp_parse;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -57,6 +60,10 @@ enum Command {
     /// A VRRP failover (real keepalived, two sluice gateways) under a streaming wireguard-go
     /// user: the gap and the datagrams lost, with and without session sync. Needs root.
     Failover(failover::Args),
+    /// The outer XDP program's cost per frame (BPF_PROG_TEST_RUN, as `bpftool prog run`),
+    /// loaded by root and by a process with only the systemd unit's four capabilities. Needs
+    /// root.
+    XdpParse(xdp_parse::Args),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +75,7 @@ fn main() -> ExitCode {
         Command::Churn(args) => churn::run(&args),
         Command::Compare(args) => compare::run(&args),
         Command::Failover(args) => failover::run(&args),
+        Command::XdpParse(args) => xdp_parse::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -759,6 +759,223 @@ fn table() -> Vec<Case> {
             XDP_PASS,
             PassMalformed,
         ),
+        // Where the parser's fast path (headers at constant offsets: IPv4 without options,
+        // IPv6 straight to UDP, with or without a VLAN tag) meets its slow path (IPv4 options,
+        // IPv6 extension headers): the same verdicts on both sides.
+        case(
+            "v4 with the longest options (IHL 15)",
+            eth(
+                &[],
+                ETH_IPV4,
+                &ipv4(LOCAL4, IP_UDP, &[1; 40], 0, &v4_init_udp),
+            ),
+            XDP_PASS,
+            PassNoXsk,
+        ),
+        case(
+            "v4 with options behind one VLAN tag",
+            eth(
+                &[(ETH_VLAN, 100)],
+                ETH_IPV4,
+                &ipv4(LOCAL4, IP_UDP, &options, 0, &v4_init_udp),
+            ),
+            XDP_PASS,
+            PassNoXsk,
+        ),
+        case(
+            "v6 with hop-by-hop behind one VLAN tag",
+            eth(
+                &[(ETH_VLAN, 100)],
+                ETH_IPV6,
+                &ipv6(LOCAL6, &[(IP6_HOPOPTS, 0)], IP_UDP, &v6_init_udp),
+            ),
+            XDP_PASS,
+            PassNoXsk,
+        ),
+        case(
+            "v4 with options, 3-byte datagram",
+            eth(
+                &[],
+                ETH_IPV4,
+                &ipv4(
+                    LOCAL4,
+                    IP_UDP,
+                    &options,
+                    0,
+                    &udp(PEER4.into(), LOCAL4.into(), PORT, &[4, 0, 0]),
+                ),
+            ),
+            XDP_DROP,
+            DropWgTruncated,
+        ),
+        case(
+            "v4 with options, type 5",
+            eth(
+                &[],
+                ETH_IPV4,
+                &ipv4(
+                    LOCAL4,
+                    IP_UDP,
+                    &options,
+                    0,
+                    &udp(PEER4.into(), LOCAL4.into(), PORT, &wg_ok(5, 32)),
+                ),
+            ),
+            XDP_DROP,
+            DropWgUnknownType,
+        ),
+        case(
+            "v4 with options, data 31",
+            eth(
+                &[],
+                ETH_IPV4,
+                &ipv4(
+                    LOCAL4,
+                    IP_UDP,
+                    &options,
+                    0,
+                    &udp(PEER4.into(), LOCAL4.into(), PORT, &wg_ok(4, 31)),
+                ),
+            ),
+            XDP_DROP,
+            DropWgDataShort,
+        ),
+        case(
+            "v4 with options to port 53",
+            eth(
+                &[],
+                ETH_IPV4,
+                &ipv4(
+                    LOCAL4,
+                    IP_UDP,
+                    &options,
+                    0,
+                    &udp(PEER4.into(), LOCAL4.into(), 53, &init),
+                ),
+            ),
+            XDP_PASS,
+            PassOtherPort,
+        ),
+        case(
+            "v4 with options, UDP length past the IP payload",
+            with(
+                eth(
+                    &[],
+                    ETH_IPV4,
+                    &ipv4(LOCAL4, IP_UDP, &options, 0, &v4_init_udp),
+                ),
+                |f| f[ETH + 32 + 4..ETH + 32 + 6].copy_from_slice(&200u16.to_be_bytes()),
+            ),
+            XDP_PASS,
+            PassMalformed,
+        ),
+        case(
+            "v4 with options, UDP header cut (IPv4 length says 4 bytes)",
+            eth(
+                &[],
+                ETH_IPV4,
+                &ipv4(LOCAL4, IP_UDP, &options, 0, &v4_init_udp[..4]),
+            ),
+            XDP_PASS,
+            PassMalformed,
+        ),
+        case(
+            "v4 with options, TCP",
+            eth(
+                &[],
+                ETH_IPV4,
+                &ipv4(LOCAL4, IP_TCP, &options, 0, &tcp(PORT)),
+            ),
+            XDP_PASS,
+            PassNotUdp,
+        ),
+        case(
+            "v4 with options, later fragment",
+            eth(
+                &[],
+                ETH_IPV4,
+                &ipv4(LOCAL4, IP_UDP, &options, 185, &v4_init_udp),
+            ),
+            XDP_PASS,
+            PassFragment,
+        ),
+        case(
+            "v6 with hop-by-hop to ::ffff:198.18.0.1 (our v4 address, v4-mapped)",
+            eth(
+                &[],
+                ETH_IPV6,
+                &ipv6(
+                    LOCAL4.to_ipv6_mapped(),
+                    &[(IP6_HOPOPTS, 0)],
+                    IP_UDP,
+                    &udp(PEER6.into(), LOCAL4.to_ipv6_mapped().into(), PORT, &init),
+                ),
+            ),
+            XDP_PASS,
+            PassOtherAddr,
+        ),
+        case(
+            "v6 with hop-by-hop, reserved byte 1",
+            eth(
+                &[],
+                ETH_IPV6,
+                &ipv6(
+                    LOCAL6,
+                    &[(IP6_HOPOPTS, 0)],
+                    IP_UDP,
+                    &udp(PEER6.into(), LOCAL6.into(), PORT, &wg(1, [1, 0, 0], 148)),
+                ),
+            ),
+            XDP_DROP,
+            DropWgReserved,
+        ),
+        case(
+            "v4 behind one VLAN tag, UDP header cut (IPv4 length says 4 bytes)",
+            eth(
+                &[(ETH_VLAN, 100)],
+                ETH_IPV4,
+                &ipv4(LOCAL4, IP_UDP, &[], 0, &v4_init_udp[..4]),
+            ),
+            XDP_PASS,
+            PassMalformed,
+        ),
+        case(
+            "v6 behind one VLAN tag, UDP header cut (IPv6 length says 4 bytes)",
+            eth(
+                &[(ETH_VLAN, 100)],
+                ETH_IPV6,
+                &ipv6(LOCAL6, &[], IP_UDP, &v6_init_udp[..4]),
+            ),
+            XDP_PASS,
+            PassMalformed,
+        ),
+        case(
+            "v6 behind one VLAN tag, initiation 147",
+            eth(
+                &[(ETH_VLAN, 100)],
+                ETH_IPV6,
+                &ipv6(
+                    LOCAL6,
+                    &[],
+                    IP_UDP,
+                    &udp(PEER6.into(), LOCAL6.into(), PORT, &wg_ok(1, 147)),
+                ),
+            ),
+            XDP_DROP,
+            DropWgHandshakeLen,
+        ),
+        case(
+            "empty datagram with Ethernet padding after it",
+            with(to_us4(&[]), |f| f.extend_from_slice(&[4, 0, 0, 0, 0, 0])),
+            XDP_DROP,
+            DropWgTruncated,
+        ),
+        case(
+            "3-byte datagram with Ethernet padding after it, v6",
+            with(to_us6(&[4, 0, 0]), |f| f.extend_from_slice(&[0; 6])),
+            XDP_DROP,
+            DropWgTruncated,
+        ),
     ]
 }
 
@@ -921,6 +1138,42 @@ fn ports_and_addresses_are_replaced() {
         XdpCounter::PassNoXsk,
     ));
 
+    // Neighbours in one 64-port word of the udp_ports bitmap, and a port moving out of it.
+    prog.set_ports(&[443, 448, 63, 64]).unwrap();
+    for (port, counter) in [
+        (443, XdpCounter::PassNoXsk),
+        (448, XdpCounter::PassNoXsk),
+        (444, XdpCounter::PassOtherPort),
+        (447, XdpCounter::PassOtherPort),
+        (63, XdpCounter::PassNoXsk),
+        (64, XdpCounter::PassNoXsk),
+        (65, XdpCounter::PassOtherPort),
+        (4500, XdpCounter::PassOtherPort),
+    ] {
+        problems.extend(check(
+            &prog,
+            &format!("port {port} of 443, 448, 63, 64"),
+            &v4_udp(OTHER4, port, &init),
+            XDP_PASS,
+            counter,
+        ));
+    }
+    prog.set_ports(&[448, 65535]).unwrap();
+    for (port, counter) in [
+        (443, XdpCounter::PassOtherPort),
+        (448, XdpCounter::PassNoXsk),
+        (63, XdpCounter::PassOtherPort),
+        (65535, XdpCounter::PassNoXsk),
+    ] {
+        problems.extend(check(
+            &prog,
+            &format!("port {port} of 448, 65535"),
+            &v4_udp(OTHER4, port, &init),
+            XDP_PASS,
+            counter,
+        ));
+    }
+
     prog.set_ports(&[]).unwrap();
     problems.extend(check(
         &prog,
@@ -1053,6 +1306,43 @@ fn inner_table() -> Vec<InnerCase> {
         inner_case(
             "VLAN tag cut",
             cut(eth(&[(ETH_VLAN, 7)], ETH_IPV4, &[]), ETH + 2),
+            PassMalformed,
+        ),
+        inner_case(
+            "v4 with options to a user",
+            eth(
+                &[],
+                ETH_IPV4,
+                &ipv4(USER4, IP_UDP, &[1, 1, 1, 1, 1, 1, 1, 0], 0, &payload),
+            ),
+            PassNoXsk,
+        ),
+        inner_case(
+            "v6 to a user behind one VLAN tag",
+            eth(
+                &[(ETH_VLAN, 7)],
+                ETH_IPV6,
+                &ipv6(USER6, &[], IP_TCP, &tcp(443)),
+            ),
+            PassNoXsk,
+        ),
+        inner_case(
+            "v6 with hop-by-hop to a user",
+            eth(
+                &[],
+                ETH_IPV6,
+                &ipv6(USER6, &[(IP6_HOPOPTS, 0)], IP_TCP, &tcp(443)),
+            ),
+            PassNoXsk,
+        ),
+        inner_case(
+            "IPv4 IHL 4",
+            with(v4(USER4, IP_UDP, 0), |f| f[ETH] = 0x44),
+            PassMalformed,
+        ),
+        inner_case(
+            "IPv4 options past the frame (IHL 15, 24 bytes)",
+            with(cut(v4(USER4, IP_UDP, 0), ETH + 24), |f| f[ETH] = 0x4f),
             PassMalformed,
         ),
     ]

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 
 use aya::maps::lpm_trie::LpmTrie;
-use aya::maps::{HashMap, MapData, MapError, PerCpuArray, XskMap};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, XskMap};
 use aya::programs::links::FdLink;
 use aya::programs::{Xdp, XdpMode};
 use aya::Ebpf;
@@ -13,7 +13,7 @@ use aya::Ebpf;
 use super::appliance::{
     INNER_PROGRAM_NAME, MAP_INNER_COUNTERS, MAP_INNER_XSKS, MAP_TUNNEL_PREFIXES,
 };
-use super::shared::{AddrKey, CounterSlot, MAX_ADDRS, MAX_PORTS, MAX_QUEUES};
+use super::shared::{AddrKey, CounterSlot, MAX_ADDRS, MAX_PORTS, MAX_QUEUES, PORT_WORDS};
 use super::{test_run, AttachMode, Counters, XdpCounters, XdpError};
 
 /// The object file built by `gateway/build.rs` from `ebpf/sluice_xdp.c`.
@@ -23,7 +23,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sl
 pub const PROGRAM_NAME: &str = "sluice_xdp";
 /// XSKMAP: receive queue index to AF_XDP socket.
 pub const MAP_XSKS: &str = "xsks";
-/// UDP destination ports (host order) that sluice serves.
+/// UDP destination ports that sluice serves: a bitmap, port `p` being bit `p % 64` of word
+/// `p / 64` ([`PORT_WORDS`] words).
 pub const MAP_UDP_PORTS: &str = "udp_ports";
 /// Local and VIP addresses ([`AddrKey`]).
 pub const MAP_LOCAL_ADDRS: &str = "local_addrs";
@@ -39,7 +40,9 @@ pub struct XdpProgram {
     // Declared first so the links are closed (detached) before anything else goes.
     attachments: Vec<Attachment>,
     xsks: XskMap<MapData>,
-    udp_ports: HashMap<MapData, u16, u8>,
+    udp_ports: Array<MapData, u64>,
+    /// What `udp_ports` holds.
+    ports: HashSet<u16>,
     local_addrs: HashMap<MapData, AddrKey, u8>,
     counters: PerCpuArray<MapData, u64>,
     pub(super) inner_xsks: XskMap<MapData>,
@@ -93,7 +96,7 @@ impl XdpProgram {
 
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(XdpError::Missing(name));
         let xsks = XskMap::try_from(take(MAP_XSKS)?).map_err(map_err(MAP_XSKS))?;
-        let udp_ports = HashMap::try_from(take(MAP_UDP_PORTS)?).map_err(map_err(MAP_UDP_PORTS))?;
+        let udp_ports = Array::try_from(take(MAP_UDP_PORTS)?).map_err(map_err(MAP_UDP_PORTS))?;
         let local_addrs =
             HashMap::try_from(take(MAP_LOCAL_ADDRS)?).map_err(map_err(MAP_LOCAL_ADDRS))?;
         let counters = PerCpuArray::try_from(take(MAP_COUNTERS)?).map_err(map_err(MAP_COUNTERS))?;
@@ -107,6 +110,7 @@ impl XdpProgram {
             attachments: Vec::new(),
             xsks,
             udp_ports,
+            ports: HashSet::new(),
             local_addrs,
             counters,
             inner_xsks,
@@ -219,8 +223,22 @@ impl XdpProgram {
                 max: MAX_PORTS,
             });
         }
-        let old: HashSet<u16> = self.udp_ports.keys().flatten().collect();
-        replace(&mut self.udp_ports, &old, &new, MAX_PORTS).map_err(map_err(MAP_UDP_PORTS))
+        // Each changed word is written once, whole, with the ports staying in it still set.
+        let (old, new_words) = (port_words(&self.ports), port_words(&new));
+        for (&word, &bits) in &new_words {
+            if old.get(&word) != Some(&bits) {
+                self.udp_ports
+                    .set(word, bits, 0)
+                    .map_err(map_err(MAP_UDP_PORTS))?;
+            }
+        }
+        for &word in old.keys().filter(|w| !new_words.contains_key(w)) {
+            self.udp_ports
+                .set(word, 0, 0)
+                .map_err(map_err(MAP_UDP_PORTS))?;
+        }
+        self.ports = new;
+        Ok(())
     }
 
     /// Replaces the set of local and VIP addresses packets must be sent to, both families.
@@ -277,6 +295,14 @@ impl XdpProgram {
         self.test_run_program(PROGRAM_NAME, frame)
     }
 
+    /// Runs the program `repeat` times on `frame` with `BPF_PROG_TEST_RUN` and returns the
+    /// action and the kernel's average time per run in nanoseconds, the number `bpftool prog
+    /// run ... repeat N` reports (`sluice-bench xdp-parse`). Every run moves a counter.
+    pub fn time_test_run(&self, frame: &[u8], repeat: u32) -> Result<(u32, u32), XdpError> {
+        let fd = self.prog(PROGRAM_NAME)?.fd().map_err(XdpError::Program)?;
+        test_run::test_run_repeat(fd.as_fd(), frame, repeat).map_err(XdpError::TestRun)
+    }
+
     pub(super) fn test_run_program(
         &self,
         name: &'static str,
@@ -309,6 +335,17 @@ pub(super) fn read_counters<C: CounterSlot>(
     }
     Ok(Counters::new(values))
 }
+
+/// The nonzero words of the `udp_ports` bitmap for `ports`.
+fn port_words(ports: &HashSet<u16>) -> std::collections::BTreeMap<u32, u64> {
+    let mut words = std::collections::BTreeMap::new();
+    for &p in ports {
+        *words.entry(u32::from(p) / 64).or_insert(0u64) |= 1 << (p % 64);
+    }
+    words
+}
+
+const _: () = assert!(PORT_WORDS * 64 == 1 << 16);
 
 /// Makes the keys of `map` equal `new` (its current keys are `old`): adds first, so a key in
 /// both is never missing, unless the union would not fit; then removes the stale ones.

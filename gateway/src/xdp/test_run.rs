@@ -42,12 +42,23 @@ const _: () = assert!(std::mem::offset_of!(TestRunAttr, flags) == 64);
 /// The kernel refuses frames shorter than an Ethernet header (14 bytes) or longer than a page
 /// minus XDP head- and tailroom with `EINVAL`.
 pub(crate) fn test_run(prog: BorrowedFd<'_>, frame: &[u8]) -> io::Result<u32> {
+    test_run_repeat(prog, frame, 1).map(|(action, _)| action)
+}
+
+/// Runs `prog` on `frame` `repeat` times in a row in the kernel; returns the XDP action of the
+/// last run and the kernel's measured average time per run in nanoseconds (what `bpftool prog
+/// run ... repeat N` prints as "duration (average)").
+pub(crate) fn test_run_repeat(
+    prog: BorrowedFd<'_>,
+    frame: &[u8],
+    repeat: u32,
+) -> io::Result<(u32, u32)> {
     let data_size_in = u32::try_from(frame.len()).map_err(|_| io::ErrorKind::InvalidInput)?;
     let mut attr = TestRunAttr {
         prog_fd: u32::try_from(prog.as_raw_fd()).map_err(|_| io::ErrorKind::InvalidInput)?,
         data_size_in,
         data_in: frame.as_ptr() as u64,
-        repeat: 1,
+        repeat: repeat.max(1),
         ..TestRunAttr::default()
     };
     // SAFETY: `attr` is a properly laid out, zero-padded `bpf_attr.test` (size and offsets are
@@ -65,5 +76,5 @@ pub(crate) fn test_run(prog: BorrowedFd<'_>, frame: &[u8]) -> io::Result<u32> {
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(attr.retval)
+    Ok((attr.retval, attr.duration))
 }

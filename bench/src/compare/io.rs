@@ -181,6 +181,89 @@ impl GenSocket {
         Ok(r as usize)
     }
 
+    /// Ask the kernel for each received datagram's destination address (`IP_PKTINFO`), which
+    /// [`GenSocket::recv_to`] reports: a handshake initiation the gateway starts names no
+    /// user in clear, only its destination does.
+    pub fn want_destinations(&self) -> io::Result<()> {
+        let on: libc::c_int = 1;
+        // SAFETY: the option value is a c_int passed by pointer with its exact size.
+        check(unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_PKTINFO,
+                (&on as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        })?;
+        Ok(())
+    }
+
+    /// [`GenSocket::recv`], also giving each datagram's destination address in `dsts`
+    /// (`0.0.0.0` if the kernel sent none: call [`GenSocket::want_destinations`] first).
+    pub fn recv_to(
+        &self,
+        bufs: &mut [u8],
+        lens: &mut [usize; BATCH],
+        dsts: &mut [Ipv4Addr; BATCH],
+    ) -> io::Result<usize> {
+        let slots = (bufs.len() / RECV_SLOT).min(BATCH);
+        let mut cmsgs = [[0u64; CMSG_WORDS]; BATCH];
+        // SAFETY: plain C structs for which zero bytes are valid.
+        let mut iov: [libc::iovec; BATCH] = unsafe { zeroed() };
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+        for (i, slot) in bufs.chunks_mut(RECV_SLOT).take(slots).enumerate() {
+            iov[i] = libc::iovec {
+                iov_base: slot.as_mut_ptr().cast(),
+                iov_len: slot.len(),
+            };
+            let h = &mut msgs[i].msg_hdr;
+            h.msg_iov = &mut iov[i];
+            h.msg_iovlen = 1;
+            h.msg_control = cmsgs[i].as_mut_ptr().cast();
+            h.msg_controllen = CMSG_WORDS * 8;
+        }
+        // SAFETY: every header points into `bufs`, the local `iov` and `cmsgs`, all alive for
+        // the call, with their true lengths.
+        let r = unsafe {
+            libc::recvmmsg(
+                self.fd.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                slots as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::WouldBlock {
+                Ok(0)
+            } else {
+                Err(e)
+            };
+        }
+        for (i, m) in msgs.iter().take(r as usize).enumerate() {
+            lens[i] = m.msg_len as usize;
+            dsts[i] = Ipv4Addr::UNSPECIFIED;
+            let h = &m.msg_hdr;
+            // SAFETY: the kernel wrote `msg_controllen` bytes of control messages into
+            // `cmsgs[i]`; CMSG_FIRSTHDR/NXTHDR stay inside them and an `IP_PKTINFO` message
+            // carries one `in_pktinfo`, read unaligned.
+            unsafe {
+                let mut c = libc::CMSG_FIRSTHDR(h);
+                while !c.is_null() {
+                    if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_PKTINFO {
+                        let info =
+                            std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::in_pktinfo>());
+                        dsts[i] = Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr));
+                    }
+                    c = libc::CMSG_NXTHDR(h, c);
+                }
+            }
+        }
+        Ok(r as usize)
+    }
+
     /// Wait up to `ms` milliseconds for something to read.
     pub fn wait_readable(&self, ms: i32) {
         wait_readable(self.fd.as_raw_fd(), ms);
@@ -208,4 +291,23 @@ pub fn thread_cpu_time() -> std::time::Duration {
         return std::time::Duration::ZERO;
     }
     std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// A paced sender that is ahead of its schedule (packet `next` is due at `next / rate`
+/// seconds, `elapsed` has passed): sleep when the next packet is far off, else give the CPU
+/// away. The receiving thread (the sink, or the generator's decryption) shares this core, so
+/// a spinning sender would delay it by whole scheduler slices and falsify latencies.
+pub fn wait_until_due(next: usize, rate: f64, elapsed: std::time::Duration) {
+    let ahead = next as f64 / rate - elapsed.as_secs_f64();
+    if ahead > 300e-6 {
+        std::thread::sleep(std::time::Duration::from_secs_f64(ahead - 200e-6));
+    } else {
+        std::thread::yield_now();
+    }
+}
+
+/// How long the receiver must see nothing new after the sender stopped before a run ends
+/// (the gateway draining its queues): 400 ms, less for the smoke run's short runs.
+pub fn quiet_time(seconds: f64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64((seconds / 2.0).clamp(0.1, 0.4))
 }

@@ -19,15 +19,18 @@
 //!
 //! [`Device`]: sluice::proto::device::Device
 
+pub mod flood;
 pub mod io;
+pub mod latency;
 pub mod output;
 pub mod packet;
+pub mod reverse;
 pub mod run;
 pub mod topo;
 pub mod users;
 
 use crate::report::{Machine, Record, Report};
-use output::{CompareRecord, Sample};
+use output::{CompareRecord, FloodResult, LatencyResult, Sample};
 use packet::SizeMix;
 use sluice::testbed::tools::{self, Tool};
 use sluice::testbed::{is_root, registry};
@@ -85,6 +88,27 @@ pub struct Args {
     /// Memory for the pre-encrypted datagrams of one run, MiB
     #[arg(long, default_value_t = 1024)]
     pool_mib: usize,
+    /// Directions of the throughput scenario, comma-separated: users-inside (the gateway
+    /// decrypts), inside-users (the gateway encrypts)
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "users-inside,inside-users"
+    )]
+    directions: Vec<Direction>,
+    /// Spoofed handshake initiations per second in the flood scenario (0: no flood scenario)
+    #[arg(long, default_value_t = 20_000.0)]
+    flood_pps: f64,
+    /// Probes per second of the latency scenario (0: no latency scenario)
+    #[arg(long, default_value_t = 1000.0)]
+    probe_pps: f64,
+    /// The users' paced stream in the flood and latency scenarios runs at this fraction of
+    /// the lossless rate found (of the maximum delivered rate without a search)
+    #[arg(long, default_value_t = 0.8)]
+    load_fraction: f64,
+    /// Inner size of the flood and latency scenarios' streams (bytes, or imix)
+    #[arg(long, default_value = "512")]
+    load_size: SizeMix,
     /// A short smoke run: 0.2 s per run, 8 users, one repeat (no meaningful numbers)
     #[arg(long)]
     quick: bool,
@@ -97,6 +121,35 @@ pub struct Args {
     /// The sluice binary [default: build it with `cargo build --release -p sluice`]
     #[arg(long, value_name = "PATH")]
     sluice: Option<PathBuf>,
+}
+
+/// Which way the measured traffic goes through the gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Users -> sink: the gateway decrypts.
+    ToInside,
+    /// Sink -> users: the gateway encrypts.
+    ToUsers,
+}
+
+impl Direction {
+    pub fn label(self) -> &'static str {
+        match self {
+            Direction::ToInside => "users->inside",
+            Direction::ToUsers => "inside->users",
+        }
+    }
+}
+
+impl std::str::FromStr for Direction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Direction, String> {
+        match s {
+            "users-inside" | "users->inside" | "in" => Ok(Direction::ToInside),
+            "inside-users" | "inside->users" | "out" => Ok(Direction::ToUsers),
+            other => Err(format!("direction '{other}': users-inside or inside-users")),
+        }
+    }
 }
 
 fn parse_impl(s: &str) -> Result<Impl, String> {
@@ -127,6 +180,8 @@ struct Plan {
     quick: bool,
     search_steps: u32,
     search_seconds: f64,
+    /// Seconds of each flood, no-flood and latency run.
+    scenario_seconds: f64,
 }
 
 impl Plan {
@@ -148,6 +203,7 @@ impl Plan {
                 quick: true,
                 search_steps: args.search_steps.min(2),
                 search_seconds: 0.2,
+                scenario_seconds: 0.3,
             });
         }
         Ok(Plan {
@@ -161,6 +217,7 @@ impl Plan {
             quick: false,
             search_steps: args.search_steps,
             search_seconds: args.search_seconds,
+            scenario_seconds: args.seconds.max(1.0),
         })
     }
 }
@@ -204,6 +261,12 @@ pub fn run(args: &Args) -> Result<(), String> {
         "generator_core": topo::GENERATOR_CORE,
         "sink": "recvmmsg counter socket in the sink namespace, on the generator's core",
         "quick": args.quick,
+        "directions": args.directions.iter().map(|d| d.label()).collect::<Vec<_>>(),
+        "flood_pps": args.flood_pps,
+        "probe_pps": args.probe_pps,
+        "load_fraction": args.load_fraction,
+        "load_size": args.load_size.label(),
+        "scenario_seconds": plan.scenario_seconds,
         "loadavg_start": loadavg(),
     });
     let mut report = Report::new("compare", machine, params);
@@ -239,22 +302,28 @@ pub fn run(args: &Args) -> Result<(), String> {
     report.params["pinning"] = serde_json::json!(pinning);
     report.params["loadavg_end"] = serde_json::json!(loadavg());
     for r in &records {
-        let name = format!("{} {} {}", r.scenario, r.size, r.who());
-        let samples: Vec<f64> = if r.scenario == "throughput" {
-            r.samples.iter().map(|s| s.mpps).collect()
-        } else {
-            vec![r.value()]
-        };
-        let unit = if r.scenario == "throughput" {
-            "Mpps"
-        } else {
-            "handshakes/s"
+        let mut name = format!("{} {} {} {}", r.scenario, r.direction, r.size, r.who());
+        let (samples, unit): (Vec<f64>, &str) = match (r.scenario.as_str(), &r.flood, &r.latency) {
+            ("throughput", _, _) => (r.samples.iter().map(|s| s.mpps).collect(), "Mpps"),
+            (_, Some(f), _) => (
+                vec![f.goodput_fraction * 100.0],
+                "% of the no-flood goodput",
+            ),
+            (_, _, Some(l)) => {
+                name = format!("{name} {}", l.load);
+                (
+                    l.percentiles.iter().map(|p| p.p99_us).collect(),
+                    "p99 one-way latency, us",
+                )
+            }
+            ("memory", _, _) => (vec![r.value()], "bytes per peer"),
+            _ => (vec![r.value()], "handshakes/s"),
         };
         report
             .results
             .push(Record::from_samples(&name, unit, &samples));
     }
-    report.notes.extend(notes(&plan));
+    report.notes.extend(notes(&plan, args));
     println!("\n=== results (sluice-bench compare) ===");
     print!("{}", output::table(&records));
     println!();
@@ -312,7 +381,7 @@ fn check_sanity(records: &[CompareRecord]) -> Result<(), String> {
     Ok(())
 }
 
-fn notes(plan: &Plan) -> Vec<String> {
+fn notes(plan: &Plan, args: &Args) -> Vec<String> {
     vec![
         format!(
             "throughput: inner packets users -> sink through the gateway, pre-encrypted, sent \
@@ -327,6 +396,26 @@ fn notes(plan: &Plan) -> Vec<String> {
         "one machine: veth links, copy-mode AF_XDP, 2 cores (gateway on one, generator and \
          sink on the other); numbers compare implementations here, not line rate"
             .into(),
+        "inside->users: the sink sends plaintext with sendmmsg, the gateway encrypts, the \
+         generator decrypts every datagram with its user's own session and verifies it; \
+         the generator's receive and decryption share core 0 with the sink's sending"
+            .into(),
+        format!(
+            "handshake flood: the users stream {} B paced at {:.0}% of their lossless rate, \
+             once without and once with {:.0} spoofed initiations/s (valid mac1, random \
+             sources); goodput during the flood as a fraction of without (target >= 90%, not \
+             asserted)",
+            args.load_size.label(),
+            args.load_fraction * 100.0,
+            args.flood_pps
+        ),
+        format!(
+            "latency: one way, from the sender's sendmmsg to the receiver's recvmmsg batch \
+             (inside->users: after decryption), {:.0} probes/s alone (idle) and inside the \
+             users' paced stream at {:.0}% of the lossless rate (loaded)",
+            args.probe_pps,
+            args.load_fraction * 100.0
+        ),
     ]
 }
 
@@ -339,6 +428,417 @@ fn loadavg() -> String {
 
 fn write_file(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+/// One gateway's bench: its topology, the users' socket, the users, the run counter.
+struct Bench<'a> {
+    args: &'a Args,
+    plan: &'a Plan,
+    topo: &'a GenTopology,
+    sock: io::GenSocket,
+    users: &'a mut users::Users,
+    run_id: &'a mut u32,
+    /// The gateway's name and mode for records.
+    who: (&'static str, &'static str),
+}
+
+/// What one run measured, and the handshakes before it.
+struct Outcome {
+    hs: users::HandshakeStats,
+    r: run::RunResult,
+}
+
+fn sample(r: &run::RunResult) -> Sample {
+    Sample {
+        mpps: r.pps() / 1e6,
+        gbps: r.bps() / 1e9,
+        loss: r.loss() * 100.0,
+        sent: r.sent,
+        delivered: r.delivered,
+        errors: r.errors,
+        offered_mpps: r.offered_pps() / 1e6,
+        generator_cpu: r.generator_cpu,
+    }
+}
+
+impl Bench<'_> {
+    /// Fresh handshakes of every user, then one timed run in `dir` of `mix` packets for
+    /// `seconds`, at `rate` or as fast as the sender can, with a probe every `probe_every`.
+    fn run(
+        &mut self,
+        dir: Direction,
+        mix: SizeMix,
+        seconds: f64,
+        rate: Option<f64>,
+        probe_every: u64,
+    ) -> Result<Outcome, String> {
+        let hs = self.users.handshake_all(
+            &self.sock,
+            self.args.window,
+            Duration::from_secs(1),
+            Duration::from_secs(120),
+        )?;
+        *self.run_id += 1;
+        let run = *self.run_id;
+        let n = self.plan.users;
+        let (dgram, pace) = match dir {
+            Direction::ToInside => (48.0 + mix.mean(), POOL_PPS),
+            Direction::ToUsers => (mix.mean(), POOL_PPS),
+        };
+        let by_memory = (self.plan.pool_mib as f64 * 1048576.0 / dgram).floor();
+        let by_time = rate.unwrap_or(pace) * seconds * 1.05;
+        let total = by_time.min(by_memory).max(f64::from(n)) as u64;
+        let r = match dir {
+            Direction::ToInside => {
+                let pool = self.users.encrypt_pool(run, total, mix, 2)?;
+                run::timed_run(
+                    self.topo,
+                    &self.sock,
+                    &pool,
+                    run::RunSpec {
+                        run,
+                        users: n,
+                        sink_port: SINK_PORT,
+                        seconds,
+                        rate,
+                        probe_every,
+                    },
+                )?
+            }
+            Direction::ToUsers => {
+                let pool = reverse::PlainPool::new(run, total, n, mix);
+                // The gateway uses a session it responded to only after the user's first
+                // packet (the hello) arrived: give it a moment to process them.
+                std::thread::sleep(Duration::from_millis(100));
+                reverse::timed_run(
+                    self.topo,
+                    &self.sock,
+                    self.users,
+                    &pool,
+                    reverse::ReverseSpec {
+                        run,
+                        seconds,
+                        rate,
+                        probe_every,
+                    },
+                )?
+            }
+        };
+        Ok(Outcome { hs, r })
+    }
+
+    /// Throughput in `dir` for `mix`: `repeats` runs at maximum rate (or `--rate`), then the
+    /// lossless search; also returns the handshake rates measured before each run.
+    fn throughput(
+        &mut self,
+        dir: Direction,
+        mix: SizeMix,
+        handshake_rates: &mut Vec<f64>,
+    ) -> Result<CompareRecord, String> {
+        let (plan, args) = (self.plan, self.args);
+        let mut samples = Vec::new();
+        let mut gen_bound = false;
+        for rep in 0..plan.repeats {
+            let Outcome { hs, r } = self.run(dir, mix, plan.seconds, args.rate, 0)?;
+            handshake_rates.push(hs.per_second());
+            // The sender set the pace if it could not offer what was asked, or if the
+            // gateway took everything it offered at full speed.
+            let bound = match args.rate {
+                Some(rate) => r.offered_pps() < 0.95 * rate,
+                None => r.loss() < output::LOSSY,
+            };
+            gen_bound |= bound;
+            let s = sample(&r);
+            println!(
+                "  {:>5} B {} run {}/{}: handshakes {} in {:.2} s ({:.0}/s, {} cookie replies, \
+                 {} retries); sent {} ({:.3} Mpps offered, sender cpu {:.0}%), delivered {} \
+                 ({:.3} Mpps, {:.3} Gbit/s), loss {:.2}%, verification errors {}{}",
+                mix.label(),
+                dir.label(),
+                rep + 1,
+                plan.repeats,
+                hs.completed,
+                hs.elapsed.as_secs_f64(),
+                hs.per_second(),
+                hs.cookie_replies,
+                hs.retries,
+                r.sent,
+                s.offered_mpps,
+                r.generator_cpu * 100.0,
+                r.delivered,
+                s.mpps,
+                s.gbps,
+                s.loss,
+                r.errors,
+                if bound { " [sender-bound]" } else { "" }
+            );
+            samples.push(s);
+        }
+        let mut rec = CompareRecord::throughput(
+            self.who.0,
+            self.who.1,
+            &mix.label(),
+            plan.users,
+            samples,
+            gen_bound,
+        );
+        rec.direction = dir.label().into();
+        if plan.search_steps > 0 && args.rate.is_none() {
+            let found = self.search_lossless(dir, &rec, mix)?;
+            rec.lossless_mpps = found.as_ref().map(|r| r.pps() / 1e6);
+            rec.lossless_gbps = found.as_ref().map(|r| r.bps() / 1e9);
+        }
+        Ok(rec)
+    }
+
+    /// The highest paced rate with at most 1 % loss, by bisection between 0 and the highest
+    /// rate offered in the maximum-rate runs; the first probe is at the median rate delivered
+    /// there. Returns the best lossless probe.
+    fn search_lossless(
+        &mut self,
+        dir: Direction,
+        rec: &CompareRecord,
+        mix: SizeMix,
+    ) -> Result<Option<run::RunResult>, String> {
+        let plan = self.plan;
+        let mut lo = 0.0_f64;
+        let mut hi = rec
+            .samples
+            .iter()
+            .map(|s| s.offered_mpps * 1e6)
+            .fold(0.0, f64::max);
+        let mut rate = rec.mpps.unwrap_or(0.0) * 1e6;
+        let mut best: Option<run::RunResult> = None;
+        for step in 0..plan.search_steps {
+            if rate < 1000.0 {
+                break;
+            }
+            let Outcome { r, .. } = self.run(dir, mix, plan.search_seconds * 1.5, Some(rate), 0)?;
+            let offered_ok = r.offered_pps() >= 0.95 * rate;
+            let ok = offered_ok && r.loss() <= output::LOSSY;
+            println!(
+                "  {:>5} B {} search {}/{}: {:.3} Mpps asked, {:.3} offered, {:.3} delivered, \
+                 loss {:.2}%, verification errors {} -> {}",
+                mix.label(),
+                dir.label(),
+                step + 1,
+                plan.search_steps,
+                rate / 1e6,
+                r.offered_pps() / 1e6,
+                r.pps() / 1e6,
+                r.loss() * 100.0,
+                r.errors,
+                if ok {
+                    "lossless"
+                } else if !offered_ok {
+                    "sender could not offer it"
+                } else {
+                    "lossy"
+                }
+            );
+            // A probe's verification errors must not vanish with it.
+            if r.errors > 0 {
+                return Err(format!(
+                    "{} {}: the receiver refused {} packets in a search probe (wrong size, \
+                     wrong user, corrupt or duplicate)",
+                    self.who.0,
+                    dir.label(),
+                    r.errors
+                ));
+            }
+            if ok {
+                lo = rate;
+                if best.as_ref().is_none_or(|b| r.pps() > b.pps()) {
+                    best = Some(r);
+                }
+            } else {
+                hi = rate;
+            }
+            rate = (lo + hi) / 2.0;
+        }
+        Ok(best)
+    }
+
+    /// The paced stream rate of the flood and latency scenarios in `dir`: a fraction of the
+    /// lossless rate found for `--load-size` (of the delivered rate without a search; one
+    /// maximum-rate run if that size was not measured).
+    fn load_rate(&mut self, dir: Direction, done: &[CompareRecord]) -> Result<f64, String> {
+        let size = self.args.load_size;
+        let found = done.iter().find(|r| {
+            r.scenario == "throughput" && r.direction == dir.label() && r.size == size.label()
+        });
+        let base = match found {
+            Some(r) => r.lossless_mpps.or(r.mpps).unwrap_or(0.0) * 1e6,
+            None => {
+                let Outcome { r, .. } = self.run(dir, size, self.plan.seconds, None, 0)?;
+                r.pps()
+            }
+        };
+        Ok((base * self.args.load_fraction).max(1000.0))
+    }
+
+    /// The users stream at the load rate without, then with, a spoofed-initiation flood.
+    fn flood(&mut self, done: &[CompareRecord]) -> Result<CompareRecord, String> {
+        let (plan, args) = (self.plan, self.args);
+        let mix = args.load_size;
+        let rate = self.load_rate(Direction::ToInside, done)?;
+        let gw_public = *sluice::keys::decode_key(&self.topo.gateway_key.public)
+            .map_err(|e| format!("gateway key: {e}"))?;
+        let pool = std::sync::Arc::new(flood::FloodPool::new(&gw_public, 65_536));
+        let (mut baseline, mut flooded) = (Vec::new(), Vec::new());
+        let mut res = FloodResult {
+            stream_pps: rate,
+            baseline_mpps: 0.0,
+            flood_mpps: 0.0,
+            goodput_fraction: 0.0,
+            flood_pps: 0.0,
+            cookie_replies_received: 0,
+            gateway_cookie_replies: None,
+            responses: 0,
+        };
+        let mut flood_rates = Vec::new();
+        for rep in 0..plan.repeats {
+            let Outcome { r, .. } = self.run(
+                Direction::ToInside,
+                mix,
+                plan.scenario_seconds,
+                Some(rate),
+                0,
+            )?;
+            println!(
+                "  flood {}/{}: without: {:.3} Mpps asked, {:.3} offered, {:.3} delivered, loss \
+                 {:.2}%",
+                rep + 1,
+                plan.repeats,
+                rate / 1e6,
+                r.offered_pps() / 1e6,
+                r.pps() / 1e6,
+                r.loss() * 100.0
+            );
+            baseline.push(sample(&r));
+            // Fresh sessions first (a flood would make the users' own handshakes wait for
+            // cookies), then the flood, then the same stream while it runs.
+            self.users.handshake_all(
+                &self.sock,
+                args.window,
+                Duration::from_secs(1),
+                Duration::from_secs(120),
+            )?;
+            let cookies0 = self.topo.sluice_cookie_replies();
+            let f = flood::Flood::start(self.topo, pool.clone(), args.flood_pps)?;
+            std::thread::sleep(Duration::from_millis(300));
+            let during = self.run_no_handshake(Direction::ToInside, mix, rate);
+            let st = f.finish()?;
+            let r = during?;
+            let cookies = self.topo.sluice_cookie_replies();
+            if let (Some(a), Some(b)) = (cookies0, cookies) {
+                *res.gateway_cookie_replies.get_or_insert(0) += b.saturating_sub(a);
+            }
+            println!(
+                "  flood {}/{}: with {:.0} spoofed initiations/s ({} sent, {} cookie replies \
+                 back, {} responses): {:.3} Mpps offered, {:.3} delivered, loss {:.2}%, \
+                 verification errors {}",
+                rep + 1,
+                plan.repeats,
+                st.pps(),
+                st.sent,
+                st.cookie_replies,
+                st.responses,
+                r.offered_pps() / 1e6,
+                r.pps() / 1e6,
+                r.loss() * 100.0,
+                r.errors
+            );
+            res.cookie_replies_received += st.cookie_replies;
+            res.responses += st.responses;
+            flood_rates.push(st.pps());
+            flooded.push(sample(&r));
+        }
+        flood_rates.sort_by(f64::total_cmp);
+        res.flood_pps = flood_rates[flood_rates.len() / 2];
+        let mut rec =
+            CompareRecord::flood(self.who, &mix.label(), plan.users, baseline, flooded, res);
+        rec.direction = Direction::ToInside.label().into();
+        Ok(rec)
+    }
+
+    /// A paced users -> inside run on the current sessions (no handshakes before it).
+    fn run_no_handshake(
+        &mut self,
+        dir: Direction,
+        mix: SizeMix,
+        rate: f64,
+    ) -> Result<run::RunResult, String> {
+        *self.run_id += 1;
+        let run = *self.run_id;
+        let seconds = self.plan.scenario_seconds;
+        let total = (rate * seconds * 1.05).max(f64::from(self.plan.users)) as u64;
+        debug_assert_eq!(dir, Direction::ToInside);
+        let pool = self.users.encrypt_pool(run, total, mix, 2)?;
+        run::timed_run(
+            self.topo,
+            &self.sock,
+            &pool,
+            run::RunSpec {
+                run,
+                users: self.plan.users,
+                sink_port: SINK_PORT,
+                seconds,
+                rate: Some(rate),
+                probe_every: 0,
+            },
+        )
+    }
+
+    /// One-way latency in `dir`: a paced probe stream alone (idle), then probes inside the
+    /// users' paced stream at the load rate (loaded).
+    fn latency(
+        &mut self,
+        dir: Direction,
+        done: &[CompareRecord],
+    ) -> Result<Vec<CompareRecord>, String> {
+        let (plan, args) = (self.plan, self.args);
+        let mix = args.load_size;
+        let load = self.load_rate(dir, done)?;
+        let mut out = Vec::new();
+        for (what, rate) in [
+            ("idle", args.probe_pps),
+            ("loaded", load.max(args.probe_pps)),
+        ] {
+            let every = ((rate / args.probe_pps).round() as u64).max(1);
+            let Outcome { r, .. } = self.run(dir, mix, plan.scenario_seconds, Some(rate), every)?;
+            let p = latency::Percentiles::of(&r.latencies);
+            println!(
+                "  latency {} {what} ({:.0} pps, a probe every {every}): {}; delivered {:.3} \
+                 Mpps, loss {:.2}%, verification errors {}",
+                dir.label(),
+                rate,
+                match &p {
+                    Some(p) => format!(
+                        "p50 {:.1} us, p90 {:.1} us, p99 {:.1} us, max {:.1} us of {} probes",
+                        p.p50_us, p.p90_us, p.p99_us, p.max_us, p.probes
+                    ),
+                    None => "no probe arrived".into(),
+                },
+                r.pps() / 1e6,
+                r.loss() * 100.0,
+                r.errors
+            );
+            out.push(CompareRecord::latency(
+                self.who,
+                dir.label(),
+                &mix.label(),
+                plan.users,
+                sample(&r),
+                LatencyResult {
+                    load: what.into(),
+                    rate_pps: rate,
+                    percentiles: p,
+                },
+            ));
+        }
+        Ok(out)
+    }
 }
 
 /// Every scenario against one gateway.
@@ -357,164 +857,48 @@ fn measure(
         .enter(|| io::GenSocket::bind(topo::USER_PORT))
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("binding the generator's socket: {e}"))?;
-    let (name, mode) = match which.kind {
+    let who = match which.kind {
         ImplKind::Sluice => ("sluice", which.mode.label()),
         ImplKind::WireguardGo => ("wireguard-go", which.mode.label()),
         ImplKind::Boringtun => ("boringtun", which.mode.label()),
     };
+    let mut b = Bench {
+        args,
+        plan,
+        topo,
+        sock,
+        users,
+        run_id,
+        who,
+    };
     let mut handshake_rates = Vec::new();
     let mut out = Vec::new();
-    for &mix in &plan.sizes {
-        let mut samples = Vec::new();
-        let mut gen_bound = false;
-        for rep in 0..plan.repeats {
-            let hs = users.handshake_all(
-                &sock,
-                args.window,
-                Duration::from_secs(1),
-                Duration::from_secs(120),
-            )?;
-            handshake_rates.push(hs.per_second());
-            *run_id += 1;
-            let dgram = 48.0 + mix.mean();
-            let by_memory = (plan.pool_mib as f64 * 1048576.0 / dgram).floor();
-            let by_time = args.rate.unwrap_or(POOL_PPS) * plan.seconds;
-            let total = by_time.min(by_memory).max(f64::from(plan.users)) as u64;
-            let pool = users.encrypt_pool(*run_id, total, mix, 2)?;
-            let spec = run::RunSpec {
-                run: *run_id,
-                users: plan.users,
-                sink_port: SINK_PORT,
-                seconds: plan.seconds,
-                rate: args.rate,
-            };
-            let r = run::timed_run(topo, &sock, &pool, spec)?;
-            drop(pool);
-            // The generator set the pace if it could not offer what was asked, or if the
-            // gateway took everything it offered at full speed.
-            let bound = match args.rate {
-                Some(rate) => r.offered_pps() < 0.95 * rate,
-                None => r.loss() < output::LOSSY && r.sent as f64 >= 0.0,
-            };
-            gen_bound |= bound;
-            let s = Sample {
-                mpps: r.pps() / 1e6,
-                gbps: r.bps() / 1e9,
-                loss: r.loss() * 100.0,
-                sent: r.sent,
-                delivered: r.delivered,
-                errors: r.errors,
-                offered_mpps: r.offered_pps() / 1e6,
-                generator_cpu: r.generator_cpu,
-            };
-            println!(
-                "  {:>5} B run {}/{}: handshakes {} in {:.2} s ({:.0}/s, {} cookie replies, {} \
-                 retries); sent {} ({:.3} Mpps offered, generator cpu {:.0}%), delivered {} \
-                 ({:.3} Mpps, {:.3} Gbit/s), loss {:.2}%, sink errors {}{}",
-                mix.label(),
-                rep + 1,
-                plan.repeats,
-                hs.completed,
-                hs.elapsed.as_secs_f64(),
-                hs.per_second(),
-                hs.cookie_replies,
-                hs.retries,
-                r.sent,
-                s.offered_mpps,
-                r.generator_cpu * 100.0,
-                r.delivered,
-                s.mpps,
-                s.gbps,
-                s.loss,
-                r.errors,
-                if bound { " [generator-bound]" } else { "" }
-            );
-            samples.push(s);
+    for &dir in &args.directions {
+        for &mix in &plan.sizes {
+            out.push(b.throughput(dir, mix, &mut handshake_rates)?);
         }
-        let mut rec =
-            CompareRecord::throughput(name, mode, &mix.label(), plan.users, samples, gen_bound);
-        if plan.search_steps > 0 && args.rate.is_none() {
-            let found = search_lossless(plan, &rec, mix, topo, &sock, users, run_id)?;
-            rec.lossless_mpps = found.as_ref().map(|r| r.pps() / 1e6);
-            rec.lossless_gbps = found.map(|r| r.bps() / 1e9);
-        }
-        out.push(rec);
     }
     out.push(CompareRecord::handshakes(
-        name,
-        mode,
+        who.0,
+        who.1,
         plan.users,
         &handshake_rates,
     ));
-    Ok(out)
-}
-
-/// The highest paced rate with at most 1 % loss, by bisection between 0 and the highest rate
-/// the generator offered in the maximum-rate runs; the first probe is at the median rate
-/// delivered there. Returns the best lossless probe.
-fn search_lossless(
-    plan: &Plan,
-    rec: &CompareRecord,
-    mix: SizeMix,
-    topo: &GenTopology,
-    sock: &io::GenSocket,
-    users: &mut users::Users,
-    run_id: &mut u32,
-) -> Result<Option<run::RunResult>, String> {
-    let mut lo = 0.0_f64;
-    let mut hi = rec
-        .samples
-        .iter()
-        .map(|s| s.offered_mpps * 1e6)
-        .fold(0.0, f64::max);
-    let mut rate = rec.mpps.unwrap_or(0.0) * 1e6;
-    let mut best: Option<run::RunResult> = None;
-    for step in 0..plan.search_steps {
-        if rate < 1000.0 {
-            break;
-        }
-        users.handshake_all(sock, 64, Duration::from_secs(1), Duration::from_secs(120))?;
-        *run_id += 1;
-        let total = (rate * plan.search_seconds).max(f64::from(plan.users)) as u64;
-        let pool = users.encrypt_pool(*run_id, total, mix, 2)?;
-        let spec = run::RunSpec {
-            run: *run_id,
-            users: plan.users,
-            sink_port: SINK_PORT,
-            seconds: plan.search_seconds * 1.5,
-            rate: Some(rate),
-        };
-        let r = run::timed_run(topo, sock, &pool, spec)?;
-        let offered_ok = r.offered_pps() >= 0.95 * rate;
-        let ok = offered_ok && r.loss() <= output::LOSSY;
+    if args.flood_pps > 0.0 {
         println!(
-            "  {:>5} B search {}/{}: {:.3} Mpps asked, {:.3} offered, {:.3} delivered, loss {:.2}% -> {}",
-            mix.label(),
-            step + 1,
-            plan.search_steps,
-            rate / 1e6,
-            r.offered_pps() / 1e6,
-            r.pps() / 1e6,
-            r.loss() * 100.0,
-            if ok {
-                "lossless"
-            } else if !offered_ok {
-                "generator could not offer it"
-            } else {
-                "lossy"
-            }
+            "  handshake flood: {:.0} spoofed initiations/s",
+            args.flood_pps
         );
-        if ok {
-            lo = rate;
-            if best.as_ref().is_none_or(|b| r.pps() > b.pps()) {
-                best = Some(r);
-            }
-        } else {
-            hi = rate;
-        }
-        rate = (lo + hi) / 2.0;
+        let r = b.flood(&out)?;
+        out.push(r);
     }
-    Ok(best)
+    if args.probe_pps > 0.0 {
+        for &dir in &args.directions {
+            let r = b.latency(dir, &out)?;
+            out.extend(r);
+        }
+    }
+    Ok(out)
 }
 
 /// The memory scenario: each gateway's resident memory with `plan.memory_peers` peers

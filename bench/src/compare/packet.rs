@@ -143,8 +143,9 @@ pub fn build(
     size
 }
 
-/// The UDP payload alone (what the sink's socket receives).
-fn write_payload(pl: &mut [u8], size: usize, stamp: Stamp) {
+/// The UDP payload alone (what the sink's socket receives, and what the sink sends in the
+/// inside -> users direction, where the kernel adds the IP and UDP headers).
+pub fn write_payload(pl: &mut [u8], size: usize, stamp: Stamp) {
     pl[0..4].copy_from_slice(&MAGIC);
     pl[4..8].copy_from_slice(&stamp.run.to_be_bytes());
     pl[8..16].copy_from_slice(&stamp.seq.to_be_bytes());
@@ -154,6 +155,14 @@ fn write_payload(pl: &mut [u8], size: usize, stamp: Stamp) {
     for (i, b) in pl[PAYLOAD_HEADER..].iter_mut().enumerate() {
         *b = filler(stamp.seq, i);
     }
+}
+
+/// The sequence number stamped in a payload (for latency probes), if it is long enough.
+pub fn seq_of(payload: &[u8]) -> Option<u64> {
+    payload
+        .get(8..16)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
 }
 
 /// Why the sink refused a packet.
@@ -221,12 +230,7 @@ impl Verifier {
                 self.accepted += 1;
                 self.accepted_bytes += (payload.len() + IPV4_HEADER + UDP_HEADER) as u64;
             }
-            Err(Reject::Foreign) => self.foreign += 1,
-            Err(Reject::WrongSize) => self.wrong_size += 1,
-            Err(Reject::WrongUser) => self.wrong_user += 1,
-            Err(Reject::Corrupt) => self.corrupt += 1,
-            Err(Reject::Duplicate) => self.duplicate += 1,
-            Err(Reject::OutOfRange) => self.out_of_range += 1,
+            Err(e) => self.count(e),
         }
         r
     }
@@ -268,6 +272,54 @@ impl Verifier {
         }
         *slot |= 1 << bit;
         Ok(())
+    }
+
+    /// Check one whole inner IPv4 packet that the gateway encrypted towards a user and that
+    /// decrypted under `session_user`'s session (the inside -> users direction): it must be
+    /// addressed to that user's tunnel address, claim that user, and pass [`Verifier::check`].
+    pub fn check_to_user(
+        &mut self,
+        packet: &[u8],
+        session_user: u32,
+        tunnel_ip: impl Fn(u32) -> Ipv4Addr,
+    ) -> Result<(), Reject> {
+        let headers = IPV4_HEADER + UDP_HEADER;
+        let total = packet
+            .get(2..4)
+            .map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
+        let r = if packet.len() < headers || packet[0] != 0x45 || packet[9] != PROTO_UDP {
+            Err(Reject::Foreign)
+        } else if total != packet.len() {
+            Err(Reject::WrongSize)
+        } else {
+            let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+            let pl = &packet[headers..];
+            let claimed = pl
+                .get(16..20)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+            if dst != tunnel_ip(session_user) || claimed.is_some_and(|c| c != session_user) {
+                Err(Reject::WrongUser)
+            } else {
+                return self.check(pl, dst, tunnel_ip);
+            }
+        };
+        if let Err(e) = r {
+            self.count(e);
+        }
+        r
+    }
+
+    /// Count a refusal found outside [`Verifier::check`] (e.g. a datagram that did not
+    /// decrypt: [`Reject::Corrupt`]).
+    pub fn count(&mut self, r: Reject) {
+        match r {
+            Reject::Foreign => self.foreign += 1,
+            Reject::WrongSize => self.wrong_size += 1,
+            Reject::WrongUser => self.wrong_user += 1,
+            Reject::Corrupt => self.corrupt += 1,
+            Reject::Duplicate => self.duplicate += 1,
+            Reject::OutOfRange => self.out_of_range += 1,
+        }
     }
 
     /// Packets refused for a reason that points at the gateway (not foreign ones).
@@ -407,6 +459,39 @@ mod tests {
         assert_eq!(v.foreign, 2);
         // And the right one still passes.
         assert_eq!(v.check(payload(&p), user_ip(2), user_ip), Ok(()));
+    }
+
+    /// The inside -> users check: a packet built by the sink for user 4, as the generator
+    /// finds it after decrypting.
+    #[test]
+    fn check_to_user_binds_the_packet_to_the_session() {
+        let st = Stamp {
+            run: 5,
+            seq: 17,
+            user: 4,
+        };
+        let mut b = vec![0u8; MAX_SIZE];
+        let n = build(&mut b, 512, SINK, user_ip(4), SRC_PORT, st);
+        b.truncate(n);
+        let mut v = Verifier::new(5, 100, 8);
+        // Decrypted under another user's session.
+        assert_eq!(v.check_to_user(&b, 3, user_ip), Err(Reject::WrongUser));
+        // Truncated by the gateway (the IP length says 512).
+        assert_eq!(
+            v.check_to_user(&b[..300], 4, user_ip),
+            Err(Reject::WrongSize)
+        );
+        // Claims user 4 but is addressed to user 3's tunnel address.
+        let mut other = vec![0u8; MAX_SIZE];
+        let m = build(&mut other, 512, SINK, user_ip(3), SRC_PORT, st);
+        assert_eq!(
+            v.check_to_user(&other[..m], 4, user_ip),
+            Err(Reject::WrongUser)
+        );
+        assert_eq!(v.check_to_user(&b, 4, user_ip), Ok(()));
+        assert_eq!(v.check_to_user(&b, 4, user_ip), Err(Reject::Duplicate));
+        assert_eq!((v.accepted, v.errors()), (1, 4));
+        assert_eq!(seq_of(&b[IPV4_HEADER + UDP_HEADER..]), Some(17));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! pre-encrypted pool at maximum rate (or a given rate), and what came of it.
 
 use super::io::{self, GenSocket, Out, BATCH};
-use super::packet::Verifier;
+use super::latency::ProbeLog;
+use super::packet::{self, Verifier};
 use super::topo::{pin_current, GenTopology, GENERATOR_CORE};
 use super::users::{outer_ip, tunnel_ip, Pool};
 use sluice::datapath::udp::{RecvBatch, UdpSocket};
@@ -27,6 +28,8 @@ pub struct RunResult {
     pub sink_time: Duration,
     /// The generator thread's CPU time over `send_time`.
     pub generator_cpu: f64,
+    /// One-way latencies of the probes that arrived (runs with probes only).
+    pub latencies: Vec<Duration>,
 }
 
 impl RunResult {
@@ -66,11 +69,24 @@ struct Sink {
     stop: Arc<AtomicBool>,
     /// Packets accepted so far, published after every batch.
     accepted: Arc<AtomicU64>,
-    handle: std::thread::JoinHandle<(Verifier, Option<Instant>, Option<Instant>)>,
+    handle: std::thread::JoinHandle<SinkResult>,
 }
 
+/// The sink's verifier, its first and last accepting batch, and the probes' arrivals.
+type SinkResult = (
+    Verifier,
+    Option<Instant>,
+    Option<Instant>,
+    Vec<(u64, Instant)>,
+);
+
 impl Sink {
-    fn start(topo: &GenTopology, port: u16, verifier: Verifier) -> Result<Sink, String> {
+    fn start(
+        topo: &GenTopology,
+        port: u16,
+        verifier: Verifier,
+        probe_every: u64,
+    ) -> Result<Sink, String> {
         let sock = topo
             .sink_ns
             .enter(|| UdpSocket::bind(port))
@@ -85,29 +101,36 @@ impl Sink {
             let mut v = verifier;
             let mut batch = RecvBatch::default();
             let (mut first, mut last) = (None, None);
+            let mut arrivals = Vec::new();
             while !flag.load(Ordering::Relaxed) {
                 let n = sock.recv_batch(&mut batch).unwrap_or(0);
                 if n == 0 {
                     io::wait_readable(sock.fd(), 2);
                     continue;
                 }
+                let now = Instant::now();
                 let before = v.accepted;
                 for i in 0..n {
                     if let Some((src, data)) = batch.get_mut(i) {
                         let IpAddr::V4(src) = src.ip() else {
                             continue;
                         };
-                        let _ = v.check(data, src, tunnel_ip);
+                        if v.check(data, src, tunnel_ip).is_ok() && probe_every != 0 {
+                            if let Some(seq) = packet::seq_of(data) {
+                                if seq % probe_every == 0 {
+                                    arrivals.push((seq, now));
+                                }
+                            }
+                        }
                     }
                 }
                 if v.accepted > before {
                     progress.store(v.accepted, Ordering::Relaxed);
-                    let now = Instant::now();
                     first.get_or_insert(now);
                     last = Some(now);
                 }
             }
-            (v, first, last)
+            (v, first, last, arrivals)
         });
         Ok(Sink {
             stop,
@@ -116,7 +139,7 @@ impl Sink {
         })
     }
 
-    fn finish(self) -> Result<(Verifier, Option<Instant>, Option<Instant>), String> {
+    fn finish(self) -> Result<SinkResult, String> {
         self.stop.store(true, Ordering::Relaxed);
         self.handle
             .join()
@@ -134,6 +157,8 @@ pub struct RunSpec {
     pub seconds: f64,
     /// Packets per second; `None`: as fast as the generator can.
     pub rate: Option<f64>,
+    /// Every this many packets one is a latency probe (0: none).
+    pub probe_every: u64,
 }
 
 /// Send `pool` through the gateway for at most `spec.seconds`, at `spec.rate` or as fast as
@@ -150,12 +175,15 @@ pub fn timed_run(
         sink_port,
         seconds,
         rate,
+        probe_every,
     } = spec;
     let sink = Sink::start(
         topo,
         sink_port,
         Verifier::new(run, pool.len() as u64, users),
+        probe_every,
     )?;
+    let mut probes = ProbeLog::new(probe_every, pool.len() as u64);
     std::thread::sleep(Duration::from_millis(50));
     let gw = SocketAddrV4::new(super::topo::GW_OUTER_V4, super::topo::LISTEN_PORT);
     let limit = Duration::from_secs_f64(seconds);
@@ -169,9 +197,9 @@ pub fn timed_run(
             break;
         }
         if let Some(r) = rate {
-            // Paced: never ahead of the schedule; a spin, not a sleep, at these intervals.
-            let due = (elapsed.as_secs_f64() * r) as usize;
-            if next >= due {
+            // Paced: never ahead of the schedule.
+            if next >= (elapsed.as_secs_f64() * r) as usize {
+                io::wait_until_due(next, r, elapsed);
                 continue;
             }
         }
@@ -185,6 +213,7 @@ pub fn timed_run(
                 data,
             });
         }
+        probes.sending(next as u64, end as u64, Instant::now());
         let took = sock
             .send(&outs)
             .map_err(|e| format!("sending transport data: {e}"))?;
@@ -197,16 +226,16 @@ pub fn timed_run(
     let mut quiet_since = Instant::now();
     let drain_start = Instant::now();
     while drain_start.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(25));
         let now_seen = sink.accepted.load(Ordering::Relaxed);
         if now_seen != seen {
             seen = now_seen;
             quiet_since = Instant::now();
-        } else if quiet_since.elapsed() >= Duration::from_millis(400) {
+        } else if quiet_since.elapsed() >= io::quiet_time(seconds) {
             break;
         }
     }
-    let (v, first, last) = sink.finish()?;
+    let (v, first, last, arrivals) = sink.finish()?;
     Ok(RunResult {
         sent: next as u64,
         delivered: v.accepted,
@@ -218,5 +247,6 @@ pub fn timed_run(
             _ => Duration::ZERO,
         },
         generator_cpu: cpu / send_time.as_secs_f64().max(1e-9),
+        latencies: probes.latencies(&arrivals),
     })
 }

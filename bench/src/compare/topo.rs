@@ -47,6 +47,8 @@ pub const OUTER_DEV: &str = "outer";
 pub const OUTER_QUEUES: u16 = 2;
 pub const PEER_DEV: &str = "to-gw";
 pub const SINK_DEV: &str = "to-sink";
+/// sluice's Prometheus endpoint, on loopback in the gateway's namespace.
+pub const METRICS_PORT: u16 = 9586;
 pub const GATEWAY_CORE: usize = 1;
 pub const GENERATOR_CORE: usize = 0;
 
@@ -205,7 +207,13 @@ impl GenTopology {
             sluice_bin,
             workers: 1,
             cores: vec![GATEWAY_CORE],
-            extra_toml: String::new(),
+            // sluice's metrics (its cookie replies, for the flood scenario), on loopback in
+            // the gateway's namespace; nothing reads them during the timed runs.
+            extra_toml: if which.kind == ImplKind::Sluice {
+                format!("\n[metrics]\nlisten = \"127.0.0.1:{METRICS_PORT}\"\n")
+            } else {
+                String::new()
+            },
             xdp_outer: (which.mode == Mode::Xdp).then(|| OUTER_DEV.to_string()),
             env: vec![("SLUICE_LOG".into(), "warn".into())],
             // A status file rewritten every second costs real CPU with many peers; the wg API
@@ -318,6 +326,32 @@ impl GenTopology {
         Ok(out)
     }
 
+    /// sluice's `sluice_cookie_replies_sent_total` from its metrics endpoint; `None` for
+    /// the stand-ins (they expose no such count) or if it cannot be read.
+    pub fn sluice_cookie_replies(&self) -> Option<u64> {
+        if self.gateway.kind() != sluice::testbed::gateway::GatewayKind::Sluice {
+            return None;
+        }
+        let text = self
+            .gw_ns
+            .enter(|| {
+                use std::io::{Read, Write};
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], METRICS_PORT));
+                let mut c =
+                    std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
+                        .ok()?;
+                c.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                    .ok()?;
+                c.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                    .ok()?;
+                let mut body = String::new();
+                c.read_to_string(&mut body).ok()?;
+                Some(body)
+            })
+            .ok()??;
+        metric_value(&text, "sluice_cookie_replies_sent_total")
+    }
+
     /// The gateway process's resident memory, from /proc.
     pub fn gateway_rss_bytes(&self) -> Option<u64> {
         let pid = self.gateway.pid()?;
@@ -375,4 +409,33 @@ fn napi_threads(dev: &str) -> Vec<u32> {
             comm.trim().starts_with(&prefix).then_some(pid)
         })
         .collect()
+}
+
+/// The value of an unlabelled metric in Prometheus text format.
+pub fn metric_value(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let mut parts = l.split_whitespace();
+            (parts.next()? == name).then(|| parts.next())?
+        })
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    #[test]
+    fn metric_values_parse() {
+        let text = "# HELP sluice_cookie_replies_sent_total x\n\
+                    # TYPE sluice_cookie_replies_sent_total counter\n\
+                    sluice_cookie_replies_sent_total_other 9\n\
+                    sluice_cookie_replies_sent_total 42\n";
+        assert_eq!(
+            super::metric_value(text, "sluice_cookie_replies_sent_total"),
+            Some(42)
+        );
+        assert_eq!(super::metric_value(text, "missing"), None);
+    }
 }

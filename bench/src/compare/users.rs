@@ -7,12 +7,12 @@
 //! reply instead of waiting the protocol's 5 s, without touching the protocol core.
 
 use super::io::{GenSocket, Out, BATCH, RECV_SLOT};
-use super::packet::{self, SizeMix, Stamp};
+use super::packet::{self, Reject, SizeMix, Stamp};
 use sluice::proto::device::{Context, Device, Received, Sent};
 use sluice::proto::messages::{self, Message, KEY_LEN};
 use sluice::proto::peer::{PeerConfig, PeerId};
 use sluice::proto::{Time, WallTime};
-use sluice::OsRng;
+use sluice::{DropReason, OsRng};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -32,6 +32,18 @@ pub const MAX_USERS: u32 = 100_000;
 /// An inner packet a user sends once its session is up, before any run: confirms the session
 /// at the gateway (a responder's new keypair is used for sending only after data arrives).
 const HELLO_RUN: u32 = 0;
+
+/// What became of a datagram the gateway sent to the users.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Opened {
+    /// Decrypted by user `.0`'s session; the inner packet is at `.1`.
+    Data(u32, std::ops::Range<usize>),
+    /// The session refused it: replayed (a duplicate) or not authentic (corrupt).
+    Refused(Reject),
+    /// Not transport data for a current session (a handshake message, a keepalive, a stale
+    /// index).
+    Other,
+}
 
 /// One simulated user.
 struct User {
@@ -428,6 +440,44 @@ impl Users {
         Ok(())
     }
 
+    /// Decrypt one transport datagram the gateway sent to a user (the inside -> users
+    /// direction) with that user's own session, found by the receiver index (the user's
+    /// sender index of its last handshake).
+    pub fn open(&mut self, datagram: &mut [u8]) -> Opened {
+        let Ok(Message::Transport(m)) = messages::parse(datagram) else {
+            return Opened::Other;
+        };
+        // An index of no current session (an older round's, or none at all): not counted
+        // as delivered, so it shows as loss.
+        let Some(&u) = self.by_index.get(&m.receiver()) else {
+            return Opened::Other;
+        };
+        let now = self.now(u);
+        let gw = SocketAddr::V4(self.gateway);
+        let mut cx = Context {
+            now,
+            wall: wall_now(),
+            rng: &mut self.rng,
+        };
+        let Some(dev) = self.users[u].dev.as_mut() else {
+            return Opened::Other;
+        };
+        let r = dev.handle_datagram(&mut cx, gw, datagram);
+        // A device may queue a keepalive or handshake meanwhile; the generator sends none.
+        while dev.poll_transmit().is_some() {}
+        match r {
+            Ok(Received::Data { packet, .. }) => Opened::Data(u as u32, packet),
+            Ok(_) => Opened::Other,
+            Err(DropReason::Replayed) => Opened::Refused(Reject::Duplicate),
+            Err(_) => Opened::Refused(Reject::Corrupt),
+        }
+    }
+
+    /// How many users there are.
+    pub fn count(&self) -> u32 {
+        self.users.len() as u32
+    }
+
     /// Encrypt `total` transport datagrams for run `run` ahead of time: packet `seq` comes
     /// from user `seq % users`, has inner size `mix.size_of(seq)` and goes to the sink. Users
     /// are split over `threads` threads (each device has one owner).
@@ -579,4 +629,91 @@ fn take_initiation(dev: &mut Device) -> Vec<u8> {
         }
     }
     init
+}
+
+/// What the users' devices produced during live use: datagrams to send (user, bytes), and
+/// users whose handshake just completed.
+#[derive(Debug, Default)]
+pub struct LiveOut {
+    pub datagrams: Vec<(u32, Vec<u8>)>,
+    pub handshakes: Vec<u32>,
+}
+
+/// Live use (`sluice-bench failover`): the users as running clients on the real clock, each
+/// sending through whatever session its device has, answering the gateway's handshakes and
+/// starting its own when its timers say so, as a WireGuard client does.
+impl Users {
+    /// User `u` sends `inner` now: the transport message, or (with no usable session) the
+    /// initiation its device starts while it holds the packet.
+    pub fn send_live(&mut self, u: u32, inner: &[u8], out: &mut LiveOut) {
+        let u = u as usize;
+        let now = self.now(u);
+        let mut buf = [0u8; packet::MAX_SIZE + 64];
+        let mut cx = Context {
+            now,
+            wall: wall_now(),
+            rng: &mut self.rng,
+        };
+        let peer = self.users[u].peer;
+        let Some(dev) = self.users[u].dev.as_mut() else {
+            return;
+        };
+        if let Ok(Sent::Transmit { len, .. }) = dev.send_to_peer(&mut cx, peer, inner, &mut buf) {
+            out.datagrams.push((u as u32, buf[..len].to_vec()));
+        }
+        drain(dev, u as u32, out);
+    }
+
+    /// A datagram the gateway sent to user `u` (told by its destination address).
+    pub fn receive_live(
+        &mut self,
+        u: u32,
+        datagram: &mut [u8],
+        out: &mut LiveOut,
+    ) -> Result<Received, DropReason> {
+        let u = u as usize;
+        let now = self.now(u);
+        let gw = SocketAddr::V4(self.gateway);
+        let mut cx = Context {
+            now,
+            wall: wall_now(),
+            rng: &mut self.rng,
+        };
+        let dev = self.users[u].dev.as_mut().ok_or(DropReason::UnknownPeer)?;
+        let r = dev.handle_datagram(&mut cx, gw, datagram);
+        drain(dev, u as u32, out);
+        r
+    }
+
+    /// Run every user's due timers (retransmissions, rekeys, keepalives).
+    pub fn tick_live(&mut self, out: &mut LiveOut) {
+        let wall = wall_now();
+        for u in 0..self.users.len() {
+            let now = self.now(u);
+            let Some(dev) = self.users[u].dev.as_mut() else {
+                continue;
+            };
+            if dev.poll_timeout().is_some_and(|t| t <= now) {
+                let mut cx = Context {
+                    now,
+                    wall,
+                    rng: &mut self.rng,
+                };
+                dev.handle_timeout(&mut cx);
+                drain(dev, u as u32, out);
+            }
+        }
+    }
+}
+
+/// Everything a device queued: its datagrams, and whether a handshake completed.
+fn drain(dev: &mut Device, u: u32, out: &mut LiveOut) {
+    while let Some(t) = dev.poll_transmit() {
+        out.datagrams.push((u, t.data));
+    }
+    while let Some(e) = dev.poll_event() {
+        if matches!(e, sluice::proto::device::Event::HandshakeCompleted { .. }) {
+            out.handshakes.push(u);
+        }
+    }
 }

@@ -16,9 +16,17 @@
 //! Reported per case over `--repeats` runs: the gap (the longest silence at the sink, which
 //! spans the kill) and the datagrams lost. Times are those of this machine's namespaces and
 //! processes; they are measured, not asserted. `--quick`: one run of each (CI smoke run).
-//! Not done yet: the 10,000-user case (simulated users from `compare`'s generator).
+//!
+//! `--users N` with N > 1 runs N users simulated by sluice's own protocol core instead (see
+//! [`many`]): per user the time from the kill to its first delivered datagram (median, p99,
+//! max), the datagrams lost, for how many users that datagram went on their old session
+//! (taken over by the backup) and for how many on a fresh one (a handshake first), when every
+//! user had a fresh session, and whether the handshake burst put the backup under load.
+
+mod many;
 
 use crate::report::{Machine, Record, Report};
+use sluice::testbed::gateway::GatewayPeer;
 use sluice::testbed::ha::{ProbeReport, StreamProbe};
 use sluice::testbed::vrrp::{self, VrrpPair, VrrpSpec};
 use sluice::testbed::{is_root, registry, tools, wait_for};
@@ -31,7 +39,14 @@ pub struct Args {
     /// Failovers per case [default: 3; --quick: 1]
     #[arg(long)]
     repeats: Option<usize>,
-    /// Milliseconds between the user's datagrams
+    /// Users per case, comma-separated: 1 is a real wireguard-go client, more are simulated
+    /// by sluice's protocol core [default: 1,10000; --quick: 1,50]
+    #[arg(long, value_delimiter = ',')]
+    users: Vec<u32>,
+    /// Milliseconds between one simulated user's datagrams (N users send N / this in all)
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(10..=5000))]
+    user_interval_ms: u64,
+    /// Milliseconds between the wireguard-go user's datagrams
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=1000))]
     interval_ms: u64,
     /// sluice's data path in the gateways: socket or xdp
@@ -86,28 +101,65 @@ pub fn run(args: &Args) -> Result<(), String> {
         .unwrap_or(if args.quick { 1 } else { 3 })
         .max(1);
     let interval = Duration::from_millis(args.interval_ms);
+    let user_counts = match (args.users.is_empty(), args.quick) {
+        (false, _) => args.users.clone(),
+        (true, false) => vec![1, 10_000],
+        (true, true) => vec![1, 50],
+    };
+    if let Some(bad) = user_counts
+        .iter()
+        .find(|&&n| n == 0 || n > crate::compare::users::MAX_USERS)
+    {
+        return Err(format!(
+            "--users {bad}: 1 to {}",
+            crate::compare::users::MAX_USERS
+        ));
+    }
     let params = serde_json::json!({
-        "users": 1,
-        "client": "wireguard-go",
+        "users": user_counts,
+        "client": "wireguard-go (1 user); sluice's protocol core (more)",
         "repeats": repeats,
         "interval_ms": args.interval_ms,
+        "user_interval_ms": args.user_interval_ms,
         "dataplane": args.dataplane,
         "advert_int_s": 0.1,
         "quick": args.quick,
     });
     let mut report = Report::new("failover", Machine::collect(), params);
     print!("{}", report.header());
-    for (label, ha) in [("without sync", None), ("with sync", Some(true))] {
+    let spec = |ha: Option<bool>, client: bool, peers: Vec<GatewayPeer>| VrrpSpec {
+        sluice_bin: sluice.clone(),
+        xdp,
+        ha,
+        env: [Vec::new(), Vec::new()],
+        client,
+        peers,
+    };
+    for &n in user_counts.iter().filter(|&&n| n > 1) {
+        let mut users = crate::compare::users::Users::new(n);
+        let peers = many::peers(&users);
+        let user_interval = Duration::from_millis(args.user_interval_ms);
+        for (label, ha) in CASES {
+            let mut runs = Vec::new();
+            for r in 0..repeats {
+                let p = many::one_failover(
+                    &spec(ha, false, peers.clone()),
+                    &mut users,
+                    user_interval,
+                    Duration::from_secs(120),
+                )
+                .map_err(|e| format!("{n} users, {label}, run {r}: {e}"))?;
+                println!("  {n} users, {label}, run {}: {}", r + 1, many_line(&p));
+                runs.push(p);
+            }
+            many_records(&mut report, n, label, &runs);
+        }
+    }
+    for (label, ha) in CASES.into_iter().filter(|_| user_counts.contains(&1)) {
         let (mut gaps, mut lost) = (Vec::new(), Vec::new());
         for r in 0..repeats {
-            let spec = VrrpSpec {
-                sluice_bin: sluice.clone(),
-                xdp,
-                ha,
-                env: [Vec::new(), Vec::new()],
-                client: true,
-            };
-            let p = one_failover(&spec, interval).map_err(|e| format!("{label}, run {r}: {e}"))?;
+            let p = one_failover(&spec(ha, true, Vec::new()), interval)
+                .map_err(|e| format!("{label}, run {r}: {e}"))?;
             println!(
                 "  1 user, {label}, run {}: gap {:.0} ms, {} of {} datagrams lost",
                 r + 1,
@@ -130,15 +182,99 @@ pub fn run(args: &Args) -> Result<(), String> {
         ));
     }
     report.notes.push(format!(
-        "one datagram every {} ms; gap = longest silence at the sink, spanning the SIGKILL of \
-         the master's sluice",
+        "1 user: one datagram every {} ms; gap = longest silence at the sink, spanning the \
+         SIGKILL of the master's sluice",
         args.interval_ms
+    ));
+    report.notes.push(format!(
+        "N users: each one datagram every {} ms; gap = per user, SIGKILL -> its first \
+         delivered datagram sent after it (includes up to one interval of waiting for its \
+         turn); first delivery on the old session = that datagram went on the session the user \
+         had at the kill (taken over), else on a fresh one",
+        args.user_interval_ms
     ));
     print!("\n{}", report.table());
     if let Some(path) = &args.json {
         report.write_json(path)?;
     }
     Ok(())
+}
+
+/// The two cases of every user count: sluice without `[ha]`, and with `[ha]` sync.
+const CASES: [(&str, Option<bool>); 2] = [("without sync", None), ("with sync", Some(true))];
+
+/// One many-user failover on one line.
+fn many_line(p: &many::ManyReport) -> String {
+    format!(
+        "gap median {:.0} ms, p99 {:.0} ms, max {:.0} ms{}; {} of {} datagrams lost; first \
+         delivery on the old session for {} users, on a fresh one for {}; all fresh sessions {}; \
+         backup under load: {} ({} cookie replies sent, {} received); setup handshakes {:.1} \
+         s; generator lag <= {:.0} ms",
+        p.gap_percentile(50.0),
+        p.gap_percentile(99.0),
+        p.gap_percentile(100.0),
+        if p.not_recovered > 0 {
+            format!(" ({} users never recovered)", p.not_recovered)
+        } else {
+            String::new()
+        },
+        p.lost,
+        p.sent,
+        p.continued,
+        p.rehandshook,
+        match p.all_fresh_ms {
+            Some(ms) => format!("after {ms:.0} ms"),
+            None => format!("not reached ({} of {} users)", p.fresh_users, p.users),
+        },
+        if p.under_load { "yes" } else { "no" },
+        p.cookie_replies_sent,
+        p.cookie_replies_received,
+        p.setup_handshakes_s,
+        p.max_lag_ms,
+    )
+}
+
+/// The records of `runs` (one user count, one case).
+fn many_records(report: &mut Report, n: u32, label: &str, runs: &[many::ManyReport]) {
+    let col = |f: &dyn Fn(&many::ManyReport) -> f64| runs.iter().map(f).collect::<Vec<f64>>();
+    let rows: [(&str, &str, Vec<f64>); 9] = [
+        ("gap median", "ms", col(&|p| p.gap_percentile(50.0))),
+        ("gap p99", "ms", col(&|p| p.gap_percentile(99.0))),
+        ("gap max", "ms", col(&|p| p.gap_percentile(100.0))),
+        (
+            "users not recovered",
+            "users",
+            col(&|p| f64::from(p.not_recovered)),
+        ),
+        ("datagrams lost", "datagrams", col(&|p| p.lost as f64)),
+        (
+            "first delivery on the old session",
+            "users",
+            col(&|p| f64::from(p.continued)),
+        ),
+        (
+            "first delivery on a fresh session",
+            "users",
+            col(&|p| f64::from(p.rehandshook)),
+        ),
+        (
+            "all users on a fresh session",
+            "ms",
+            col(&|p| p.all_fresh_ms.unwrap_or(f64::NAN)),
+        ),
+        (
+            "backup under load",
+            "runs",
+            col(&|p| f64::from(u8::from(p.under_load))),
+        ),
+    ];
+    for (what, unit, samples) in rows {
+        report.results.push(Record::from_samples(
+            &format!("{n} users, {label}: {what}"),
+            unit,
+            &samples,
+        ));
+    }
 }
 
 /// Build the pair, stream, kill the master's sluice, wait for the stream to resume, report.

@@ -52,6 +52,7 @@ fn spec(ha: Option<bool>, client: bool) -> VrrpSpec {
         ha,
         env: [Vec::new(), Vec::new()],
         client,
+        peers: Vec::new(),
     }
 }
 

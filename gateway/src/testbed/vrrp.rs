@@ -84,6 +84,8 @@ pub struct VrrpSpec {
     pub env: [Vec<(String, String)>; 2],
     /// Start the wireguard-go client.
     pub client: bool,
+    /// More peers in both gateways' wg-quick file, after the client (e.g. simulated users).
+    pub peers: Vec<GatewayPeer>,
 }
 
 /// One gateway of the pair.
@@ -289,7 +291,7 @@ impl VrrpPair {
             listen_port: LISTEN_PORT,
             addresses: vec!["10.77.0.1/16".into(), "fd77::1/64".into()],
             mtu: 1420,
-            peers: vec![GatewayPeer {
+            peers: std::iter::once(GatewayPeer {
                 public_key: client_key.public.clone(),
                 allowed_ips: vec![
                     format!("{CLIENT_TUNNEL_V4}/32"),
@@ -297,7 +299,9 @@ impl VrrpPair {
                 ],
                 endpoint: None,
                 persistent_keepalive: None,
-            }],
+            })
+            .chain(spec.peers.iter().cloned())
+            .collect(),
             sluice_bin: Some(spec.sluice_bin.clone()),
             workers: 1,
             cores: vec![i % 2],

@@ -79,6 +79,8 @@ pub fn run(args: &Args) -> Result<(), String> {
         samples: args.samples.unwrap_or(if args.quick { 1 } else { 5 }),
         quick: args.quick,
     };
+    // The machine first: pinning narrows what it sees of the cores.
+    let mut machine = Machine::collect();
     let pinned = harness::pin(args.core);
     if args.child {
         let caps = effective_caps()?;
@@ -95,7 +97,6 @@ pub fn run(args: &Args) -> Result<(), String> {
         return Ok(());
     }
 
-    let mut machine = Machine::collect();
     machine.pinned_core = match pinned {
         Ok(core) => Some(core),
         Err(e) if args.core.is_some() => return Err(e),

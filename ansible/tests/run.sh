@@ -6,7 +6,8 @@
 #      configured by site.yml through the chroot connection with the sluice binary built here;
 #      then the files, modes, unit and rendered configs are checked, `sluice check` accepts the
 #      rendered config inside the root, the private key appears in no output, a second run
-#      reports changed=0, and a peer added reloads sluice (never restarts it).
+#      reports changed=0, a peer added reloads sluice (never restarts it), and what a reload
+#      refuses (a new [dataplane], a new ListenPort) restarts it.
 #   3. Bad inventories (a missing key, an invalid CIDR, overlapping AllowedIPs) fail before
 #      anything in a fresh root changes, with a message naming the peer.
 #   4. The HA templates (keepalived, BIRD), rendered, are accepted by keepalived -t and bird -p.
@@ -166,6 +167,8 @@ check "config dir 0750 root:sluice" mode_is $cfg "750 root sluice"
 check "gateway.toml 0600 sluice" mode_is $cfg/gateway.toml "600 sluice sluice"
 check "wg-quick file 0600 sluice" mode_is $cfg/sluice0.conf "600 sluice sluice"
 check "private key 0600 root" mode_is $cfg/private.key "600 root root"
+check "restart-settings 0600 root" mode_is $cfg/restart-settings "600 root root"
+check "restart-settings: the port" has $cfg/restart-settings '^listen_port = 51820$'
 check "gateway.toml names the wg-quick file" has $cfg/gateway.toml '^wg_config = "/etc/sluice/sluice0.conf"$'
 check "gateway.toml dataplane" has $cfg/gateway.toml '^workers = 2$'
 check "gateway.toml cores" has $cfg/gateway.toml '^cores = \[0, 1\]$'
@@ -287,15 +290,16 @@ step "the unit's user and capabilities run the rendered configuration (network n
 unit_runs socket
 
 # The unit is the same for both data paths (the four capabilities); a new [dataplane] is one of
-# the changes a SIGHUP reload rejects, so the switch is made with sluice_restart_on_gateway_change.
+# the changes a SIGHUP reload rejects, so the role restarts sluice by itself.
 step "switched to the XDP data path: gateway.toml changes, the unit does not, sluice is restarted"
 outer_if="sl-ax$$"
 unit_before=$(sha256sum < "$root/etc/systemd/system/sluice.service")
 playbook "$root" "$work/run4.log" -e "@$here/vars/peer-added.yml" -e sluice_dataplane_mode=xdp \
-  -e "sluice_outer_interface=$outer_if" -e sluice_restart_on_gateway_change=true ||
+  -e "sluice_outer_interface=$outer_if" ||
   { cat "$work/run4.log"; die "the xdp run failed"; }
 recap "$work/run4.log"
 grep -q 'RUNNING HANDLER \[sluice : Restart sluice\]' "$work/run4.log" || die "a new gateway.toml did not restart sluice"
+! grep -q 'RUNNING HANDLER \[sluice : Reload sluice\]' "$work/run4.log" || die "a new gateway.toml only reloaded sluice"
 [ "$(sha256sum < "$root/etc/systemd/system/sluice.service")" = "$unit_before" ] ||
   die "the unit changed with the data path"
 grep -qx 'AmbientCapabilities=CAP_NET_ADMIN CAP_BPF CAP_NET_RAW CAP_IPC_LOCK' \
@@ -304,6 +308,18 @@ grep -qx 'CapabilityBoundingSet=CAP_NET_ADMIN CAP_BPF CAP_NET_RAW CAP_IPC_LOCK' 
   "$root/etc/systemd/system/sluice.service" || die "the xdp unit's bounding set is not exactly the four"
 step "the unit's user and capabilities run the rendered configuration (network namespace, xdp)"
 unit_runs xdp
+
+step "a new ListenPort (the wg-quick file's [Interface], which a reload refuses): sluice is restarted"
+playbook "$root" "$work/run5.log" -e "@$here/vars/peer-added.yml" -e sluice_dataplane_mode=xdp \
+  -e "sluice_outer_interface=$outer_if" -e '{"sluice_listen_port": 51821}' ||
+  { cat "$work/run5.log"; die "the port run failed"; }
+recap "$work/run5.log"
+grep -q 'RUNNING HANDLER \[sluice : Restart sluice\]' "$work/run5.log" || die "a new ListenPort did not restart sluice"
+grep -q 'RUNNING HANDLER \[sluice : Note that sluice was restarted' "$work/run5.log" ||
+  die "the restart is not noted (the reload would follow it)"
+grep -qx 'ListenPort = 51821' "$root$cfg/sluice0.conf" || die "the new port is not in the wg-quick file"
+grep -qx 'listen_port = 51821' "$root$cfg/restart-settings" || die "the new port is not in restart-settings"
+! grep -qF "$key" "$root$cfg/restart-settings" || die "restart-settings holds the private key"
 
 # --- bad inventories -------------------------------------------------------------------------------
 step "bad inventories fail before anything changes"

@@ -1672,7 +1672,7 @@ proptest! {
             }
             Some((src, _, claimed)) => {
                 let dst = p.b.addr;
-                prop_assert_eq!(r, Ok(Sent::Transmit { peer: b_at_a, dst, len: needed }));
+                prop_assert_eq!(r, Ok(Sent::Transmit { peer: b_at_a, dst, src: None, len: needed }));
                 prop_assert_eq!(send_counter(&p, b_at_a), before.map(|c| c + 1));
                 let from = p.a.addr;
                 let got = p.b.receive(&mut p.clock, from, &buf[..needed]);

@@ -250,7 +250,12 @@ fn role_is(v: &serde_json::Value, role: &str) -> bool {
 /// The pair with session sync, keepalived's notify hooks telling sluice its role: gateway 1
 /// is master and syncs the client's session to gateway 2.
 fn synced_pair(test: &str) -> VrrpPair {
-    let mut pair = VrrpPair::build(&spec(Some(true), true)).or_fail("building the VRRP pair");
+    synced_pair_from(test, &spec(Some(true), true))
+}
+
+/// [`synced_pair`] built from `spec`.
+fn synced_pair_from(test: &str, spec: &VrrpSpec) -> VrrpPair {
+    let mut pair = VrrpPair::build(spec).or_fail("building the VRRP pair");
     if let Err(e) = pair.wait_master(0, ELECTION) {
         panic!("{test}: {e}\n{}", pair.logs(30));
     }
@@ -370,14 +375,22 @@ fn failover_with_sync_continues_the_stream_within_a_second() {
 /// the client's streams back, IPv4 through gateway 1 and IPv6 through gateway 2, so both
 /// encrypt for the same client at once. Every WireGuard transport message on the client's
 /// side is captured: no (receiver index, counter) pair may appear twice, i.e. no nonce is
-/// ever used twice under one key.
+/// ever used twice under one key. Gateway 2's fresh handshake at the takeover is held back
+/// (`SLUICE_FAULT_INJECT=drop-takeover-initiation`: its first initiation is dropped, the
+/// retransmit follows REKEY_TIMEOUT later), so both gateways really send under the one
+/// session, in different counter regions, which the test asserts.
 #[test]
 fn split_brain_never_reuses_a_nonce() {
     let test = "split_brain_never_reuses_a_nonce";
     if !ready(test) {
         return;
     }
-    let mut pair = synced_pair(test);
+    let mut s = spec(Some(true), true);
+    s.env[1].push((
+        "SLUICE_FAULT_INJECT".to_string(),
+        "drop-takeover-initiation".to_string(),
+    ));
+    let mut pair = synced_pair_from(test, &s);
     let packets = pair
         .client_ns
         .packet_ipv4_socket()
@@ -424,18 +437,36 @@ fn split_brain_never_reuses_a_nonce() {
             panic!("{e}\n{}", pair.logs(30));
         }
     }
-    let (e4, e6) = (p4.echoes(), p6.echoes());
-    // Both gateways encrypt for the client while the split lasts.
-    for (p, before, what) in [(&p4, e4, "IPv4 (gateway 1)"), (&p6, e6, "IPv6 (gateway 2)")] {
-        let r = sluice::testbed::wait_for(
-            &format!("echoes through {what} during the split"),
+    // Both gateways encrypt for the client while the split lasts. Gateway 2's IPv6 echoes
+    // reach it (under the taken-over session, region 1, until its held-back handshake
+    // completes, then under its own). Gateway 1 goes on sealing the IPv4 echoes under the
+    // session it derived (region 0); the client drops those once gateway 2's region-1
+    // counters have moved its replay window past them (no counter is ever accepted twice,
+    // whoever sends), so gateway 1's sending is read from its own counters.
+    let tx1 = |pair: &VrrpPair| {
+        pair.members[0]
+            .status()
+            .ok()
+            .and_then(|s| s.tx_packets)
+            .unwrap_or(0)
+    };
+    let (before1, e6) = (tx1(&pair), p6.echoes());
+    let r = sluice::testbed::wait_for(
+        "echoes through IPv6 (gateway 2) during the split",
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || Ok((p6.echoes() >= e6 + 500).then_some(())),
+    )
+    .and_then(|()| {
+        sluice::testbed::wait_for(
+            "gateway 1 to send the IPv4 echoes during the split",
             Duration::from_secs(30),
-            Duration::from_millis(20),
-            || Ok((p.echoes() >= before + 500).then_some(())),
-        );
-        if let Err(e) = r {
-            panic!("{e}\n{}", pair.logs(30));
-        }
+            Duration::from_millis(100),
+            || Ok((tx1(&pair) >= before1 + 500).then_some(())),
+        )
+    });
+    if let Err(e) = r {
+        panic!("{e}\n{}", pair.logs(30));
     }
     let r4 = p4.finish(Duration::from_millis(300));
     let r6 = p6.finish(Duration::from_millis(0));
@@ -476,17 +507,29 @@ fn split_brain_never_reuses_a_nonce() {
         dups.len(),
         &dups[..dups.len().min(5)]
     );
-    // Whether both senders used one key at the same time (some receiver index carried
-    // counters from two regions, the deriver's and a taker's) depends on how fast the taker's
-    // fresh handshake completes; say which happened.
-    if regions.values().any(|r| r.len() >= 2) {
-        eprintln!("{test}: both gateways sent under one session, in different counter regions");
-    } else {
-        eprintln!(
-            "{test}: this run, gateway 2's fresh handshake completed before it sent under the \
-             taken-over session (each session had one sender)"
-        );
+    // Both senders used one key at the same time: some receiver index carried counters from
+    // two regions, the deriver's (0) and the taker's (gateway 2 is member 1 of 2: region 1),
+    // and a region-0 message of it was captured after its first region-1 message.
+    let mut first1: std::collections::HashMap<u32, usize> = Default::default();
+    let mut last0: std::collections::HashMap<u32, usize> = Default::default();
+    for (at, &(idx, ctr)) in seen.iter().enumerate() {
+        match ctr >> 40 {
+            0 => {
+                last0.insert(idx, at);
+            }
+            1 => {
+                first1.entry(idx).or_insert(at);
+            }
+            _ => {}
+        }
     }
+    assert!(
+        first1
+            .iter()
+            .any(|(idx, &f)| last0.get(idx).is_some_and(|&l| l > f)),
+        "both gateways sent under one session at once (regions 0 and 1 interleaved on one \
+         receiver index): {regions:x?}"
+    );
     assert!(
         ha[1]["takeovers"].as_u64() >= Some(1),
         "gateway 2 took the session over: {}",

@@ -370,6 +370,99 @@ fn roaming_follows_authenticated_packets_only() {
     }));
 }
 
+/// The sticky source: B (a gateway with two addresses) answers from the address A sent to,
+/// for the handshake response, data and timer-driven keepalives; it follows A to another of
+/// its addresses only with an authenticated packet, and a forged one moves nothing.
+#[test]
+fn replies_leave_from_the_address_the_peer_sent_to() {
+    use sluice::proto::endpoint::Endpoint;
+    let mut clock = Clock::new(21);
+    let (ka, kb) = (key(1), key(2));
+    let vip = addr("198.51.100.10:51820");
+    let own: std::net::IpAddr = "198.51.100.1".parse().unwrap();
+    let mut a = Node::new(&ka, addr("198.51.100.7:40000"));
+    let mut b = Node::new(&kb, vip);
+    a.add_peer(&clock, public(&kb), Some(vip), &["10.0.0.2/32"]);
+    let a_at_b = b.add_peer(&clock, public(&ka), None, &["10.0.0.1/32"]);
+    let a_addr = a.addr;
+    let at = |local: std::net::IpAddr| Endpoint::with_local(a_addr, Some(local));
+
+    // A's initiation reaches B at the VIP: the response leaves from the VIP.
+    assert_eq!(a.send(&mut clock, &ipv4(A_IP, B_IP, b"hi")).unwrap(), None);
+    let mut init = a.dev.poll_transmit().unwrap().data;
+    b.dev
+        .handle_datagram_at(&mut clock.cx(), at(vip.ip()), &mut init)
+        .unwrap();
+    let resp = b.dev.poll_transmit().unwrap();
+    assert_eq!((resp.dst, resp.src), (a.addr, Some(vip.ip())));
+    assert_eq!(
+        b.dev.peer(a_at_b).unwrap().sticky_endpoint(),
+        Some(at(vip.ip()))
+    );
+    a.receive(&mut clock, vip, &resp.data).unwrap();
+    // A's staged packet confirms the session; B's data goes out from the VIP.
+    let mut first = a.dev.poll_transmit().unwrap().data;
+    b.dev
+        .handle_datagram_at(&mut clock.cx(), at(vip.ip()), &mut first)
+        .unwrap();
+    let data = b
+        .send(&mut clock, &ipv4(B_IP, A_IP, b"back"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(data.src, Some(vip.ip()));
+    // A's next packet gets no answer for KEEPALIVE_TIMEOUT: B's keepalive leaves from the
+    // VIP too.
+    let mut more = a
+        .send(&mut clock, &ipv4(A_IP, B_IP, b"more"))
+        .unwrap()
+        .unwrap()
+        .data;
+    b.dev
+        .handle_datagram_at(&mut clock.cx(), at(vip.ip()), &mut more)
+        .unwrap();
+    clock.advance(Duration::from_secs(11));
+    b.dev.handle_timeout(&mut clock.cx());
+    let keepalive = b.dev.poll_transmit().unwrap();
+    assert_eq!(
+        (keepalive.data[0], keepalive.src),
+        (messages::TYPE_TRANSPORT, Some(vip.ip()))
+    );
+
+    // A forged packet to B's own address moves nothing.
+    let mut junk = vec![4u8, 0, 0, 0];
+    junk.extend_from_slice(&[0xaa; 60]);
+    assert!(b
+        .dev
+        .handle_datagram_at(&mut clock.cx(), at(own), &mut junk)
+        .is_err());
+    let data = b
+        .send(&mut clock, &ipv4(B_IP, A_IP, b"still"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(data.src, Some(vip.ip()));
+    // An authenticated one does: B answers from its own address from then on.
+    let mut moved = a
+        .send(&mut clock, &ipv4(A_IP, B_IP, b"via own"))
+        .unwrap()
+        .unwrap()
+        .data;
+    b.dev
+        .handle_datagram_at(&mut clock.cx(), at(own), &mut moved)
+        .unwrap();
+    let data = b
+        .send(&mut clock, &ipv4(B_IP, A_IP, b"ok"))
+        .unwrap()
+        .unwrap();
+    assert_eq!((data.dst, data.src), (a.addr, Some(own)));
+    // A source that vanished is forgotten: the kernel's choice until A is heard from again.
+    b.dev.clear_endpoint_source(a_at_b);
+    let data = b
+        .send(&mut clock, &ipv4(B_IP, A_IP, b"any"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(data.src, None);
+}
+
 #[test]
 fn inner_source_outside_allowed_ips_is_dropped() {
     let (mut p, _, _) = Pair::new(12);

@@ -10,12 +10,16 @@
 //!
 //! **Fault injection** (for tests; never set it in production): the environment variable
 //! [`FAULT_ENV`], read once at start, as `worker-panic:<index>:<after_ms>` makes worker
-//! `<index>` panic `<after_ms>` milliseconds after the gateway started. A malformed value stops
-//! the gateway from starting.
+//! `<index>` panic `<after_ms>` milliseconds after the gateway started; as
+//! `drop-takeover-initiation` it makes an HA member drop the handshake initiation it sends
+//! when it takes a session over (its retransmit follows REKEY_TIMEOUT later), so a test sees
+//! the member send under the taken-over session for seconds (split brain: two senders on one
+//! key). A malformed value stops the gateway from starting.
 
 use super::worker::WorkerStats;
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -27,15 +31,20 @@ pub const FAULT_ENV: &str = "SLUICE_FAULT_INJECT";
 pub enum Fault {
     /// Worker `worker` panics once `after` has passed since start.
     WorkerPanic { worker: usize, after: Duration },
+    /// The initiation started at an HA takeover is not sent (its retransmit is).
+    DropTakeoverInitiation,
 }
 
 impl std::str::FromStr for Fault {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Fault, String> {
-        const WANT: &str = "expected worker-panic:<index>:<after_ms>";
+        const WANT: &str = "expected worker-panic:<index>:<after_ms> or drop-takeover-initiation";
         let mut parts = s.trim().split(':');
         match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some("drop-takeover-initiation"), None, None, None) => {
+                Ok(Fault::DropTakeoverInitiation)
+            }
             (Some("worker-panic"), Some(i), Some(ms), None) => {
                 let worker = i
                     .parse()
@@ -61,6 +70,12 @@ struct Armed {
 }
 
 static ARMED: OnceLock<Armed> = OnceLock::new();
+static DROP_TAKEOVER_INITIATION: AtomicBool = AtomicBool::new(false);
+
+/// Whether the initiation sent at an HA takeover is to be dropped ([`Fault::DropTakeoverInitiation`]).
+pub fn drops_takeover_initiation() -> bool {
+    DROP_TAKEOVER_INITIATION.load(Ordering::Relaxed)
+}
 
 /// Read [`FAULT_ENV`] (once per process; later calls change nothing) and arm the fault it
 /// names. `Ok(None)` when it is unset or empty.
@@ -72,7 +87,17 @@ pub fn arm_from_env(workers: usize) -> Result<Option<Fault>, String> {
         return Ok(None);
     }
     let fault: Fault = v.parse().map_err(|e| format!("{FAULT_ENV}: {e}"))?;
-    let Fault::WorkerPanic { worker, after } = fault;
+    let (worker, after) = match fault {
+        Fault::WorkerPanic { worker, after } => (worker, after),
+        Fault::DropTakeoverInitiation => {
+            DROP_TAKEOVER_INITIATION.store(true, Ordering::Relaxed);
+            tracing::warn!(
+                env = FAULT_ENV,
+                "fault injection armed: initiations started at HA takeovers are dropped"
+            );
+            return Ok(Some(fault));
+        }
+    };
     if worker >= workers {
         return Err(format!(
             "{FAULT_ENV}: worker {worker} does not exist ({workers} workers)"
@@ -133,6 +158,10 @@ mod tests {
     #[test]
     fn faults_parse() {
         assert_eq!(
+            " drop-takeover-initiation ".parse::<Fault>(),
+            Ok(Fault::DropTakeoverInitiation)
+        );
+        assert_eq!(
             "worker-panic:1:2500".parse::<Fault>(),
             Ok(Fault::WorkerPanic {
                 worker: 1,
@@ -147,6 +176,7 @@ mod tests {
             "worker-panic:1:-5",
             "worker-panic:1:10:extra",
             "worker-hang:1:10",
+            "drop-takeover-initiation:1",
         ] {
             assert!(bad.parse::<Fault>().is_err(), "{bad:?} parsed");
         }

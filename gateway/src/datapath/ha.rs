@@ -19,6 +19,7 @@ use super::worker::WorkerStats;
 use crate::config::ha::{HaConfig, HaMode};
 use crate::crypto;
 use crate::proto::effects::{Context, Outbox};
+use crate::proto::endpoint::Endpoint;
 use crate::proto::hasync::{
     acks_for, node_of_index, Announcements, GroupKey, HeldStore, MarksRecord, Record,
     SessionRecord, SyncReceiver, SyncSender, MAX_DATAGRAM, SYNC_INTERVAL,
@@ -29,7 +30,7 @@ use crate::proto::Time;
 use crate::{DropCounters, DropReason, OsRng};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -252,16 +253,29 @@ impl Ha {
         cx: &mut Context,
         out: &mut Outbox,
         index: u32,
-        src: Option<SocketAddr>,
+        src: Option<Endpoint>,
     ) -> Option<PeerId> {
         let t = lock(&self.held).take_over(cx.now, index)?;
         let id = table.by_key(&t.peer)?;
         shared.index.insert(index, id);
+        // The packet that made us take over names the peer's address and ours it reached (the
+        // source to answer from); without one (VRRP master), the synced endpoint and the
+        // address the client reached the old owner at, which is the VIP now ours.
         let endpoint = src.or(t.endpoint);
         let (from, region, peer) = (t.from_node, t.region, t.peer);
+        let queued = out.transmits.len();
         shared.with_peer(table, id, cx, out, |p, env| {
             p.take_over(env, t.keypair, t.confirmed, endpoint)
         })?;
+        if super::fault::drops_takeover_initiation() {
+            // Tests only: the fresh handshake waits for its retransmit (REKEY_TIMEOUT), so
+            // this member sends under the taken-over session meanwhile.
+            let mut i = 0;
+            out.transmits.retain(|t| {
+                i += 1;
+                i <= queued || t.data.first() != Some(&crate::proto::messages::TYPE_INITIATION)
+            });
+        }
         self.takeovers.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             peer = %crate::keys::encode_key(&peer),
@@ -285,7 +299,7 @@ impl Ha {
         out: &mut Outbox,
         receiver: u32,
         datagram: &[u8],
-        src: SocketAddr,
+        src: Endpoint,
     ) -> Option<PeerId> {
         if !self.cfg.sync || node_of_index(receiver) == self.cfg.node {
             return None;
@@ -649,7 +663,7 @@ fn scan(
                     kp,
                     may_send,
                     now,
-                    p.endpoint(),
+                    p.sticky_endpoint(),
                 ))
             };
             match told.get(&index) {

@@ -7,11 +7,11 @@ use super::shared::{lock, Shared};
 use super::worker::{log_event, HandshakeJob, WorkerStats};
 use crate::proto::cookie::CookieError;
 use crate::proto::effects::{Context, Outbox, Transmit};
+use crate::proto::endpoint::Endpoint;
 use crate::proto::messages::{self, Message};
 use crate::proto::noise;
 use crate::{DropCounters, DropReason, OsRng};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,7 +76,7 @@ fn handle(
     shared: &Shared,
     cx: &mut Context,
     out: &mut Outbox,
-    src: SocketAddr,
+    src: Endpoint,
     data: &mut [u8],
 ) -> Result<(), DropReason> {
     let table = shared.table();
@@ -127,10 +127,11 @@ fn cookie_gate(
     shared: &Shared,
     cx: &mut Context,
     out: &mut Outbox,
-    src: SocketAddr,
+    src: Endpoint,
     msg: &[u8],
     sender: u32,
 ) -> Result<(), DropReason> {
+    let (src, local) = (src.addr, src.local);
     let under_load = shared.is_under_load(cx.now);
     let verdict = match shared.checker.read() {
         Ok(c) => c.validate(cx.now, msg, src, under_load),
@@ -144,6 +145,7 @@ fn cookie_gate(
             checker.create_reply(cx.now, cx.rng, msg, sender, src, &mut reply);
             out.transmits.push_back(Transmit {
                 dst: src,
+                src: local,
                 data: reply.to_vec(),
             });
             return Err(DropReason::CookieRequired);

@@ -22,6 +22,12 @@ pub trait Outer: Send + Sync {
     fn send(&self, runs: &[Segments<'_>]) -> usize;
     /// A descriptor that polls readable when datagrams wait, if there is one.
     fn readiness_fd(&self) -> Option<RawFd>;
+    /// (destination, source) pairs sent since the last call whose source address was gone
+    /// from the host (sent again from the kernel's choice): the peers' sticky sources to
+    /// forget.
+    fn take_vanished_sources(&self) -> Vec<(SocketAddr, std::net::IpAddr)> {
+        Vec::new()
+    }
     /// A second such descriptor, for an outer side that receives from two places (AF_XDP
     /// rings, plus the kernel socket for what XDP passes).
     fn extra_readiness_fd(&self) -> Option<RawFd> {
@@ -80,6 +86,9 @@ impl Outer for UdpSocket {
     }
     fn readiness_fd(&self) -> Option<RawFd> {
         Some(self.fd())
+    }
+    fn take_vanished_sources(&self) -> Vec<(SocketAddr, std::net::IpAddr)> {
+        UdpSocket::take_vanished_sources(self)
     }
 }
 
@@ -159,6 +168,7 @@ pub fn send_transmits<O: Outer + ?Sized>(outer: &O, transmits: &mut VecDeque<Tra
         .iter()
         .map(|t| Segments {
             dst: t.dst,
+            src: t.src,
             data: &t.data,
             segment: t.data.len(),
         })

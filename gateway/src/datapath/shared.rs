@@ -277,6 +277,29 @@ impl Shared {
         Some(r)
     }
 
+    /// Sources that are gone from the host (see `UdpSocket::take_vanished_sources`): every
+    /// peer whose sticky endpoint is one of these (destination, source) pairs forgets the
+    /// source until it is heard from again. A walk over all peers, for a rare event.
+    pub fn forget_sources(&self, gone: &[(std::net::SocketAddr, std::net::IpAddr)]) {
+        let table = self.table();
+        let mut forgot = 0;
+        for (_, slot) in table.iter() {
+            let mut p = lock(slot);
+            if p.sticky_endpoint()
+                .is_some_and(|e| e.local.is_some_and(|l| gone.contains(&(e.addr, l))))
+            {
+                p.clear_endpoint_source();
+                forgot += 1;
+            }
+        }
+        let sources: Vec<String> = gone.iter().map(|(_, s)| s.to_string()).collect();
+        tracing::info!(
+            sources = %sources.join(","),
+            peers = forgot,
+            "source address gone from the host: sending from the kernel's choice"
+        );
+    }
+
     /// Change the peer set: make the change on the spare table and swap it in, then wipe
     /// removed peers' keys and start new peers' timers. With `replace_all`, peers not named by
     /// an `Upsert` are removed (`wg syncconf`, `replace_peers`). All or nothing: an invalid

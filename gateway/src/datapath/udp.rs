@@ -7,23 +7,35 @@
 //! splits them again. IPv4 peers appear as IPv4-mapped IPv6 on the socket and are converted
 //! back, so the protocol core only ever sees plain IPv4 and IPv6 addresses.
 //!
-//! HA (vrrp mode): a socket given a [`VipGate`] also receives each datagram's destination
-//! address (`IPV6_PKTINFO`, which a dual-stack socket gets for IPv4 too, as mapped) and, while
-//! the gate is closed (this member is not master), drops datagrams sent to a VIP and counts
-//! them in [`RecvBatch::refused`]. Without a gate, or with the gate open, nothing is parsed.
+//! Sticky source: every socket receives each datagram's destination address (`IPV6_PKTINFO`,
+//! which a dual-stack socket gets for IPv4 too, as mapped: one control message per receive)
+//! and hands it on with the source ([`RecvBatch::get_endpoint_mut`]), so the protocol core can
+//! remember which of our addresses a peer reached. Sends carry that address back as
+//! `IPV6_PKTINFO` (`ipi6_addr`, IPv4 as mapped) in the same control buffer as `UDP_SEGMENT`:
+//! a reply leaves from the address the client sent to (a VIP, an anycast address), not from
+//! whatever the routing table would pick. If that address is gone from the host (the kernel
+//! says `EINVAL` or `EADDRNOTAVAIL`), the datagram goes again without it, letting the kernel
+//! pick, as the kernel's WireGuard does, and [`UdpSocket::source_fallbacks`] counts it; except
+//! when it is a VRRP VIP of the socket's [`VipGate`] (this member is no longer master): then it
+//! is dropped ([`UdpSocket::vip_source_drops`]), since a reply from our own address would make
+//! the client roam to this member, away from the VIP.
+//!
+//! HA (vrrp mode): a socket given a [`VipGate`] drops, while the gate is closed (this member is
+//! not master), datagrams sent to a VIP and counts them in [`RecvBatch::refused`].
 
+use crate::proto::endpoint::Endpoint;
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Datagrams per `recvmmsg`/`sendmmsg` call.
 pub const BATCH: usize = 32;
 /// Room per receive slot: a full GRO super-datagram, or one maximal datagram without GRO.
 const SLOT: usize = 65_536;
-/// Control-message room for one `UDP_GRO` integer and one `IPV6_PKTINFO`.
+/// Control-message room for one `UDP_GRO` (or `UDP_SEGMENT`) integer and one `IPV6_PKTINFO`.
 const CMSG_SPACE: usize = 128;
 
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -118,6 +130,14 @@ impl VipGate {
     fn refuses(&self, dst: &Ipv6Addr) -> bool {
         self.vips.contains(dst)
     }
+
+    fn is_vip(&self, ip: IpAddr) -> bool {
+        let mapped = match ip {
+            IpAddr::V4(a) => a.to_ipv6_mapped(),
+            IpAddr::V6(a) => a,
+        };
+        self.vips.contains(&mapped)
+    }
 }
 
 /// A bound, non-blocking, dual-stack UDP socket.
@@ -127,13 +147,27 @@ pub struct UdpSocket {
     gro: bool,
     gso: bool,
     gate: OnceLock<Arc<VipGate>>,
+    /// Datagrams sent again without their source address because it was gone.
+    source_fallbacks: AtomicU64,
+    /// Datagrams not sent because their source was a VRRP VIP this member no longer holds.
+    vip_source_drops: AtomicU64,
+    /// (destination, source) pairs that fell back since the last
+    /// [`UdpSocket::take_vanished_sources`], so the peers' sticky sources can be forgotten;
+    /// the flag spares the lock while there are none.
+    vanished: Mutex<Vec<(SocketAddr, IpAddr)>>,
+    vanished_any: AtomicBool,
 }
+
+/// Vanished sources remembered between two [`UdpSocket::take_vanished_sources`] at most.
+const MAX_VANISHED: usize = 64;
 
 /// A run of datagrams to one destination laid out back to back: with GSO, `segment` bytes
 /// each (the last may be shorter), sent as one message the kernel splits.
 #[derive(Clone, Copy, Debug)]
 pub struct Segments<'a> {
     pub dst: SocketAddr,
+    /// The source address to send from (`IPV6_PKTINFO`); `None`: the kernel's choice.
+    pub src: Option<IpAddr>,
     pub data: &'a [u8],
     pub segment: usize,
 }
@@ -168,6 +202,8 @@ impl UdpSocket {
                 size_of::<libc::sockaddr_in6>() as libc::socklen_t,
             )
         })?;
+        // Every datagram's destination, for the sticky source (see the module docs).
+        setsockopt(raw, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?;
         let gro = setsockopt(raw, libc::SOL_UDP, libc::UDP_GRO, 1).is_ok();
         // Setting a zero default segment size only probes that the kernel has UDP GSO.
         let gso = setsockopt(raw, libc::SOL_UDP, libc::UDP_SEGMENT, 0).is_ok();
@@ -176,20 +212,46 @@ impl UdpSocket {
             gro,
             gso,
             gate: OnceLock::new(),
+            source_fallbacks: AtomicU64::new(0),
+            vip_source_drops: AtomicU64::new(0),
+            vanished: Mutex::new(Vec::new()),
+            vanished_any: AtomicBool::new(false),
         })
     }
 
-    /// Refuse datagrams to `gate`'s addresses while it is closed (see [`VipGate`]). Asks the
-    /// kernel for every datagram's destination address from now on.
+    /// Refuse datagrams to `gate`'s addresses while it is closed (see [`VipGate`]).
     pub fn set_vip_gate(&self, gate: Arc<VipGate>) -> io::Result<()> {
-        setsockopt(
-            self.fd.as_raw_fd(),
-            libc::IPPROTO_IPV6,
-            libc::IPV6_RECVPKTINFO,
-            1,
-        )?;
         let _ = self.gate.set(gate);
         Ok(())
+    }
+
+    /// Datagrams sent again without their source address because the host no longer had it.
+    pub fn source_fallbacks(&self) -> u64 {
+        self.source_fallbacks.load(Ordering::Relaxed)
+    }
+
+    /// Datagrams not sent because their source was a VRRP VIP (of the [`VipGate`]) this
+    /// member no longer holds.
+    pub fn vip_source_drops(&self) -> u64 {
+        self.vip_source_drops.load(Ordering::Relaxed)
+    }
+
+    /// The (destination, source) pairs whose source was gone since the last call: the peers
+    /// with these sticky endpoints should forget the source. Cheap when there are none.
+    pub fn take_vanished_sources(&self) -> Vec<(SocketAddr, IpAddr)> {
+        if !self.vanished_any.swap(false, Ordering::Relaxed) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *super::shared::lock(&self.vanished))
+    }
+
+    fn note_vanished(&self, dst: SocketAddr, src: IpAddr) {
+        self.source_fallbacks.fetch_add(1, Ordering::Relaxed);
+        let mut v = super::shared::lock(&self.vanished);
+        if v.len() < MAX_VANISHED && !v.contains(&(dst, src)) {
+            v.push((dst, src));
+        }
+        self.vanished_any.store(true, Ordering::Relaxed);
     }
 
     pub fn fd(&self) -> RawFd {
@@ -266,17 +328,19 @@ impl UdpSocket {
             let len = msg.msg_len as usize;
             let src = from_sockaddr(&batch.addrs[i]);
             let segment = gro_segment(&msg.msg_hdr).unwrap_or(len).max(1);
-            if let Some(g) = gate {
-                if pktinfo_dst(&msg.msg_hdr).is_some_and(|d| g.refuses(&d)) {
+            let dst = pktinfo_dst(&msg.msg_hdr);
+            if let (Some(g), Some(d)) = (gate, dst) {
+                if g.refuses(&d) {
                     batch.refused += len.div_ceil(segment).max(1);
                     continue;
                 }
             }
+            let from = Endpoint::with_local(src, dst.map(IpAddr::V6));
             let base = i * SLOT;
             let mut off = 0;
             while off < len {
                 let end = (off + segment).min(len);
-                batch.datagrams.push((src, base + off..base + end));
+                batch.datagrams.push((from, base + off..base + end));
                 off = end;
             }
         }
@@ -290,6 +354,7 @@ impl UdpSocket {
             .iter()
             .map(|&(dst, data)| Segments {
                 dst,
+                src: None,
                 data,
                 segment: data.len(),
             })
@@ -306,6 +371,7 @@ impl UdpSocket {
                 .flat_map(|r| {
                     r.data.chunks(r.segment.max(1)).map(move |c| Segments {
                         dst: r.dst,
+                        src: r.src,
                         data: c,
                         segment: c.len(),
                     })
@@ -317,7 +383,7 @@ impl UdpSocket {
     }
 
     /// One `sendmmsg` round for at most [`BATCH`] runs; a run longer than its segment size
-    /// carries a `UDP_SEGMENT` control message.
+    /// carries a `UDP_SEGMENT` control message, a run with a source an `IPV6_PKTINFO` one.
     fn send_chunk(&self, chunk: &[Segments<'_>]) -> usize {
         let mut addrs = [to_sockaddr(SocketAddr::from(([0u8; 4], 0))); BATCH];
         let mut cmsgs = [[0u64; CMSG_SPACE / 8]; BATCH];
@@ -335,21 +401,12 @@ impl UdpSocket {
             h.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
             h.msg_iov = &mut iov[i];
             h.msg_iovlen = 1;
-            if r.data.len() > r.segment {
-                // SAFETY: the control buffer is CMSG_SPACE bytes, room for one u16 cmsg;
-                // CMSG_* compute offsets within it.
-                unsafe {
-                    h.msg_control = cmsgs[i].as_mut_ptr().cast();
-                    h.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
-                    let c = libc::CMSG_FIRSTHDR(h);
-                    (*c).cmsg_level = libc::SOL_UDP;
-                    (*c).cmsg_type = libc::UDP_SEGMENT;
-                    (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
-                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), r.segment as u16);
-                }
-            }
+            let segment = (r.data.len() > r.segment).then_some(r.segment as u16);
+            set_control(h, &mut cmsgs[i], segment, r.src);
         }
         let (mut done, mut sent) = (0, 0);
+        // Messages whose source was dropped after the kernel refused it.
+        let mut unsourced = [false; BATCH];
         while done < chunk.len() {
             // SAFETY: headers point at `addrs`, `cmsgs`, `iov` and the caller's slices, all
             // alive for the call; the kernel only reads them.
@@ -362,6 +419,37 @@ impl UdpSocket {
                 )
             };
             if n <= 0 {
+                let err = io::Error::last_os_error().raw_os_error();
+                let r = &chunk[done];
+                // Which error a source that is not ours gives depends on the route (EINVAL,
+                // EADDRNOTAVAIL, ENETUNREACH): ask the host whether it still has the address,
+                // as the kernel's WireGuard does; a full buffer says nothing about the source.
+                let gone = r.src.filter(|&src| {
+                    !unsourced[done]
+                        && !matches!(err, Some(libc::EAGAIN | libc::ENOBUFS))
+                        && !is_local_address(src)
+                });
+                if let Some(src) = gone.filter(|&s| self.gate.get().is_some_and(|g| g.is_vip(s))) {
+                    // A VRRP VIP this member no longer holds: the client is the master's now.
+                    // Sent from our own address instead, it would make the client roam to us
+                    // (wireguard-go follows any authenticated packet), away from the VIP, and
+                    // the next failover could not reach it. Dropped, and the peer keeps the VIP
+                    // as its source for when we are master again.
+                    self.vip_source_drops.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(dst = %r.dst, %src, "VIP not held: datagram from it dropped");
+                    done += 1;
+                    continue;
+                }
+                if let Some(src) = gone {
+                    // Our source address is gone from the host (a VIP moved away): send this
+                    // one again from the kernel's choice, as the kernel's WireGuard does.
+                    let segment = (r.data.len() > r.segment).then_some(r.segment as u16);
+                    set_control(&mut msgs[done].msg_hdr, &mut cmsgs[done], segment, None);
+                    unsourced[done] = true;
+                    self.note_vanished(r.dst, src);
+                    tracing::debug!(dst = %r.dst, %src, "source address gone: sending from the kernel's choice");
+                    continue;
+                }
                 // The first message failed (unreachable destination, buffer full): drop it and
                 // go on with the rest rather than stall the worker.
                 done += 1;
@@ -376,6 +464,62 @@ impl UdpSocket {
         }
         sent
     }
+}
+
+/// Fill a message's control buffer: a `UDP_SEGMENT` size for a GSO run, an `IPV6_PKTINFO`
+/// source address (IPv4 as mapped), either, both or neither.
+fn set_control(
+    h: &mut libc::msghdr,
+    buf: &mut [u64; CMSG_SPACE / 8],
+    segment: Option<u16>,
+    src: Option<IpAddr>,
+) {
+    let seg_space = segment.map_or(0, |_| cmsg_space(size_of::<u16>()));
+    let src_space = src.map_or(0, |_| cmsg_space(size_of::<libc::in6_pktinfo>()));
+    if seg_space + src_space == 0 {
+        h.msg_control = std::ptr::null_mut();
+        h.msg_controllen = 0;
+        return;
+    }
+    *buf = [0; CMSG_SPACE / 8];
+    h.msg_control = buf.as_mut_ptr().cast();
+    h.msg_controllen = seg_space + src_space;
+    // SAFETY: the control buffer is CMSG_SPACE bytes (8-aligned), more than the two messages'
+    // CMSG_SPACE together, and msg_controllen says how much of it is used; CMSG_FIRSTHDR and
+    // CMSG_NXTHDR stay within that length and CMSG_DATA points inside each message, whose
+    // payloads are written unaligned with their exact types.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        if let Some(seg) = segment {
+            (*c).cmsg_level = libc::SOL_UDP;
+            (*c).cmsg_type = libc::UDP_SEGMENT;
+            (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg);
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+        if let (Some(ip), false) = (src, c.is_null()) {
+            let addr = match ip {
+                IpAddr::V4(a) => a.to_ipv6_mapped(),
+                IpAddr::V6(a) => a,
+            };
+            let mut info: libc::in6_pktinfo = zeroed();
+            info.ipi6_addr.s6_addr = addr.octets();
+            (*c).cmsg_level = libc::IPPROTO_IPV6;
+            (*c).cmsg_type = libc::IPV6_PKTINFO;
+            (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in6_pktinfo>() as u32) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::in6_pktinfo>(), info);
+        }
+    }
+}
+
+/// Whether `ip` is an address of this host (in this namespace): binding a socket to it works.
+fn is_local_address(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
+fn cmsg_space(len: usize) -> usize {
+    // SAFETY: CMSG_SPACE only computes an aligned length.
+    unsafe { libc::CMSG_SPACE(len as u32) as usize }
 }
 
 /// The GRO segment size, if the kernel coalesced datagrams into this receive.
@@ -420,8 +564,9 @@ pub struct RecvBatch {
     bufs: Vec<u8>,
     addrs: Vec<libc::sockaddr_in6>,
     cmsgs: Vec<[u64; CMSG_SPACE / 8]>,
-    /// (source, byte range in `bufs`) of each datagram, GRO segments split.
-    datagrams: Vec<(SocketAddr, std::ops::Range<usize>)>,
+    /// (source and our address it reached, byte range in `bufs`) of each datagram, GRO
+    /// segments split.
+    datagrams: Vec<(Endpoint, std::ops::Range<usize>)>,
 }
 
 impl std::fmt::Debug for RecvBatch {
@@ -453,6 +598,11 @@ impl RecvBatch {
     /// Add a datagram by copy (for in-memory sources); false if the batch is full or the
     /// datagram too large for a slot.
     pub fn push(&mut self, src: SocketAddr, data: &[u8]) -> bool {
+        self.push_endpoint(Endpoint::new(src), data)
+    }
+
+    /// [`RecvBatch::push`] of a datagram whose destination (our address) is known.
+    pub fn push_endpoint(&mut self, src: Endpoint, data: &[u8]) -> bool {
         let i = self.datagrams.len();
         if i >= BATCH || data.len() > SLOT {
             return false;
@@ -473,6 +623,13 @@ impl RecvBatch {
 
     /// Datagram `i`: its source and its bytes, mutable so it can be decrypted in place.
     pub fn get_mut(&mut self, i: usize) -> Option<(SocketAddr, &mut [u8])> {
+        let (src, d) = self.get_endpoint_mut(i)?;
+        Some((src.addr, d))
+    }
+
+    /// Datagram `i` with its source and our address it was sent to (`local`, if the socket
+    /// reported it).
+    pub fn get_endpoint_mut(&mut self, i: usize) -> Option<(Endpoint, &mut [u8])> {
         let (src, r) = self.datagrams.get(i)?.clone();
         Some((src, &mut self.bufs[r]))
     }
@@ -608,6 +765,95 @@ mod tests {
         assert_eq!((got, refused), (vec![b"a".to_vec(), b"b".to_vec()], 0));
     }
 
+    /// Over loopback in both families: a receive names our address the datagram was sent to;
+    /// a send with a source leaves from it (also as a GSO run); a source the host does not
+    /// have falls back to the kernel's choice, counted.
+    #[test]
+    fn sends_leave_from_the_given_source_and_receives_name_the_destination() {
+        let rx = UdpSocket::bind(0).unwrap();
+        let port = rx.local_port().unwrap();
+        let tx = UdpSocket::bind(0).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let recv_all = |want: usize| {
+            let mut batch = RecvBatch::default();
+            let mut got = Vec::new();
+            for _ in 0..200 {
+                rx.recv_batch(&mut batch).unwrap();
+                for i in 0..batch.len() {
+                    let (from, d) = batch.get_endpoint_mut(i).unwrap();
+                    got.push((from.addr.ip(), from.local, d.to_vec()));
+                }
+                if got.len() >= want {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            got
+        };
+        let to = |a: &str| SocketAddr::new(ip(a), port);
+        let run: Vec<u8> = vec![7u8; 250];
+        let runs = [
+            // 127.0.0.3 and 127.0.0.4 are loopback addresses the kernel would not pick.
+            Segments {
+                dst: to("127.0.0.2"),
+                src: Some(ip("127.0.0.3")),
+                data: b"v4",
+                segment: 2,
+            },
+            Segments {
+                dst: to("127.0.0.2"),
+                src: Some(ip("127.0.0.4")),
+                data: &run,
+                segment: 100,
+            },
+            Segments {
+                dst: to("::1"),
+                src: Some(ip("::1")),
+                data: b"v6",
+                segment: 2,
+            },
+            // Not an address of this host: sent from the kernel's choice instead.
+            Segments {
+                dst: to("127.0.0.1"),
+                src: Some(ip("192.0.2.77")),
+                data: b"gone",
+                segment: 4,
+            },
+        ];
+        assert_eq!(tx.send_segments(&runs), 6);
+        assert_eq!(tx.source_fallbacks(), 1);
+        let mut got = recv_all(6);
+        got.sort();
+        let mut want = vec![
+            (ip("127.0.0.3"), Some(ip("127.0.0.2")), b"v4".to_vec()),
+            (ip("127.0.0.4"), Some(ip("127.0.0.2")), run[..100].to_vec()),
+            (
+                ip("127.0.0.4"),
+                Some(ip("127.0.0.2")),
+                run[100..200].to_vec(),
+            ),
+            (ip("127.0.0.4"), Some(ip("127.0.0.2")), run[200..].to_vec()),
+            (ip("::1"), Some(ip("::1")), b"v6".to_vec()),
+            (ip("127.0.0.1"), Some(ip("127.0.0.1")), b"gone".to_vec()),
+        ];
+        want.sort();
+        assert_eq!(got, want);
+
+        // A VRRP VIP this member does not hold is never swapped for our own address.
+        let vip = ip("192.0.2.99");
+        tx.set_vip_gate(Arc::new(VipGate::new(&[vip], false)))
+            .unwrap();
+        let from_vip = [Segments {
+            dst: to("127.0.0.1"),
+            src: Some(vip),
+            data: b"not from us",
+            segment: 11,
+        }];
+        assert_eq!(tx.send_segments(&from_vip), 0);
+        assert_eq!((tx.vip_source_drops(), tx.source_fallbacks()), (1, 1));
+        assert!(tx.take_vanished_sources().iter().all(|&(_, s)| s != vip));
+    }
+
     #[test]
     fn gso_runs_arrive_as_separate_datagrams() {
         let rx = UdpSocket::bind(0).unwrap();
@@ -619,11 +865,13 @@ mod tests {
         let runs = [
             Segments {
                 dst,
+                src: None,
                 data: &run,
                 segment: 100,
             },
             Segments {
                 dst,
+                src: None,
                 data: &single,
                 segment: 77,
             },

@@ -18,6 +18,7 @@ use crate::crypto::batch::{
     open_batch, open_batch_in_place, seal_batch_in_place, OpenInPlaceJob, OpenJob, SealInPlaceJob,
 };
 use crate::proto::effects::{Context, Event, Outbox, Sent};
+use crate::proto::endpoint::Endpoint;
 use crate::proto::ip;
 use crate::proto::messages::transport::PAYLOAD_START;
 use crate::proto::messages::{self, Transport, TYPE_COOKIE_REPLY, TYPE_TRANSPORT};
@@ -27,7 +28,7 @@ use crate::{DropCounters, DropReason, OsRng};
 use crossbeam_channel::{Sender, TrySendError};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,7 +47,8 @@ pub const UNDER_LOAD_HOLD: Duration = Duration::from_secs(1);
 /// A handshake message on its way to a handshake thread.
 #[derive(Debug)]
 pub struct HandshakeJob {
-    pub src: SocketAddr,
+    /// The sender, and our address it sent to (the source of the reply).
+    pub src: Endpoint,
     pub data: Vec<u8>,
 }
 
@@ -226,6 +228,12 @@ impl<O: Outer, I: Inner> Worker<O, I> {
             }
             self.run_timers(&mut l);
             self.flush_outbox(&mut l);
+            // Handshake threads send on this socket too: whoever found a source gone, the
+            // peers that had it forget it here.
+            let gone = self.udp.take_vanished_sources();
+            if !gone.is_empty() {
+                self.shared.forget_sources(&gone);
+            }
             self.stats.publish(&l.drops, l.rx_packets, l.tx_packets);
             self.stats.publish_batches(&l.batches);
         }
@@ -261,7 +269,7 @@ impl<O: Outer, I: Inner> Worker<O, I> {
         };
         l.opens.clear();
         for i in 0..n {
-            let Some((src, datagram)) = l.rx.get_mut(i) else {
+            let Some((src, datagram)) = l.rx.get_endpoint_mut(i) else {
                 break;
             };
             match classify_outer(self, &table, &mut cx, &mut l.out, src, datagram) {
@@ -290,7 +298,7 @@ impl<O: Outer, I: Inner> Worker<O, I> {
             .collect();
         let results = open_all(&mut l.rx, &l.opens, &mut lent);
         for ((p, opened), frame) in l.opens.iter().zip(results).zip(lent) {
-            let Some((src, datagram)) = l.rx.get_mut(p.index) else {
+            let Some((src, datagram)) = l.rx.get_endpoint_mut(p.index) else {
                 if let Some(f) = frame {
                     self.tun.return_frame(f);
                 }
@@ -404,7 +412,7 @@ impl<O: Outer, I: Inner> Worker<O, I> {
                 out,
                 &mut seal,
             ) {
-                Ok(Some((dst, len))) => {
+                Ok(Some((dst, src, len))) => {
                     if let Some((key, counter, sealed_len)) = deferred.take() {
                         l.seals.push(PendingSeal {
                             start: off + len - sealed_len,
@@ -413,7 +421,7 @@ impl<O: Outer, I: Inner> Worker<O, I> {
                             key,
                         });
                     }
-                    Run::extend(&mut l.runs, dst, off, len);
+                    Run::extend(&mut l.runs, (dst, src), off, len);
                     l.tx_used += len;
                 }
                 Ok(None) => {}
@@ -432,7 +440,8 @@ impl<O: Outer, I: Inner> Worker<O, I> {
                 .runs
                 .iter()
                 .map(|r| Segments {
-                    dst: r.dst,
+                    dst: r.dst.0,
+                    src: r.dst.1,
                     data: &l.tx_buf[r.start..r.start + r.total],
                     segment: r.segment,
                 })
@@ -472,11 +481,11 @@ impl<O: Outer, I: Inner> Worker<O, I> {
     }
 }
 
-/// Consecutive encrypted datagrams to one endpoint, all `segment` bytes but a shorter last one:
-/// the shape one GSO send carries.
+/// Consecutive encrypted datagrams to one endpoint from one source address, all `segment`
+/// bytes but a shorter last one: the shape one GSO send carries (one `IPV6_PKTINFO` for all).
 #[derive(Debug)]
 struct Run {
-    dst: SocketAddr,
+    dst: (SocketAddr, Option<IpAddr>),
     start: usize,
     total: usize,
     segment: usize,
@@ -487,7 +496,7 @@ struct Run {
 impl Run {
     /// Append a datagram written at `off` (right after the previous one) to the last run if it
     /// fits the run's shape, else start a new run.
-    fn extend(runs: &mut Vec<Run>, dst: SocketAddr, off: usize, len: usize) {
+    fn extend(runs: &mut Vec<Run>, dst: (SocketAddr, Option<IpAddr>), off: usize, len: usize) {
         if let Some(r) = runs.last_mut() {
             if !r.closed
                 && r.dst == dst
@@ -591,7 +600,7 @@ fn classify_outer<O: Outer, I: Inner>(
     table: &PeerTable,
     cx: &mut Context,
     out: &mut Outbox,
-    src: SocketAddr,
+    src: Endpoint,
     datagram: &mut [u8],
 ) -> Result<Classified, DropReason> {
     let kind = messages::message_type(datagram)?;
@@ -661,7 +670,7 @@ fn route_and_encrypt(
     packet: &[u8],
     buf: &mut [u8],
     seal: &mut crate::proto::session::Seal<'_>,
-) -> Result<Option<(SocketAddr, usize)>, DropReason> {
+) -> Result<Option<(SocketAddr, Option<IpAddr>, usize)>, DropReason> {
     let dst = ip::destination(packet)?;
     let id = table.allowed_ips.lookup(dst).ok_or_else(|| {
         if is_group(dst) {
@@ -673,7 +682,7 @@ fn route_and_encrypt(
     match shared.with_peer(table, id, cx, out, |peer, env| {
         peer.send_with(env, packet, buf, seal)
     }) {
-        Some(Ok(Sent::Transmit { dst, len, .. })) => Ok(Some((dst, len))),
+        Some(Ok(Sent::Transmit { dst, src, len, .. })) => Ok(Some((dst, src, len))),
         Some(Ok(Sent::Staged { .. })) => Ok(None),
         Some(Err(e)) => Err(e),
         None => Err(DropReason::NoRoute),
@@ -728,12 +737,15 @@ pub fn log_event(shared: &Shared, e: &Event) {
 #[cfg(test)]
 mod tests {
     use super::Run;
-    use std::net::SocketAddr;
+    use std::net::{IpAddr, SocketAddr};
 
     #[test]
-    fn runs_group_equal_sizes_to_one_endpoint() {
+    fn runs_group_equal_sizes_to_one_endpoint_from_one_source() {
         let a: SocketAddr = "192.0.2.1:1".parse().unwrap();
         let b: SocketAddr = "192.0.2.2:1".parse().unwrap();
+        let vip: IpAddr = "198.51.100.10".parse().unwrap();
+        let own: IpAddr = "198.51.100.1".parse().unwrap();
+        let (a, a_own, b) = ((a, Some(vip)), (a, Some(own)), (b, None));
         let mut runs = Vec::new();
         let mut off = 0;
         for (dst, len) in [
@@ -744,11 +756,13 @@ mod tests {
             (b, 100),
             (b, 120),
             (a, 100),
+            (a_own, 100),
+            (a_own, 100),
         ] {
             Run::extend(&mut runs, dst, off, len);
             off += len;
         }
-        let shape: Vec<(SocketAddr, usize, usize, usize)> = runs
+        let shape: Vec<_> = runs
             .iter()
             .map(|r| (r.dst, r.start, r.total, r.segment))
             .collect();
@@ -759,7 +773,8 @@ mod tests {
                 (a, 260, 100, 100),
                 (b, 360, 100, 100),
                 (b, 460, 120, 120),
-                (a, 580, 100, 100)
+                (a, 580, 100, 100),
+                (a_own, 680, 200, 100)
             ]
         );
     }

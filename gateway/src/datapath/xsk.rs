@@ -31,6 +31,7 @@ use super::frame::{self, Route};
 use super::io::Outer;
 use super::shared::lock;
 use super::udp::{RecvBatch, Segments, UdpSocket, BATCH};
+use crate::proto::endpoint::Endpoint;
 use crate::{DropCounters, DropReason};
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -608,7 +609,8 @@ impl XskOuter {
                     known.insert(f.remote.ip(), f.route);
                     self.neighbours.learn(f.remote.ip(), f.route);
                 }
-                if !batch.push(f.remote, &bytes[f.payload]) {
+                let from = Endpoint::with_local(f.remote, Some(f.route.local.ip()));
+                if !batch.push_endpoint(from, &bytes[f.payload]) {
                     drops.count(DropReason::MalformedFrame);
                 }
             }
@@ -634,14 +636,15 @@ impl XskOuter {
                     .get(&run.dst.ip())
                     .copied()
                     .or_else(|| self.neighbours.get(&run.dst.ip()));
-                let Some(route) = route else {
-                    fallback.push(Segments {
-                        dst: run.dst,
-                        data: run.data,
-                        segment: run.segment,
-                    });
+                let Some(mut route) = route else {
+                    fallback.push(*run);
                     continue;
                 };
+                // The peer's sticky source wins over the address its last frame reached (they
+                // differ only when two of our addresses share a client).
+                if let Some(src) = run.src.filter(|s| s.is_ipv4() == route.local.is_ipv4()) {
+                    route.local = std::net::SocketAddr::new(src, route.local.port());
+                }
                 let seg = run.segment.max(1);
                 let hlen = frame::header_len(&route, &run.dst);
                 let mut leftover = None;
@@ -662,9 +665,8 @@ impl XskOuter {
                 }
                 if let Some(from) = leftover {
                     fallback.push(Segments {
-                        dst: run.dst,
                         data: &run.data[from..],
-                        segment: run.segment,
+                        ..*run
                     });
                 }
             }
@@ -728,6 +730,10 @@ impl Outer for XskOuter {
 
     fn extra_readiness_fd(&self) -> Option<RawFd> {
         Some(self.fallback.fd())
+    }
+
+    fn take_vanished_sources(&self) -> Vec<(std::net::SocketAddr, IpAddr)> {
+        self.fallback.take_vanished_sources()
     }
 }
 

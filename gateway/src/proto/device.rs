@@ -17,6 +17,7 @@
 use super::allowedips::AllowedIps;
 use super::cookie::{CookieChecker, CookieError};
 use super::effects::{Env, Outbox};
+use super::endpoint::Endpoint;
 use super::index::IndexTable;
 use super::ip;
 use super::messages::{self, Message, KEY_LEN};
@@ -205,6 +206,14 @@ impl Device {
             .map(|(i, _)| i as PeerId)
     }
 
+    /// The I/O layer could not send from a peer's sticky source (the address is gone from the
+    /// host): forget it until the peer is heard from again.
+    pub fn clear_endpoint_source(&mut self, id: PeerId) {
+        if let Some(p) = self.peers.get_mut(id as usize).and_then(Option::as_mut) {
+            p.clear_endpoint_source();
+        }
+    }
+
     pub fn allowed_ips(&self) -> &AllowedIps<PeerId> {
         &self.allowed_ips
     }
@@ -346,6 +355,18 @@ impl Device {
         src: SocketAddr,
         datagram: &mut [u8],
     ) -> Result<Received, DropReason> {
+        self.handle_datagram_at(cx, Endpoint::new(src), datagram)
+    }
+
+    /// [`Device::handle_datagram`] for a datagram whose destination (our address) is known:
+    /// it becomes the source of everything sent back to the peer once the datagram
+    /// authenticates (the sticky source, see [`Endpoint`]).
+    pub fn handle_datagram_at(
+        &mut self,
+        cx: &mut Context,
+        src: Endpoint,
+        datagram: &mut [u8],
+    ) -> Result<Received, DropReason> {
         match messages::parse(datagram)? {
             Message::Transport(m) => {
                 let receiver = m.receiver();
@@ -389,11 +410,12 @@ impl Device {
     fn cookie_gate(
         &mut self,
         cx: &mut Context,
-        src: SocketAddr,
+        src: Endpoint,
         msg: &[u8],
         sender: u32,
     ) -> Result<(), DropReason> {
         let under_load = self.is_under_load(cx.now);
+        let (src, local) = (src.addr, src.local);
         match self.checker.validate(cx.now, msg, src, under_load) {
             Ok(()) => {}
             Err(CookieError::CookieRequired) => {
@@ -402,6 +424,7 @@ impl Device {
                     .create_reply(cx.now, cx.rng, msg, sender, src, &mut reply);
                 self.out.transmits.push_back(Transmit {
                     dst: src,
+                    src: local,
                     data: reply.to_vec(),
                 });
                 return Err(DropReason::CookieRequired);
@@ -417,7 +440,7 @@ impl Device {
     fn receive_transport(
         &mut self,
         cx: &mut Context,
-        src: SocketAddr,
+        src: Endpoint,
         receiver: u32,
         datagram: &mut [u8],
     ) -> Result<Received, DropReason> {

@@ -11,7 +11,7 @@ use super::noise::Identity;
 use super::peer::PeerId;
 use super::{Rng, Time, WallTime};
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// What the caller supplies with every call: the time and a random source.
 pub struct Context<'a> {
@@ -33,6 +33,9 @@ impl core::fmt::Debug for Context<'_> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transmit {
     pub dst: SocketAddr,
+    /// The source address to send from (the peer's sticky source, or the address a message
+    /// being answered arrived on); `None`: the kernel's choice.
+    pub src: Option<IpAddr>,
     pub data: Vec<u8>,
 }
 
@@ -91,10 +94,12 @@ impl core::fmt::Debug for Env<'_, '_> {
 /// What happened to an inner packet handed to a peer to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Sent {
-    /// Encrypted into the output buffer: send `len` bytes to `dst`.
+    /// Encrypted into the output buffer: send `len` bytes to `dst`, from `src` (the peer's
+    /// sticky source) if known.
     Transmit {
         peer: PeerId,
         dst: SocketAddr,
+        src: Option<IpAddr>,
         len: usize,
     },
     /// Held until a handshake completes; one has been started if allowed.

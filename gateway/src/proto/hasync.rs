@@ -49,6 +49,7 @@
 //! grows and never leaves its region, so no (key, counter) pair is ever sent twice, whatever
 //! the channel loses, even in split brain.
 
+use super::endpoint::Endpoint;
 use super::kdf;
 use super::messages::{KEY_LEN, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, TAG_LEN};
 use super::noise::SessionKeys;
@@ -68,8 +69,9 @@ use zeroize::Zeroizing;
 
 /// The first byte of every sync datagram (WireGuard's message types are 1 to 4).
 pub const TYPE_SYNC: u8 = 0x48;
-/// 2: adds the Ack record (a version-1 member would reject it as malformed).
-pub const VERSION: u8 = 2;
+/// 2: adds the Ack record (a version-1 member would reject it as malformed); 3: SessionNew
+/// carries our address the peer sent to (the sticky source), so a taker answers from it.
+pub const VERSION: u8 = 3;
 pub const HEADER_LEN: usize = 20;
 pub const NONCE_LEN: usize = 24;
 /// Bytes a datagram adds around its records.
@@ -84,15 +86,18 @@ const RECORD_MARKS: u8 = 2;
 const RECORD_GONE: u8 = 3;
 const RECORD_ACK: u8 = 4;
 const ENDPOINT_LEN: usize = 19;
-/// tag, peer, local, remote, send key, recv key, flags, age, send counter, mark, endpoint, region
+/// Family (0: none, 4, 6) and address, IPv4 in the first 4 bytes.
+const SOURCE_LEN: usize = 17;
+/// tag, peer, local, remote, send key, recv key, flags, age, send counter, mark, endpoint,
+/// region, endpoint source
 pub const SESSION_RECORD_LEN: usize =
-    1 + KEY_LEN + 4 + 4 + KEY_LEN + KEY_LEN + 1 + 4 + 8 + 8 + ENDPOINT_LEN + 4;
+    1 + KEY_LEN + 4 + 4 + KEY_LEN + KEY_LEN + 1 + 4 + 8 + 8 + ENDPOINT_LEN + 4 + SOURCE_LEN;
 /// tag, local, send counter, mark, region
 pub const MARKS_RECORD_LEN: usize = 1 + 4 + 8 + 8 + 4;
 pub const GONE_RECORD_LEN: usize = 1 + 4;
 /// tag, local index of the SessionNew acknowledged
 pub const ACK_RECORD_LEN: usize = 1 + 4;
-const _: () = assert!(SESSION_RECORD_LEN == 149);
+const _: () = assert!(SESSION_RECORD_LEN == 166);
 const _: () = assert!(OVERHEAD + SESSION_RECORD_LEN <= MAX_DATAGRAM);
 
 /// Counter regions are 2^40 counters long.
@@ -268,7 +273,8 @@ pub struct SessionRecord {
     pub send_counter: u64,
     /// Greatest counter received plus one.
     pub receive_mark: u64,
-    pub endpoint: Option<SocketAddr>,
+    /// The peer's endpoint and our address it sent to (the source to answer from).
+    pub endpoint: Option<Endpoint>,
     pub region: u32,
 }
 
@@ -297,7 +303,7 @@ impl SessionRecord {
         kp: &Keypair,
         may_send: bool,
         now: Time,
-        endpoint: Option<SocketAddr>,
+        endpoint: Option<Endpoint>,
     ) -> SessionRecord {
         let (send, recv) = kp.export_keys();
         SessionRecord {
@@ -359,8 +365,9 @@ impl Record {
                 out.extend_from_slice(&s.age_ms.to_le_bytes());
                 out.extend_from_slice(&s.send_counter.to_le_bytes());
                 out.extend_from_slice(&s.receive_mark.to_le_bytes());
-                encode_endpoint(s.endpoint, out);
+                encode_endpoint(s.endpoint.map(|e| e.addr), out);
                 out.extend_from_slice(&s.region.to_le_bytes());
+                encode_source(s.endpoint.and_then(|e| e.local), out);
             }
             Record::Marks(m) => {
                 out.push(RECORD_MARKS);
@@ -418,6 +425,7 @@ impl Record {
                         endpoint: c.endpoint()?,
                         region: c.u32()?,
                     })
+                    .with_source(c.source()?)
                 }
                 RECORD_MARKS => Record::Marks(MarksRecord {
                     local_index: c.u32()?,
@@ -452,6 +460,35 @@ fn encode_endpoint(e: Option<SocketAddr>, out: &mut Vec<u8>) {
     out.extend_from_slice(&b);
 }
 
+fn encode_source(local: Option<IpAddr>, out: &mut Vec<u8>) {
+    let mut b = [0u8; SOURCE_LEN];
+    match local {
+        None => {}
+        Some(IpAddr::V4(a)) => {
+            b[0] = 4;
+            b[1..5].copy_from_slice(&a.octets());
+        }
+        Some(IpAddr::V6(a)) => {
+            b[0] = 6;
+            b[1..17].copy_from_slice(&a.octets());
+        }
+    }
+    out.extend_from_slice(&b);
+}
+
+impl Record {
+    /// A decoded SessionNew with its endpoint's source filled in (it comes last on the wire).
+    fn with_source(self, local: Option<IpAddr>) -> Record {
+        match self {
+            Record::Session(mut s) => {
+                s.endpoint = s.endpoint.map(|e| Endpoint::with_local(e.addr, local));
+                Record::Session(s)
+            }
+            other => other,
+        }
+    }
+}
+
 /// Reads fixed-size fields; every read is length-checked.
 struct Cursor<'a>(&'a [u8]);
 
@@ -476,19 +513,35 @@ impl Cursor<'_> {
     fn key(&mut self) -> Result<[u8; KEY_LEN], DropReason> {
         self.take()
     }
-    fn endpoint(&mut self) -> Result<Option<SocketAddr>, DropReason> {
+    fn source(&mut self) -> Result<Option<IpAddr>, DropReason> {
+        let b: [u8; SOURCE_LEN] = self.take()?;
+        match b[0] {
+            0 => Ok(None),
+            4 => Ok(Some(IpAddr::from([b[1], b[2], b[3], b[4]]))),
+            6 => {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(&b[1..17]);
+                Ok(Some(IpAddr::V6(Ipv6Addr::from(a))))
+            }
+            _ => Err(DropReason::SyncMalformed),
+        }
+    }
+    fn endpoint(&mut self) -> Result<Option<Endpoint>, DropReason> {
         let b: [u8; ENDPOINT_LEN] = self.take()?;
         let port = u16::from_le_bytes([b[17], b[18]]);
         match b[0] {
             0 => Ok(None),
-            4 => Ok(Some(SocketAddr::new(
+            4 => Ok(Some(Endpoint::new(SocketAddr::new(
                 IpAddr::from([b[1], b[2], b[3], b[4]]),
                 port,
-            ))),
+            )))),
             6 => {
                 let mut a = [0u8; 16];
                 a.copy_from_slice(&b[1..17]);
-                Ok(Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(a)), port)))
+                Ok(Some(Endpoint::new(SocketAddr::new(
+                    IpAddr::V6(Ipv6Addr::from(a)),
+                    port,
+                ))))
             }
             _ => Err(DropReason::SyncMalformed),
         }
@@ -754,7 +807,7 @@ pub struct HeldSession {
     /// When it was derived, on our clock (our receipt time minus its age).
     pub created: Time,
     pub receive_mark: u64,
-    pub endpoint: Option<SocketAddr>,
+    pub endpoint: Option<Endpoint>,
     /// The highest counter region anyone was seen using.
     pub highest_region: u32,
     /// We took it over (in this region).
@@ -783,7 +836,7 @@ pub struct Takeover {
     pub peer: [u8; KEY_LEN],
     pub from_node: u8,
     pub region: u32,
-    pub endpoint: Option<SocketAddr>,
+    pub endpoint: Option<Endpoint>,
 }
 
 /// Sessions held for the other members, by local index.
@@ -973,7 +1026,7 @@ impl super::peer::Peer {
         env: &mut super::effects::Env,
         keypair: Keypair,
         confirmed: bool,
-        endpoint: Option<SocketAddr>,
+        endpoint: Option<Endpoint>,
     ) {
         for i in self
             .keypairs
@@ -1021,7 +1074,10 @@ mod tests {
             age_ms: 50,
             send_counter: region_start(region) + 5,
             receive_mark: 1000,
-            endpoint: Some("198.18.1.2:40001".parse().unwrap()),
+            endpoint: Some(Endpoint::with_local(
+                "198.18.1.2:40001".parse().unwrap(),
+                Some("198.51.100.10".parse().unwrap()),
+            )),
             region,
         }
     }
@@ -1041,8 +1097,15 @@ mod tests {
             Record::Gone(42),
             Record::Ack(partition_index(2, 7)),
             Record::Session(SessionRecord {
-                endpoint: Some("[fd00::1]:9".parse().unwrap()),
+                endpoint: Some(Endpoint::with_local(
+                    "[fd00::1]:9".parse().unwrap(),
+                    Some("fd00::10".parse().unwrap()),
+                )),
                 ..session(3, 4)
+            }),
+            Record::Session(SessionRecord {
+                endpoint: Some(Endpoint::new("[fd00::2]:9".parse().unwrap())),
+                ..session(5, 1)
             }),
             Record::Session(SessionRecord {
                 endpoint: None,

@@ -7,13 +7,15 @@
 //! One module per protocol concern, after the kernel's `drivers/net/wireguard`:
 //! [`messages`] (wire format), [`kdf`] (BLAKE2s HASH/MAC/HMAC/HKDF), [`noise`] (the
 //! Noise_IKpsk2 handshake), [`cookie`] (mac1/mac2 and cookie replies), [`ratelimiter`],
-//! [`replay`], [`session`] (keypairs), [`timers`], [`allowedips`], [`index`], [`peer`], and
-//! [`device`], which composes them into one WireGuard interface.
+//! [`replay`], [`session`] (keypairs), [`timers`], [`allowedips`], [`index`], [`peer`] (with its
+//! [`endpoint`]: the peer's address and our sticky source address), and [`device`], which
+//! composes them into one WireGuard interface.
 
 pub mod allowedips;
 pub mod cookie;
 pub mod device;
 pub mod effects;
+pub mod endpoint;
 pub mod hasync;
 pub mod index;
 pub mod ip;

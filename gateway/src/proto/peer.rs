@@ -6,6 +6,7 @@
 
 use super::cookie::CookieGenerator;
 use super::effects::{Env, Event};
+use super::endpoint::Endpoint;
 use super::messages::{KEY_LEN, MAX_STAGED_PACKETS};
 use super::noise::{Handshake, HandshakeState, Identity};
 use super::session::Keypairs;
@@ -102,7 +103,8 @@ pub struct Peer {
     pub(super) cookie: CookieGenerator,
     pub(super) keypairs: Keypairs,
     pub(super) timers: Timers,
-    pub(super) endpoint: Option<SocketAddr>,
+    /// The peer's address and our sticky source for it (see [`Endpoint`]).
+    pub(super) endpoint: Option<Endpoint>,
     pub(super) staged: VecDeque<Vec<u8>>,
     pub(super) stats: PeerStats,
     /// The deadline this peer is filed under in the device's schedule.
@@ -134,7 +136,7 @@ impl Peer {
             cookie: CookieGenerator::new(&cfg.public_key),
             keypairs: Keypairs::default(),
             timers: Timers::new(keepalive),
-            endpoint: cfg.endpoint,
+            endpoint: cfg.endpoint.map(Endpoint::new),
             staged: VecDeque::new(),
             stats: PeerStats::default(),
             scheduled: None,
@@ -150,7 +152,20 @@ impl Peer {
     }
 
     pub fn endpoint(&self) -> Option<SocketAddr> {
+        self.endpoint.map(|e| e.addr)
+    }
+
+    /// The endpoint with the source address everything to this peer is sent from.
+    pub fn sticky_endpoint(&self) -> Option<Endpoint> {
         self.endpoint
+    }
+
+    /// Forget the source address (it vanished from this host): the kernel picks one until
+    /// the next authenticated packet from the peer teaches a new one.
+    pub fn clear_endpoint_source(&mut self) {
+        if let Some(e) = &mut self.endpoint {
+            e.local = None;
+        }
     }
 
     pub fn stats(&self) -> &PeerStats {
@@ -194,9 +209,10 @@ impl Peer {
         dropped
     }
 
-    /// Update the endpoint from an authenticated packet; true if it changed (roaming).
-    pub(super) fn set_endpoint(&mut self, src: SocketAddr) -> bool {
-        let changed = self.endpoint != Some(src);
+    /// Update the endpoint and its source from an authenticated packet (they move together);
+    /// true if the peer's address changed (roaming).
+    pub(super) fn set_endpoint(&mut self, src: Endpoint) -> bool {
+        let changed = self.endpoint.map(|e| e.addr) != Some(src.addr);
         self.endpoint = Some(src);
         changed
     }
@@ -205,7 +221,11 @@ impl Peer {
     /// is. Sessions in progress are kept.
     pub fn reconfigure(&mut self, now: Time, update: &PeerUpdate) {
         if let Some(e) = update.endpoint {
-            self.endpoint = Some(e);
+            // A new configured address comes with no source (the kernel picks until the peer
+            // is heard from); the same address again (a reload) keeps the learned one.
+            if self.endpoint.map(|old| old.addr) != Some(e) {
+                self.endpoint = Some(Endpoint::new(e));
+            }
         }
         if let Some(psk) = &update.preshared_key {
             self.handshake.set_preshared_key(psk.as_deref());

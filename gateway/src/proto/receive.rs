@@ -4,6 +4,7 @@
 
 use super::allowedips::AllowedIps;
 use super::effects::{Env, Event, Transmit};
+use super::endpoint::Endpoint;
 use super::ip;
 use super::messages::{self, transport, CookieReply, Response};
 use super::noise::ConsumedInitiation;
@@ -12,7 +13,6 @@ use super::session::{Keypair, Opening, Slot};
 use super::Time;
 use crate::DropReason;
 use core::ops::Range;
-use std::net::SocketAddr;
 
 impl Peer {
     /// Finish an initiation from this peer (mac checks and [`super::noise::consume_initiation`]
@@ -22,7 +22,7 @@ impl Peer {
         &mut self,
         env: &mut Env,
         consumed: ConsumedInitiation,
-        src: SocketAddr,
+        src: Endpoint,
     ) -> Result<(), DropReason> {
         let abandoned = self.handshake_index();
         self.handshake.accept_initiation(env.cx.now, consumed)?;
@@ -48,7 +48,8 @@ impl Peer {
         self.stats.rx_bytes += messages::initiation::LEN as u64;
         self.on_authenticated_receive(env, src);
         env.out.transmits.push_back(Transmit {
-            dst: src,
+            dst: src.addr,
+            src: src.local,
             data: resp.to_vec(),
         });
         Ok(())
@@ -60,7 +61,7 @@ impl Peer {
         &mut self,
         env: &mut Env,
         msg: &Response<&[u8]>,
-        src: SocketAddr,
+        src: Endpoint,
     ) -> Result<(), DropReason> {
         self.handshake.consume_response(env.identity, msg)?;
         let keys = self.handshake.begin_session(env.cx.now)?;
@@ -88,7 +89,7 @@ impl Peer {
         env: &mut Env,
         receiver: u32,
         datagram: &mut [u8],
-        src: SocketAddr,
+        src: Endpoint,
     ) -> Result<Range<usize>, DropReason> {
         let now = env.cx.now;
         let (slot, kp) = self
@@ -127,7 +128,7 @@ impl Peer {
         counter: u64,
         plain_len: usize,
         datagram_len: usize,
-        src: SocketAddr,
+        src: Endpoint,
     ) -> Result<Range<usize>, DropReason> {
         let (slot, kp) = self
             .keypairs
@@ -145,7 +146,7 @@ impl Peer {
         slot: Slot,
         payload: Range<usize>,
         datagram_len: usize,
-        src: SocketAddr,
+        src: Endpoint,
     ) -> Result<Range<usize>, DropReason> {
         let now = env.cx.now;
         self.stats.rx_bytes += datagram_len as u64;
@@ -185,14 +186,14 @@ impl Peer {
     }
 
     /// Timers and roaming for any message that authenticated (whitepaper §6.5: the endpoint
-    /// follows the most recent authenticated packet).
-    fn on_authenticated_receive(&mut self, env: &mut Env, src: SocketAddr) {
+    /// follows the most recent authenticated packet, and so does our source address for it).
+    fn on_authenticated_receive(&mut self, env: &mut Env, src: Endpoint) {
         self.timers.on_authenticated_packet_received();
         self.timers.on_authenticated_packet_traversal(env.cx.now);
         if self.set_endpoint(src) {
             env.out.events.push_back(Event::EndpointChanged {
                 peer: self.id,
-                endpoint: src,
+                endpoint: src.addr,
             });
         }
     }

@@ -52,7 +52,8 @@ impl Peer {
         }
         Ok(Sent::Transmit {
             peer: self.id,
-            dst,
+            dst: dst.addr,
+            src: dst.local,
             len,
         })
     }
@@ -71,9 +72,13 @@ impl Peer {
     /// are rare enough to allocate).
     fn queue_encrypted(&mut self, env: &mut Env, packet: &[u8]) -> Result<(), DropReason> {
         let mut buf = vec![0u8; transport::MIN_LEN + packet.len() + transport::PADDING_MULTIPLE];
-        if let Sent::Transmit { dst, len, .. } = self.send(env, packet, &mut buf)? {
+        if let Sent::Transmit { dst, src, len, .. } = self.send(env, packet, &mut buf)? {
             buf.truncate(len);
-            env.out.transmits.push_back(Transmit { dst, data: buf });
+            env.out.transmits.push_back(Transmit {
+                dst,
+                src,
+                data: buf,
+            });
         }
         Ok(())
     }
@@ -123,7 +128,8 @@ impl Peer {
         self.timers.on_handshake_initiated(env.cx.now, env.cx.rng);
         self.on_sent(env, msg.len(), false);
         env.out.transmits.push_back(Transmit {
-            dst,
+            dst: dst.addr,
+            src: dst.local,
             data: msg.to_vec(),
         });
     }

@@ -7,9 +7,9 @@
 //!  | wireguard-go wgIDcK   |---|                        |     |     2001:db8::10/128       |
 //!  |  10.77.0.(K+2)/32     |   | gI 10.201.(I+1).1/24   |-----| uplink 10.201.(I+1).2/24   |
 //!  |  Endpoint = VIP:51820 |   |    fd20:(I+1)::1/64    |     |        fd20:(I+1)::2/64    |
-//!  | uplink 198.18.(K+1).2 |   | BIRD AS 65000: BGP and |     | default via the router,    |
-//!  +-----------------------+   |  BFD to both gateways, |     |  src VIP (replies leave    |
-//!                              |  ECMP (merge paths)    |     |  from the anycast address) |
+//!  | uplink 198.18.(K+1).2 |   | BIRD AS 65000: BGP and |     | default via the router     |
+//!  +-----------------------+   |  BFD to both gateways, |     |  (sluice answers from the  |
+//!                              |  ECMP (merge paths)    |     |  VIP by its sticky source) |
 //!                              |  into the kernel table |     | sluice (socket data path,  |
 //!                              +------------------------+     |  TUN slIDa / slIDb)        |
 //!                                                             | BIRD AS 65010 from         |
@@ -359,27 +359,11 @@ impl AnycastBed {
             ns.add_addr("uplink", &format!("{g6}/64"))?;
             ns.add_addr("lo", &format!("{VIP_V4}/32"))?;
             ns.add_addr("lo", &format!("{VIP_V6}/128"))?;
-            // Replies (and handshake responses) leave from the anycast address.
-            ns.ip(&[
-                "-4",
-                "route",
-                "add",
-                "default",
-                "via",
-                &r4.to_string(),
-                "src",
-                &VIP_V4.to_string(),
-            ])?;
-            ns.ip(&[
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                &r6.to_string(),
-                "src",
-                &VIP_V6.to_string(),
-            ])?;
+            // No `src` on these routes: the kernel would pick the uplink's address for replies,
+            // and sluice answers from the anycast address the client reached (its sticky
+            // source) by itself.
+            ns.add_route("0.0.0.0/0", Some(IpAddr::V4(r4)), None)?;
+            ns.add_route("::/0", Some(IpAddr::V6(r6)), None)?;
             // The inside: a link to the sink.
             let (in_gw, in_sink) = (format!("10.88.{}.1", i + 1), format!("10.88.{}.2", i + 1));
             veth(&ns, "in", &sink, &format!("g{i}"), None)?;

@@ -143,9 +143,13 @@ impl Node {
     ) -> Result<Option<Transmit>, DropReason> {
         let mut out = vec![0u8; packet.len() + 64];
         match self.dev.send(&mut clock.cx(), packet, &mut out)? {
-            Sent::Transmit { dst, len, .. } => {
+            Sent::Transmit { dst, src, len, .. } => {
                 out.truncate(len);
-                Ok(Some(Transmit { dst, data: out }))
+                Ok(Some(Transmit {
+                    dst,
+                    src,
+                    data: out,
+                }))
             }
             Sent::Staged { .. } => Ok(None),
         }

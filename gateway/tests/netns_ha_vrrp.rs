@@ -342,8 +342,21 @@ fn failover_with_sync_continues_the_stream_within_a_second() {
     let resumed_unix = probe.unix_time_of(resumed);
     let report = probe.finish(Duration::from_millis(300));
     print_report(test, &report);
+    // The status file is rewritten once a second: wait for the one written after the takeover
+    // and the first messages on the taken-over session, rather than read a stale one.
+    let took_over = pair.members[1].wait_ha(
+        "gateway 2's status to show the takeover and messages on the taken-over session",
+        Duration::from_secs(10),
+        |v| {
+            v.get("takeovers").and_then(|n| n.as_u64()) >= Some(1)
+                && v.get("rx_taken_over").and_then(|n| n.as_u64()) > Some(0)
+        },
+    );
     let ha2 = pair.members[1].ha_status().or_fail("gateway 2's ha status");
     eprintln!("{test}: gateway 2's ha status after the failover: {ha2}");
+    if let Err(e) = took_over {
+        eprintln!("{test}: {e}\n{}", pair.logs(30));
+    }
     eprintln!(
         "{test}: first datagram after the kill {:.3} s after it; the client's new handshake \
          {:.3} s after the first datagram through gateway 2",

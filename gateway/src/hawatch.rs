@@ -3,10 +3,13 @@
 //! another when it stops being healthy (withdraw them), so the routers stop sending users to a
 //! member that cannot serve them.
 //!
-//! - **Down is fast, up is careful.** One failed probe (connection refused, a status other than
-//!   200, no answer within the timeout, a garbled reply) runs the down command at once; `rise`
-//!   good probes in a row (default 3) run the up command. With the default 200 ms interval
-//!   and timeout, a stopped or unhealthy sluice is withdrawn within about 0.4 s plus the
+//! - **Down is fast, up is careful.** A definite failure (connection refused: sluice is not
+//!   running; a status other than 200: sluice says it is unhealthy; a garbled reply) runs the
+//!   down command at once. No answer within the timeout is only suspicion: `fall` such probes
+//!   in a row (default 2) run it, so one answer delayed by a busy machine does not withdraw a
+//!   healthy member (and move all its users). `rise` good probes in a row (default 3) run the
+//!   up command. With the defaults (200 ms interval, 300 ms timeout), a stopped or unhealthy
+//!   sluice is withdrawn within about 0.2 s and a hung one within about 0.8 s, plus the
 //!   command's own time.
 //! - **Re-asserted.** The current state's command runs again every `reassert` (default 2 s),
 //!   and at the next probe after a command failed, so a BIRD that restarted (its announcing
@@ -31,9 +34,13 @@ pub struct WatchArgs {
     /// How often to probe, in milliseconds.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub interval_ms: u64,
-    /// How long one probe may take before it counts as down (default: the interval).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(10..=60_000))]
-    pub timeout_ms: Option<u64>,
+    /// How long one probe may wait for the answer, in milliseconds.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub timeout_ms: u64,
+    /// Probes in a row with no answer in time before the down command runs (a refused
+    /// connection or a status other than 200 runs it at once).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub fall: u32,
     /// Good probes in a row before the up command runs.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub rise: u32,
@@ -124,48 +131,79 @@ fn parse_port(p: &str) -> Result<u16, String> {
         .ok_or_else(|| format!("bad port {p:?}"))
 }
 
+/// Why a probe did not find the gateway healthy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// A definite answer: refused, a status other than 200, a garbled reply, an I/O error.
+    Down(String),
+    /// No answer within the timeout: the gateway may be hung, or the machine just busy.
+    Silent(String),
+}
+
+impl Failure {
+    fn silent(timeout: Duration) -> Failure {
+        Failure::Silent(format!("no answer within {} ms", timeout.as_millis()))
+    }
+
+    fn io(e: &std::io::Error, timeout: Duration) -> Failure {
+        if is_timeout(e) {
+            Failure::silent(timeout)
+        } else {
+            Failure::Down(e.to_string())
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Down(why) | Failure::Silent(why) => f.write_str(why),
+        }
+    }
+}
+
 /// One probe's answer: `Ok(())` for a 200, else why it counts as down.
-pub fn probe(target: &Target, timeout: Duration) -> Result<(), String> {
+pub fn probe(target: &Target, timeout: Duration) -> Result<(), Failure> {
     let deadline = Instant::now() + timeout;
     let left = || {
         deadline
             .checked_duration_since(Instant::now())
             .filter(|d| !d.is_zero())
-            .ok_or_else(|| format!("no answer within {} ms", timeout.as_millis()))
+            .ok_or_else(|| Failure::silent(timeout))
     };
     let addrs = target
         .addrs()
-        .map_err(|e| format!("resolving {}: {e}", target.host))?;
-    let addr = addrs.first().ok_or("the host resolves to nothing")?;
-    let mut s = TcpStream::connect_timeout(addr, left()?).map_err(|e| e.to_string())?;
+        .map_err(|e| Failure::Down(format!("resolving {}: {e}", target.host)))?;
+    let addr = addrs
+        .first()
+        .ok_or_else(|| Failure::Down("the host resolves to nothing".into()))?;
+    let mut s = TcpStream::connect_timeout(addr, left()?).map_err(|e| Failure::io(&e, timeout))?;
     s.set_write_timeout(Some(left()?))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Failure::Down(e.to_string()))?;
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
         target.path,
         target.host_header()
     );
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    s.write_all(req.as_bytes())
+        .map_err(|e| Failure::io(&e, timeout))?;
     // The status line is all we need; read until its end (or 1 KiB).
     let mut buf = [0u8; 1024];
     let mut got = 0;
     while !buf[..got].contains(&b'\n') && got < buf.len() {
         s.set_read_timeout(Some(left()?))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Failure::Down(e.to_string()))?;
         match s.read(&mut buf[got..]) {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if is_timeout(&e) => {
-                return Err(format!("no answer within {} ms", timeout.as_millis()))
-            }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(Failure::io(&e, timeout)),
         }
     }
     match status_code(&buf[..got]) {
         Some(200) => Ok(()),
-        Some(code) => Err(format!("status {code}")),
-        None => Err("not an HTTP reply".into()),
+        Some(code) => Err(Failure::Down(format!("status {code}"))),
+        None => Err(Failure::Down("not an HTTP reply".into())),
     }
 }
 
@@ -204,25 +242,50 @@ impl State {
     }
 }
 
+/// One probe's result, as the [`Decider`] weighs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// 200.
+    Good,
+    /// A definite failure ([`Failure::Down`]).
+    Down,
+    /// No answer in time ([`Failure::Silent`]).
+    Silent,
+}
+
+impl Probe {
+    pub fn of(result: &Result<(), Failure>) -> Probe {
+        match result {
+            Ok(()) => Probe::Good,
+            Err(Failure::Down(_)) => Probe::Down,
+            Err(Failure::Silent(_)) => Probe::Silent,
+        }
+    }
+}
+
 /// The decisions of the watcher, apart from probing and running commands (so they can be
 /// tested on their own): feed it each probe's result and the time, and it says which command
 /// to run, if any.
 #[derive(Debug)]
 pub struct Decider {
     rise: u32,
+    fall: u32,
     reassert: Option<Duration>,
     good_in_row: u32,
+    silent_in_row: u32,
     asserted: Option<State>,
     last_run: Option<Instant>,
     last_failed: bool,
 }
 
 impl Decider {
-    pub fn new(rise: u32, reassert: Option<Duration>) -> Decider {
+    pub fn new(rise: u32, fall: u32, reassert: Option<Duration>) -> Decider {
         Decider {
             rise: rise.max(1),
+            fall: fall.max(1),
             reassert,
             good_in_row: 0,
+            silent_in_row: 0,
             asserted: None,
             last_run: None,
             last_failed: false,
@@ -230,14 +293,23 @@ impl Decider {
     }
 
     /// The state that one more probe result leads to, and whether its command is due now.
-    pub fn on_probe(&mut self, healthy: bool, now: Instant) -> Option<State> {
+    pub fn on_probe(&mut self, probe: Probe, now: Instant) -> Option<State> {
+        let healthy = probe == Probe::Good;
         self.good_in_row = if healthy {
             self.good_in_row.saturating_add(1)
         } else {
             0
         };
-        let want = if !healthy {
+        self.silent_in_row = if probe == Probe::Silent {
+            self.silent_in_row.saturating_add(1)
+        } else {
+            0
+        };
+        let want = if probe == Probe::Down || self.silent_in_row >= self.fall {
             State::Down
+        } else if probe == Probe::Silent {
+            // Suspicion only: keep what is asserted (down at start).
+            self.asserted.unwrap_or(State::Down)
         } else if self.good_in_row >= self.rise || self.asserted == Some(State::Up) {
             State::Up
         } else {
@@ -327,31 +399,41 @@ pub fn run(args: &WatchArgs) -> Result<(), WatchError> {
     })?;
     let signals = Signals::block()?;
     let interval = Duration::from_millis(args.interval_ms);
-    let timeout = Duration::from_millis(args.timeout_ms.unwrap_or(args.interval_ms));
+    let timeout = Duration::from_millis(args.timeout_ms);
     let cmd_timeout = Duration::from_millis(args.command_timeout_ms);
     let reassert = (args.reassert_ms > 0).then(|| Duration::from_millis(args.reassert_ms));
-    let mut decider = Decider::new(args.rise, reassert);
+    let mut decider = Decider::new(args.rise, args.fall, reassert);
     tracing::info!(
         healthz = %args.healthz,
         interval_ms = args.interval_ms,
         timeout_ms = timeout.as_millis() as u64,
         rise = args.rise,
+        fall = args.fall,
         "anycast watch started"
     );
     let mut next = Instant::now();
     let mut last_reason = String::new();
     loop {
+        let started = Instant::now();
         let result = probe(&target, timeout);
         let now = Instant::now();
-        if let Err(why) = &result {
-            if *why != last_reason {
-                tracing::warn!(healthz = %args.healthz, reason = %why, "healthz down");
+        match &result {
+            Err(why) => {
+                let why = why.to_string();
+                if why != last_reason {
+                    tracing::warn!(healthz = %args.healthz, reason = %why, "healthz down");
+                }
+                last_reason = why;
             }
-            last_reason = why.clone();
-        } else {
-            last_reason.clear();
+            Ok(()) => {
+                last_reason.clear();
+                let took = now.duration_since(started);
+                if took > timeout / 2 {
+                    tracing::info!(took_ms = took.as_millis() as u64, "healthz answered slowly");
+                }
+            }
         }
-        if let Some(state) = decider.on_probe(result.is_ok(), now) {
+        if let Some(state) = decider.on_probe(Probe::of(&result), now) {
             let changed = decider.asserted() != Some(state);
             let ok = execute(args, state, cmd_timeout, changed);
             decider.ran(state, ok, now);
@@ -437,33 +519,96 @@ mod tests {
     fn down_at_once_up_after_rise_reassert_and_retry() {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
-        let mut d = Decider::new(3, Some(Duration::from_millis(1000)));
+        use Probe::{Down, Good};
+        let mut d = Decider::new(3, 2, Some(Duration::from_millis(1000)));
         // Start: healthy once is not enough; down is asserted first.
-        assert_eq!(d.on_probe(true, ms(0)), Some(State::Down));
+        assert_eq!(d.on_probe(Good, ms(0)), Some(State::Down));
         d.ran(State::Down, true, ms(0));
-        assert_eq!(d.on_probe(true, ms(200)), None);
-        assert_eq!(d.on_probe(true, ms(400)), Some(State::Up));
+        assert_eq!(d.on_probe(Good, ms(200)), None);
+        assert_eq!(d.on_probe(Good, ms(400)), Some(State::Up));
         d.ran(State::Up, true, ms(400));
-        assert_eq!(d.on_probe(true, ms(600)), None);
+        assert_eq!(d.on_probe(Good, ms(600)), None);
         // Re-asserted once the interval passed.
-        assert_eq!(d.on_probe(true, ms(1400)), Some(State::Up));
+        assert_eq!(d.on_probe(Good, ms(1400)), Some(State::Up));
         d.ran(State::Up, true, ms(1400));
         // One bad probe: down at once.
-        assert_eq!(d.on_probe(false, ms(1600)), Some(State::Down));
+        assert_eq!(d.on_probe(Down, ms(1600)), Some(State::Down));
         d.ran(State::Down, false, ms(1600));
         // The command failed: retried at the next probe.
-        assert_eq!(d.on_probe(false, ms(1800)), Some(State::Down));
+        assert_eq!(d.on_probe(Down, ms(1800)), Some(State::Down));
         d.ran(State::Down, true, ms(1800));
-        assert_eq!(d.on_probe(false, ms(2000)), None);
+        assert_eq!(d.on_probe(Down, ms(2000)), None);
         // A flap (good, bad) resets the count.
-        assert_eq!(d.on_probe(true, ms(2200)), None);
-        assert_eq!(d.on_probe(true, ms(2400)), None);
-        assert_eq!(d.on_probe(false, ms(2600)), None);
+        assert_eq!(d.on_probe(Good, ms(2200)), None);
+        assert_eq!(d.on_probe(Good, ms(2400)), None);
+        assert_eq!(d.on_probe(Down, ms(2600)), None);
         // 1000 ms since the last command: re-asserted (still down: one good probe).
-        assert_eq!(d.on_probe(true, ms(2800)), Some(State::Down));
+        assert_eq!(d.on_probe(Good, ms(2800)), Some(State::Down));
         d.ran(State::Down, true, ms(2800));
-        assert_eq!(d.on_probe(true, ms(3000)), None);
-        assert_eq!(d.on_probe(true, ms(3200)), Some(State::Up));
+        assert_eq!(d.on_probe(Good, ms(3000)), None);
+        assert_eq!(d.on_probe(Good, ms(3200)), Some(State::Up));
+    }
+
+    #[test]
+    fn silence_withdraws_only_after_fall_in_a_row() {
+        use Probe::{Down, Good, Silent};
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut d = Decider::new(2, 2, None);
+        // At start, silence asserts down like anything that is not good.
+        assert_eq!(d.on_probe(Silent, ms(0)), Some(State::Down));
+        d.ran(State::Down, true, ms(0));
+        // Silence resets the rise count.
+        assert_eq!(d.on_probe(Good, ms(200)), None);
+        assert_eq!(d.on_probe(Silent, ms(400)), None);
+        assert_eq!(d.on_probe(Good, ms(600)), None);
+        assert_eq!(d.on_probe(Good, ms(800)), Some(State::Up));
+        d.ran(State::Up, true, ms(800));
+        // One late answer keeps the member up; a good one clears the suspicion.
+        assert_eq!(d.on_probe(Silent, ms(1000)), None);
+        assert_eq!(d.on_probe(Good, ms(1200)), None);
+        assert_eq!(d.on_probe(Silent, ms(1400)), None);
+        // The second silent probe in a row withdraws.
+        assert_eq!(d.on_probe(Silent, ms(1600)), Some(State::Down));
+        d.ran(State::Down, true, ms(1600));
+        assert_eq!(d.on_probe(Silent, ms(1800)), None);
+        // A definite failure after a good probe still withdraws at once.
+        let mut d = Decider::new(1, 3, None);
+        assert_eq!(d.on_probe(Good, ms(0)), Some(State::Up));
+        d.ran(State::Up, true, ms(0));
+        assert_eq!(d.on_probe(Silent, ms(200)), None);
+        assert_eq!(d.on_probe(Down, ms(400)), Some(State::Down));
+    }
+
+    #[test]
+    fn probe_classifies_refused_and_silent_servers() {
+        // Nothing listens: refused, a definite failure.
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = free.local_addr().unwrap().port();
+        drop(free);
+        let t = Target::parse(&format!("http://127.0.0.1:{port}/healthz")).unwrap();
+        let r = probe(&t, Duration::from_millis(500));
+        assert!(matches!(r, Err(Failure::Down(_))), "{r:?}");
+        // A listener that accepts and never answers: silent.
+        let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = mute.local_addr().unwrap().port();
+        let t = Target::parse(&format!("http://127.0.0.1:{port}/healthz")).unwrap();
+        let r = probe(&t, Duration::from_millis(100));
+        assert!(matches!(r, Err(Failure::Silent(_))), "{r:?}");
+        // One that answers 503: down.
+        let sick = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = sick.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = sick.accept().unwrap();
+            let mut buf = [0u8; 512];
+            let _ = c.read(&mut buf);
+            c.write_all(b"HTTP/1.1 503 Service Unavailable\r\n\r\n")
+                .unwrap();
+        });
+        let t = Target::parse(&format!("http://127.0.0.1:{port}/healthz")).unwrap();
+        let r = probe(&t, Duration::from_secs(5));
+        assert_eq!(r, Err(Failure::Down("status 503".into())));
+        server.join().unwrap();
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //!   other gateway by a fresh handshake (the gap is printed), the other gateway's clients lose
 //!   nothing;
 //! - `/healthz` answering 503 (a worker panics, `SLUICE_FAULT_INJECT`) withdraws the route
-//!   too, within 1 s of the first 503; SIGTERM withdraws it and a restart announces it again.
+//!   too, within 1 s of the first 503; SIGTERM withdraws it and a restart announces it again;
+//!   a hung sluice (SIGSTOP: connections are accepted, nothing answers) is withdrawn after the
+//!   watcher's `fall` silent probes (the time is printed) and announced again after SIGCONT.
 //!
 //! Needs root, `ip`, `sysctl`, `wg`, `wireguard-go`, `bird`/`birdc` (bird2) and python3 with
 //! jinja2 (python3-jinja2). Under `CI=true` a missing prerequisite fails the test; elsewhere it
@@ -268,7 +270,8 @@ fn sigkill_failover(sync: bool) {
             assert_eq!(
                 (r.lost, r.duplicates, r.send_errors),
                 (0, 0, 0),
-                "client {k} of the surviving member: {r:?}"
+                "client {k} of the surviving member: {r:?}\n{}",
+                bed.logs(30)
             );
         }
     }
@@ -298,6 +301,25 @@ fn anycast_unhealthy_or_stopped_member_is_withdrawn() {
     let mut bed = AnycastBed::build(&spec).or_fail("building the anycast bed");
     if let Err(e) = bed.wait_route_members(&[0, 1], Duration::from_secs(20)) {
         panic!("{e}\n{}", bed.logs(30));
+    }
+
+    // SIGSTOP: sluice hangs, /healthz accepts (the kernel completes the connection) but
+    // never answers; after `fall` silent probes in a row the route goes. SIGCONT: back.
+    let pid = bed.members[0].gateway.as_ref().unwrap().pid().unwrap();
+    let t0 = Instant::now();
+    registry::signal(pid, libc::SIGSTOP);
+    let hung =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wait_withdrawn(&bed, 0, t0)));
+    registry::signal(pid, libc::SIGCONT);
+    let took = hung.unwrap_or_else(|_| panic!("not withdrawn while hung\n{}", bed.logs(30)));
+    println!("withdrawn {:.0} ms after SIGSTOP", took.as_secs_f64() * 1e3);
+    let watch_log = bed.members[0].watcher.as_ref().unwrap().log_tail(20);
+    assert!(
+        watch_log.contains("no answer within"),
+        "withdrawn for silence, says the watcher:\n{watch_log}"
+    );
+    if let Err(e) = bed.wait_route_members(&[0, 1], Duration::from_secs(20)) {
+        panic!("announced again after SIGCONT? {e}\n{}", bed.logs(30));
     }
 
     // SIGTERM: sluice stops cleanly, /healthz is gone, the route goes.

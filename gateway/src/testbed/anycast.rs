@@ -49,9 +49,11 @@ pub const SYNC_PORT: u16 = 51821;
 pub const METRICS: &str = "127.0.0.1:9586";
 pub const GATEWAY_AS: u32 = 65010;
 pub const ROUTER_AS: u32 = 65000;
-/// BFD intervals on both sides (ms) and the detection multiplier.
-pub const BFD_INTERVAL_MS: u32 = 100;
-pub const BFD_MULTIPLIER: u32 = 3;
+/// BFD intervals on both sides (ms) and the detection multiplier: 1 s detection. BFD is not
+/// what the tests time (the watcher withdraws a stopped or unhealthy sluice; BIRD stays up);
+/// at 100 ms x 3 it flapped on a busy 2-core CI machine and tore the BGP sessions down.
+pub const BFD_INTERVAL_MS: u32 = 200;
+pub const BFD_MULTIPLIER: u32 = 5;
 /// How often the watcher probes `/healthz` (the template's default).
 pub const WATCH_INTERVAL_MS: u32 = 200;
 /// The first port of the sink's stream sockets (one per client).
@@ -285,8 +287,9 @@ impl Member {
     pub fn healthz(&self) -> Result<std::result::Result<(), String>> {
         let t = crate::hawatch::Target::parse(&format!("http://{METRICS}/healthz"))
             .map_err(|e| err!("{e}"))?;
-        self.ns
-            .enter(|| crate::hawatch::probe(&t, Duration::from_millis(500)))
+        self.ns.enter(|| {
+            crate::hawatch::probe(&t, Duration::from_millis(500)).map_err(|f| f.to_string())
+        })
     }
 }
 
@@ -686,7 +689,11 @@ impl AnycastBed {
         for (i, m) in self.members.iter_mut().enumerate() {
             s.push_str(&format!("member {i} bird:\n{}\n", m.bird.log_tail(lines)));
             if let Some(w) = &m.watcher {
-                s.push_str(&format!("member {i} watcher:\n{}\n", w.log_tail(lines)));
+                // The watcher's own lines (tracing, timestamped), not birdc's chatter.
+                let all = w.log_tail(lines * 20);
+                let own: Vec<&str> = all.lines().filter(|l| l.starts_with("20")).collect();
+                let tail = own[own.len().saturating_sub(lines)..].join("\n");
+                s.push_str(&format!("member {i} watcher:\n{tail}\n"));
             }
             if let Some(g) = m.gateway.as_mut() {
                 s.push_str(&format!("member {i} sluice:\n{}\n", g.log_tail(lines)));

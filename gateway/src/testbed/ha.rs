@@ -240,6 +240,9 @@ pub struct ProbeReport {
     pub gap_start_ms: f64,
     /// The sequence numbers missing inside that gap (sent but never received).
     pub lost_in_gap: u64,
+    /// The first few runs of sequence numbers that never arrived, as inclusive ranges (seq
+    /// times the interval is when each was due to be sent), so that a loss can be placed.
+    pub missing: Vec<(u64, u64)>,
     /// The interval between datagrams, in ms.
     pub interval_ms: f64,
 }
@@ -507,6 +510,9 @@ impl Drop for DataCapture {
     }
 }
 
+/// How many runs of missing sequence numbers a [`ProbeReport`] lists.
+const MISSING_RUNS: usize = 8;
+
 /// The report for `arrivals` (in arrival order) of a stream that sent `sent` datagrams.
 pub fn summarize(arrivals: &[Arrival], sent: u64, interval: Duration) -> ProbeReport {
     let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
@@ -529,6 +535,15 @@ pub fn summarize(arrivals: &[Arrival], sent: u64, interval: Duration) -> ProbeRe
     } else {
         0
     };
+    let mut missing: Vec<(u64, u64)> = Vec::new();
+    for s in (0..sent).filter(|s| !seen.contains_key(s)) {
+        let full = missing.len() >= MISSING_RUNS;
+        match missing.last_mut() {
+            Some((_, hi)) if *hi + 1 == s => *hi = s,
+            _ if full => break,
+            _ => missing.push((s, s)),
+        }
+    }
     ProbeReport {
         sent,
         send_errors: 0,
@@ -539,6 +554,7 @@ pub fn summarize(arrivals: &[Arrival], sent: u64, interval: Duration) -> ProbeRe
         max_gap_ms: max_gap.as_secs_f64() * 1e3,
         gap_start_ms: gap_at.as_secs_f64() * 1e3,
         lost_in_gap,
+        missing,
         interval_ms: interval.as_secs_f64() * 1e3,
     }
 }
@@ -571,6 +587,7 @@ mod tests {
         assert!((r.max_gap_ms - 680.0).abs() < 1e-6, "{r:?}");
         assert!((r.gap_start_ms - 20.0).abs() < 1e-6);
         assert_eq!(r.lost_in_gap, 4); // 3, 4, 5, 6
+        assert_eq!(r.missing, vec![(3, 6), (9, 9)]);
         let none = summarize(&[], 3, Duration::from_millis(1));
         assert_eq!((none.received, none.lost, none.max_gap_ms), (0, 3, 0.0));
     }

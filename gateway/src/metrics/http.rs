@@ -79,7 +79,13 @@ impl MetricsServer {
                 let stream = match self.listener.accept() {
                     Ok((stream, _)) => stream,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    // WouldBlock, or a transient error such as EMFILE: wait and retry.
+                    // Nothing waiting: sleep until a connection arrives (so a health probe is
+                    // answered at once, not at the next tick), at most POLL to notice `stop`.
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        wait_readable(&self.listener, POLL);
+                        continue;
+                    }
+                    // A transient error such as EMFILE: wait and retry.
                     Err(_) => {
                         std::thread::sleep(POLL / 2);
                         continue;
@@ -103,6 +109,22 @@ impl MetricsServer {
                 }
             }
         });
+    }
+}
+
+/// Block until `listener` has a connection to accept, or `timeout` passes.
+fn wait_readable(listener: &TcpListener, timeout: Duration) {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is one valid, initialised pollfd that lives across the call, and nfds is 1;
+    // the fd is the listener's, open for as long as `listener` is borrowed. Any result
+    // (ready, timeout, EINTR) just sends the caller back to `accept`.
+    unsafe {
+        libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int);
     }
 }
 

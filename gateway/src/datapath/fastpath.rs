@@ -319,12 +319,7 @@ impl FastPath {
                     s.mode,
                     &s.frame_report(),
                     s.kernel_drops(),
-                    &[
-                        ("rx_frames", s.stats.rx_frames.load(Ordering::Relaxed)),
-                        ("tx_frames", s.stats.tx_frames.load(Ordering::Relaxed)),
-                        ("rx_fallback", s.stats.rx_fallback.load(Ordering::Relaxed)),
-                        ("tx_fallback", s.stats.tx_fallback.load(Ordering::Relaxed)),
-                    ],
+                    &s.stats.counts(),
                 )
             })
             .collect();
@@ -342,14 +337,7 @@ impl FastPath {
                         s.mode,
                         &s.frame_report(),
                         s.kernel_drops(),
-                        &[
-                            ("rx_frames", s.stats.rx_frames.load(Ordering::Relaxed)),
-                            ("tx_frames", s.stats.tx_frames.load(Ordering::Relaxed)),
-                            ("rx_fallback", s.stats.rx_fallback.load(Ordering::Relaxed)),
-                            ("tx_fallback", s.stats.tx_fallback.load(Ordering::Relaxed)),
-                            ("malformed", s.stats.malformed.load(Ordering::Relaxed)),
-                            ("direct", s.stats.direct.load(Ordering::Relaxed)),
-                        ],
+                        &s.stats.counts(),
                     )
                 })
                 .collect();

@@ -209,6 +209,19 @@ pub struct XskStats {
     pub rx_fallback: AtomicU64,
 }
 
+impl XskStats {
+    /// Every counter by its status-file name.
+    pub fn counts(&self) -> Vec<(&'static str, u64)> {
+        let get = |c: &AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        vec![
+            ("rx_frames", get(&self.rx_frames)),
+            ("tx_frames", get(&self.tx_frames)),
+            ("rx_fallback", get(&self.rx_fallback)),
+            ("tx_fallback", get(&self.tx_fallback)),
+        ]
+    }
+}
+
 /// The rings and UMEM of one AF_XDP socket, with the ledger of where each frame is: shared
 /// by the outer side here and the inner side ([`super::xsk_inner`]).
 pub(super) struct Rings {

@@ -50,6 +50,21 @@ pub struct InnerStats {
     pub direct: AtomicU64,
 }
 
+impl InnerStats {
+    /// Every counter by its status-file name.
+    pub fn counts(&self) -> Vec<(&'static str, u64)> {
+        let get = |c: &AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        vec![
+            ("rx_frames", get(&self.rx_frames)),
+            ("tx_frames", get(&self.tx_frames)),
+            ("rx_fallback", get(&self.rx_fallback)),
+            ("tx_fallback", get(&self.tx_fallback)),
+            ("malformed", get(&self.malformed)),
+            ("direct", get(&self.direct)),
+        ]
+    }
+}
+
 /// One AF_XDP socket on one inner NIC queue.
 #[derive(Debug)]
 pub struct XskInner {

@@ -8,6 +8,9 @@
 //! in place consumes its input), then opens it. ring and RustCrypto go packet by packet, with
 //! the key set up per packet as a worker with many peers would.
 //!
+//! Time is the benchmark thread's CPU time, not the wall clock, so time spent descheduled on a
+//! loaded machine is charged to no one; contenders are interleaved round by round as well.
+//!
 //! Nothing asserts on speed; a run fails only if an open it timed did not verify.
 
 use crate::harness::{self, Timing};
@@ -18,6 +21,7 @@ use serde::Serialize;
 use sluice::crypto::batch::{self, OpenInPlaceJob, Path, SealInPlaceJob, TAG_LEN};
 use std::cell::Cell;
 use std::path::PathBuf;
+use std::time::Duration;
 
 const SIZES: [usize; 7] = [64, 128, 256, 512, 1024, 1420, 8192];
 const SINGLE_SIZES: [usize; 2] = [64, 1420];
@@ -243,6 +247,34 @@ fn label(imp: Impl, path: Path) -> String {
     }
 }
 
+/// The calling thread's CPU time: time the thread was descheduled (other processes' builds on
+/// a shared machine) does not count, which the wall clock would charge to whichever
+/// contender happened to be running.
+fn thread_cpu_time() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// As `harness::batched`, timed in thread CPU time: `work(n)` runs `n` batches, `n` doubling
+/// until one step takes at least 2 ms.
+fn cpu_batched(mut work: impl FnMut(u64) -> u64) -> impl FnMut() -> harness::Sample {
+    let mut n: u64 = 1;
+    move || {
+        let start = thread_cpu_time();
+        let ops = work(n);
+        let elapsed = thread_cpu_time().saturating_sub(start);
+        if elapsed < Duration::from_millis(2) && n < 1 << 32 {
+            n *= 2;
+        }
+        harness::Sample { ops, elapsed }
+    }
+}
+
 /// Measure every contender on one shape, interleaved: each round times every contender in
 /// turn for `timing.seconds`, so load from other processes hits them alike. Each record's
 /// `vs_ring` is the median over rounds of its rate divided by ring's in the same round.
@@ -259,7 +291,7 @@ fn measure_shape(
         .zip(&failed)
         .map(|(&(imp, path), failed)| {
             let mut w = Workload::new(batch, size);
-            let step = harness::batched(move |n| {
+            let step = cpu_batched(move |n| {
                 for _ in 0..n {
                     if !w.run(op, imp, path) {
                         failed.set(true);
@@ -379,8 +411,8 @@ pub fn run(args: &Args) -> Result<(), String> {
         }
     }
     let notes = vec![
-        "GB/s = 1e9 bytes of plaintext per second; one pinned core; in place; opens include \
-         copying the sealed packet into the work buffer (same for all implementations)"
+        "GB/s = 1e9 bytes of plaintext per second of the thread's CPU time; one pinned core; in \
+         place; opens include copying the sealed packet into the work buffer (same for all implementations)"
             .to_string(),
         format!(
             "sluice 'auto' resolves to {} on this CPU",

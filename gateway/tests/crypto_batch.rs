@@ -366,6 +366,13 @@ fn differential_against_ring_batch_shapes() {
                     .collect(),
             ),
             ("over one chunk", (0..150).map(|_| rng.below(300)).collect()),
+            (
+                // Whole 64-byte chunks in every lane but one empty lane per group.
+                "long with empty",
+                (0..32)
+                    .map(|i| if i % 16 == 15 { 0 } else { 1420 })
+                    .collect(),
+            ),
         ];
         for (what, lens) in shapes {
             let pkts: Vec<Packet> = lens.iter().map(|&n| packet(&mut rng, n)).collect();

@@ -170,22 +170,29 @@ fn poly_keys(x: &[__m512i; 16]) -> [PolyHalf; 2] {
         ),
         and(_mm512_srli_epi32::<8>(x[3]), 0x00f_ffff),
     ];
-    let half = |v: __m512i, h: usize| {
-        let words = if h == 0 {
-            _mm512_castsi512_si256(v)
-        } else {
-            _mm512_extracti64x4_epi64::<1>(v)
-        };
-        _mm512_cvtepu32_epi64(words)
-    };
-    [0, 1].map(|h| {
-        let r = r.map(|v| half(v, h));
+    // Explicit loops rather than array `map`s: those copied the 30 registers through memory.
+    let zero = _mm512_setzero_si512();
+    let mut poly = [
         PolyHalf {
-            h: [_mm512_setzero_si512(); 5],
-            r,
-            s: r.map(|v| _mm512_add_epi64(v, _mm512_slli_epi64::<2>(v))),
+            h: [zero; 5],
+            r: [zero; 5],
+            s: [zero; 5],
+        },
+        PolyHalf {
+            h: [zero; 5],
+            r: [zero; 5],
+            s: [zero; 5],
+        },
+    ];
+    for (i, r) in r.into_iter().enumerate() {
+        let lo = _mm512_cvtepu32_epi64(_mm512_castsi512_si256(r));
+        let hi = _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64::<1>(r));
+        for (p, v) in poly.iter_mut().zip([lo, hi]) {
+            p.r[i] = v;
+            p.s[i] = _mm512_add_epi64(v, _mm512_slli_epi64::<2>(v));
         }
-    })
+    }
+    poly
 }
 
 /// XOR each lane's keystream (blocks 1.., RFC 8439 §2.4) into its run: `output = input ^
@@ -288,7 +295,8 @@ unsafe fn mac(
 fn finish(poly: &[PolyHalf; 2], pad: [__m512i; 4]) -> [__m512i; 4] {
     let m26 = _mm512_set1_epi64(MASK26 as i64);
     let m32 = _mm512_set1_epi64(u32::MAX as i64);
-    let halves = [0, 1].map(|half| {
+    let mut halves = [[_mm512_setzero_si512(); 4]; 2];
+    for (half, out) in halves.iter_mut().enumerate() {
         let [mut h0, mut h1, mut h2, mut h3, mut h4] = poly[half].h;
         let carry = |from: &mut __m512i, to: &mut __m512i| {
             *to = _mm512_add_epi64(*to, _mm512_srli_epi64::<26>(*from));
@@ -325,7 +333,6 @@ fn finish(poly: &[PolyHalf; 2], pad: [__m512i; 4]) -> [__m512i; 4] {
         ];
         // + s, with the carries between 32-bit words; the result is taken mod 2^128.
         let mut carry_in = _mm512_setzero_si512();
-        let mut out = [_mm512_setzero_si512(); 4];
         for (k, w) in words.into_iter().enumerate() {
             let s = _mm512_cvtepu32_epi64(if half == 0 {
                 _mm512_castsi512_si256(pad[k])
@@ -336,14 +343,15 @@ fn finish(poly: &[PolyHalf; 2], pad: [__m512i; 4]) -> [__m512i; 4] {
             carry_in = _mm512_srli_epi64::<32>(t);
             out[k] = t;
         }
-        out
-    });
+    }
     // Back to sixteen 32-bit lanes per word: lanes 0..8 from the first half, 8..16 the second.
-    std::array::from_fn(|k| {
+    let mut words = [_mm512_setzero_si512(); 4];
+    for (k, w) in words.iter_mut().enumerate() {
         let lo = _mm512_cvtepi64_epi32(halves[0][k]);
         let hi = _mm512_cvtepi64_epi32(halves[1][k]);
-        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
-    })
+        *w = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+    }
+    words
 }
 
 #[inline]

@@ -2,27 +2,32 @@
 //!
 //! - **Sync thread**: one UDP socket on this member's sync address. Every [`SYNC_INTERVAL`]
 //!   (and at once after a handshake) it scans the peers' keypairs against what it last told
-//!   the group and sends new sessions, moved counters and dropped sessions, sealed by
+//!   the group and sends new sessions, moved counters (and every session's counters again
+//!   every [`crate::proto::hasync::MARKS_REFRESH`]) and dropped sessions, sealed by
 //!   [`crate::proto::hasync`]; an empty datagram is the heartbeat. A member heard with a new
 //!   epoch gets every session again. Received records fill the held-session store.
 //! - **Takeover**: lazily, when transport data authenticates under a held session (a worker
-//!   finds its receiver index unknown, then held), and for every held session on becoming
-//!   VRRP master. The keypair goes in under its original index with its counter region, the
-//!   peer's endpoint follows, and a handshake starts at once.
+//!   finds its receiver index unknown, then held) or an inner packet is for a peer with no
+//!   session of ours but a held one (while serving), and for every held session on becoming
+//!   VRRP master. The keypair goes in under its original index with its counter region and the
+//!   peer's endpoint follows: no DH, so 10,000 takeovers cost milliseconds. The fresh
+//!   handshake is queued at once in the [`InitiationPacer`]; the handshake threads build and
+//!   send the queued initiations at [`TAKEOVER_INITIATIONS_PER_MS`] (pausing while their
+//!   queue fills), so a mass takeover neither blocks a worker nor puts anyone under load.
 //! - **Role**: `vrrp` starts as backup and follows `ha-role` on the control socket (keepalived's
 //!   notify hooks); `anycast` is always active.
 
-use super::io::send_transmits;
 use super::shared::{lock, Shared};
-use super::udp::{UdpSocket as DataSocket, VipGate};
+use super::udp::VipGate;
 use super::worker::WorkerStats;
 use crate::config::ha::{HaConfig, HaMode};
 use crate::crypto;
 use crate::proto::effects::{Context, Outbox};
 use crate::proto::endpoint::Endpoint;
 use crate::proto::hasync::{
-    acks_for, node_of_index, Announcements, GroupKey, HeldStore, MarksRecord, Record,
-    SessionRecord, SyncReceiver, SyncSender, MAX_DATAGRAM, SYNC_INTERVAL,
+    acks_for, marks_due, node_of_index, Announcements, GroupKey, HeldStore, InitiationPacer,
+    MarksDue, MarksRecord, Record, SessionRecord, SyncReceiver, SyncSender, MAX_DATAGRAM,
+    SYNC_INTERVAL, TAKEOVER_INITIATIONS_PER_MS,
 };
 use crate::proto::messages::transport::PAYLOAD_START;
 use crate::proto::peer::PeerId;
@@ -102,8 +107,8 @@ pub struct Ha {
     pub rx_taken_over: AtomicU64,
     members: Mutex<Vec<MemberView>>,
     epoch: u64,
-    /// Where the gateway's own transmits (takeover handshakes) go out.
-    outer: OnceLock<Arc<DataSocket>>,
+    /// The fresh handshakes takeovers queued, which the handshake threads send paced.
+    pacer: Mutex<InitiationPacer>,
     /// The outer sockets' [`VipGate`]: closed (VIP datagrams dropped, `vip_not_master`) while a
     /// VRRP member is not master.
     pub gate: Arc<VipGate>,
@@ -140,16 +145,12 @@ impl Ha {
             rx_taken_over: AtomicU64::new(0),
             members: Mutex::new(vec![MemberView::default(); cfg.members.len()]),
             epoch,
-            outer: OnceLock::new(),
+            pacer: Mutex::new(InitiationPacer::new(TAKEOVER_INITIATIONS_PER_MS)),
             gate: Arc::new(VipGate::new(&cfg.vips, cfg.mode == HaMode::Vrrp)),
             on_role: OnceLock::new(),
             stats: Arc::new(WorkerStats::default()),
             cfg: cfg.clone(),
         }
-    }
-
-    pub fn set_outer(&self, s: Arc<DataSocket>) {
-        let _ = self.outer.set(s);
     }
 
     pub fn set_on_role(&self, f: Box<dyn Fn() + Send + Sync>) {
@@ -189,13 +190,20 @@ impl Ha {
             f();
         }
         if role == Role::Master && old != Role::Master && self.cfg.sync {
+            let started = std::time::Instant::now();
             let n = self.take_over_all(shared);
-            tracing::info!(sessions = n, "ha master: took over held sessions");
+            tracing::info!(
+                sessions = n,
+                ms = started.elapsed().as_millis() as u64,
+                "ha master: took over held sessions"
+            );
         }
         Ok(())
     }
 
-    /// Take over every held session whose peer has no newer session of our own.
+    /// Take over every held session whose peer has no newer session of our own. Cheap per
+    /// session (keys copied, the keypair installed, no DH): the fresh handshakes go to the
+    /// pacer, oldest session first, and the handshake threads send them.
     fn take_over_all(&self, shared: &Shared) -> usize {
         let table = shared.table();
         let mut rng = OsRng;
@@ -205,7 +213,7 @@ impl Ha {
             rng: &mut rng,
         };
         let mut out = Outbox::default();
-        let candidates: Vec<(u32, [u8; 32], Time)> = {
+        let mut candidates: Vec<(u32, [u8; 32], Time)> = {
             let held = lock(&self.held);
             held.indices()
                 .into_iter()
@@ -215,6 +223,7 @@ impl Ha {
                 })
                 .collect()
         };
+        candidates.sort_by_key(|&(_, _, created)| created);
         let mut n = 0;
         for (index, peer, created) in candidates {
             if shared.index.get(index).is_some() {
@@ -239,9 +248,8 @@ impl Ha {
                 n += 1;
             }
         }
-        if let Some(o) = self.outer.get() {
-            send_transmits(&**o, &mut out.transmits);
-        }
+        // A takeover queues nothing in the outbox: its handshake goes through the pacer.
+        debug_assert!(out.transmits.is_empty());
         n
     }
 
@@ -263,19 +271,11 @@ impl Ha {
         // address the client reached the old owner at, which is the VIP now ours.
         let endpoint = src.or(t.endpoint);
         let (from, region, peer) = (t.from_node, t.region, t.peer);
-        let queued = out.transmits.len();
         shared.with_peer(table, id, cx, out, |p, env| {
             p.take_over(env, t.keypair, t.confirmed, endpoint)
         })?;
-        if super::fault::drops_takeover_initiation() {
-            // Tests only: the fresh handshake waits for its retransmit (REKEY_TIMEOUT), so
-            // this member sends under the taken-over session meanwhile.
-            let mut i = 0;
-            out.transmits.retain(|t| {
-                i += 1;
-                i <= queued || t.data.first() != Some(&crate::proto::messages::TYPE_INITIATION)
-            });
-        }
+        // The fresh handshake, queued now and sent at the pacer's rate by a handshake thread.
+        lock(&self.pacer).push(id, index);
         self.takeovers.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             peer = %crate::keys::encode_key(&peer),
@@ -309,6 +309,79 @@ impl Ha {
         let mut copy = datagram.get(PAYLOAD_START..)?.to_vec();
         crypto::open_in_place(&opening.key, opening.counter, &[], &mut copy).ok()?;
         self.take_over(shared, table, cx, out, receiver, Some(src))
+    }
+
+    /// Whether an inner packet for a peer without a session of ours should take over a session
+    /// held for it: with sync, while this member serves (anycast, or VRRP master).
+    #[inline]
+    pub fn takes_over_outbound(&self) -> bool {
+        self.cfg.sync
+            && match self.cfg.mode {
+                HaMode::Anycast => true,
+                HaMode::Vrrp => self.role() == Role::Master,
+            }
+    }
+
+    /// A worker has an inner packet for peer `id` (public key `key`), which has no usable
+    /// session of ours: take over the newest session held for it, if any. True if one was.
+    pub fn outbound_takeover(
+        &self,
+        shared: &Shared,
+        table: &super::peers::PeerTable,
+        cx: &mut Context,
+        out: &mut Outbox,
+        key: &[u8; 32],
+    ) -> bool {
+        let Some(index) = lock(&self.held).newest_for_peer(cx.now, key) else {
+            return false;
+        };
+        if shared.index.get(index).is_some() {
+            return false;
+        }
+        self.take_over(shared, table, cx, out, index, None)
+            .is_some()
+    }
+
+    /// Takeover initiations waiting for their turn.
+    pub fn initiations_queued(&self) -> usize {
+        lock(&self.pacer).len()
+    }
+
+    /// How long until the next takeover initiation is due (`None`: none waits).
+    pub fn paced_wait(&self, now: Time) -> Option<Duration> {
+        lock(&self.pacer).wait(now)
+    }
+
+    /// Build the takeover initiations due now, at most `max`, into `out` (a handshake thread
+    /// sends them). Returns how many were built.
+    pub fn send_paced(
+        &self,
+        shared: &Shared,
+        cx: &mut Context,
+        out: &mut Outbox,
+        max: usize,
+    ) -> usize {
+        let due = lock(&self.pacer).take(cx.now, max);
+        if due.is_empty() {
+            return 0;
+        }
+        let table = shared.table();
+        let mut n = 0;
+        for (id, index) in due {
+            let queued = out.transmits.len();
+            let sent = shared
+                .with_peer(&table, id, cx, out, |p, env| {
+                    p.initiate_after_takeover(env, index)
+                })
+                .unwrap_or(false);
+            if sent && super::fault::drops_takeover_initiation() {
+                // Tests only: the fresh handshake waits for its retransmit (REKEY_TIMEOUT), so
+                // this member sends under the taken-over session meanwhile.
+                out.transmits.truncate(queued);
+            }
+            n += usize::from(sent);
+        }
+        n
     }
 
     /// Count a transport message accepted under `receiver` (taken over if not ours).
@@ -360,6 +433,7 @@ impl Ha {
             "sessions_held": held.held_for_others(),
             "sessions_known": held.len(),
             "takeovers": self.takeovers.load(Ordering::Relaxed),
+            "initiations_queued": self.initiations_queued(),
             "rx_taken_over": self.rx_taken_over.load(Ordering::Relaxed),
             "sync_sent": self.sync_sent.load(Ordering::Relaxed),
             "sync_received": self.sync_received.load(Ordering::Relaxed),
@@ -417,13 +491,9 @@ impl Ha {
     }
 }
 
-/// What the sync thread last told the group about one of our sessions.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Told {
-    send: u64,
-    mark: u64,
-    region: u32,
-}
+/// What the sync thread last told the group about one of our sessions (send counter, receive
+/// mark, region), and when.
+type Told = ((u64, u64, u32), Time);
 
 /// The sync thread.
 pub struct SyncThread {
@@ -652,11 +722,11 @@ fn scan(
             }
             let index = kp.local_index;
             seen.insert(index);
-            let t = Told {
-                send: kp.send_counter(),
-                mark: kp.receive_counter(),
-                region: crate::proto::hasync::region_of(kp.send_counter()),
-            };
+            let t = (
+                kp.send_counter(),
+                kp.receive_counter(),
+                crate::proto::hasync::region_of(kp.send_counter()),
+            );
             let record = || {
                 Record::Session(SessionRecord::of(
                     p.public_key(),
@@ -666,17 +736,20 @@ fn scan(
                     p.sticky_endpoint(),
                 ))
             };
-            match told.get(&index) {
-                None => out.changes.push(record()),
-                Some(old) if *old != t => out.changes.push(Record::Marks(MarksRecord {
+            let due = marks_due(told.get(&index).copied(), t, now);
+            match due {
+                MarksDue::Session => out.changes.push(record()),
+                MarksDue::Marks => out.changes.push(Record::Marks(MarksRecord {
                     local_index: index,
-                    send_counter: t.send,
-                    receive_mark: t.mark,
-                    region: t.region,
+                    send_counter: t.0,
+                    receive_mark: t.1,
+                    region: t.2,
                 })),
-                Some(_) => {}
+                MarksDue::Nothing => {}
             }
-            told.insert(index, t);
+            if due != MarksDue::Nothing {
+                told.insert(index, (t, now));
+            }
             if full {
                 out.all.push(record());
             }

@@ -1,10 +1,11 @@
 //! Handshake threads: the slow path. Workers hand them handshake messages (mac1 already
 //! checked) through a bounded queue; they run the cookie layer (mac2 and the per-source rate
-//! limit under load), the Noise handshake under the peer's lock, and send the replies.
+//! limit under load), the Noise handshake under the peer's lock, and send the replies. With HA
+//! they also send the fresh handshakes of taken-over sessions, paced (see `super::ha`).
 
 use super::io::{send_transmits, Outer};
 use super::shared::{lock, Shared};
-use super::worker::{log_event, HandshakeJob, WorkerStats};
+use super::worker::{log_event, HandshakeJob, WorkerStats, UNDER_LOAD_DEPTH_DIVISOR};
 use crate::proto::cookie::CookieError;
 use crate::proto::effects::{Context, Outbox, Transmit};
 use crate::proto::endpoint::Endpoint;
@@ -15,6 +16,11 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Longest wait for a job, so the thread notices a stop request.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// Takeover initiations one round builds at most (each costs two DH).
+const PACED_PER_ROUND: usize = 8;
 
 #[derive(Debug)]
 pub struct HandshakeThread<O> {
@@ -36,15 +42,46 @@ impl<O: Outer> HandshakeThread<O> {
             self.stats
                 .heartbeat
                 .store(self.shared.clock.now().as_nanos(), Ordering::Relaxed);
-            let mut job = match self.jobs.recv_timeout(Duration::from_millis(100)) {
-                Ok(job) => job,
-                Err(RecvTimeoutError::Timeout) => continue,
+            // HA: takeover initiations waiting for their turn shorten the wait for a job.
+            let ha = self.shared.ha.get();
+            let wait = ha
+                .and_then(|h| h.paced_wait(self.shared.clock.now()))
+                .map_or(IDLE_WAIT, |w| {
+                    w.clamp(Duration::from_micros(100), IDLE_WAIT)
+                });
+            let job = match self.jobs.recv_timeout(wait) {
+                Ok(job) => Some(job),
+                Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             let mut cx = Context {
                 now: self.shared.clock.now(),
                 wall: self.shared.clock.wall(),
                 rng: &mut rng,
+            };
+            if let Some(ha) = ha {
+                // Answers first: paced initiations wait while the queue fills (their own
+                // responses would put us under load) and while we are under load.
+                let depth = self.jobs.len();
+                let calm = self
+                    .jobs
+                    .capacity()
+                    .is_none_or(|c| depth < c / UNDER_LOAD_DEPTH_DIVISOR / 2)
+                    && !self.shared.is_under_load(cx.now);
+                if calm {
+                    // With answers waiting, one initiation per answer handled.
+                    let max = if job.is_none() && depth == 0 {
+                        PACED_PER_ROUND
+                    } else {
+                        1
+                    };
+                    ha.send_paced(&self.shared, &mut cx, &mut out, max);
+                }
+            }
+            let Some(mut job) = job else {
+                sent += send_transmits(&*self.udp, &mut out.transmits) as u64;
+                self.stats.publish(&drops, handled, sent);
+                continue;
             };
             match handle(&self.shared, &mut cx, &mut out, job.src, &mut job.data) {
                 Ok(()) => {

@@ -298,7 +298,6 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
         Some(h) => {
             let ha = Arc::new(ha::Ha::new(h, shared.clock.now(), ha::epoch_now()));
             shared.index.set_partition(h.node, ha.held.clone());
-            ha.set_outer(sockets[0].clone());
             if h.mode == crate::config::ha::HaMode::Vrrp && !h.vips.is_empty() {
                 for s in &sockets {
                     s.set_vip_gate(ha.gate.clone()).map_err(|e| {
@@ -426,6 +425,20 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
                 if let Some(ha) = weak.upgrade() {
                     f.refresh_addrs_hiding(ha.hidden_vips());
                 }
+                // keepalived may add or remove the VIPs just after its notify hook ran: look
+                // again shortly rather than at the main loop's next tick (1 s).
+                let (f, weak) = (f.clone(), weak.clone());
+                let _ = std::thread::Builder::new()
+                    .name("sluice-vip-map".into())
+                    .spawn(move || {
+                        for ms in [20, 50, 100, 200, 400] {
+                            std::thread::sleep(Duration::from_millis(ms));
+                            match weak.upgrade() {
+                                Some(ha) => f.refresh_addrs_hiding(ha.hidden_vips()),
+                                None => return,
+                            }
+                        }
+                    });
             }));
         }
         let (ctl_shared, ctl_stop) = (shared.clone(), stop.clone());

@@ -37,6 +37,10 @@ use zeroize::Zeroizing;
 /// Longest a worker sleeps in `poll`, so it notices stop requests and deadlines other threads
 /// file for its peers without a dedicated wake-up channel.
 const MAX_SLEEP: Duration = Duration::from_millis(50);
+/// A loop round (batches, timers, sends) longer than this is logged with what took the time.
+const SLOW_LOOP: Duration = Duration::from_millis(250);
+/// Longest a loop round runs due timers; the rest run in the next rounds.
+const TIMER_BUDGET: Duration = Duration::from_millis(20);
 /// Batches taken from one side before looking at the other, so neither starves.
 const ROUNDS_PER_WAKE: usize = 8;
 /// Handshake queue depth (per gateway) beyond which handshakes count as under load.
@@ -219,6 +223,8 @@ impl<O: Outer, I: Inner> Worker<O, I> {
                     sleep.as_millis() as libc::c_int,
                 )
             };
+            let woke = std::time::Instant::now();
+            let takeovers = self.takeovers();
             for _ in 0..ROUNDS_PER_WAKE {
                 let a = self.outer_batch(&mut l);
                 let b = self.inner_batch(&mut l);
@@ -226,8 +232,26 @@ impl<O: Outer, I: Inner> Worker<O, I> {
                     break;
                 }
             }
-            self.run_timers(&mut l);
+            let io = woke.elapsed();
+            let fired = self.run_timers(&mut l);
+            let timers = woke.elapsed() - io;
+            let transmits = l.out.transmits.len();
             self.flush_outbox(&mut l);
+            let busy = woke.elapsed();
+            if busy > SLOW_LOOP {
+                // What held the loop up (heartbeat and /healthz only move once per loop).
+                tracing::warn!(
+                    worker = self.id,
+                    busy_ms = busy.as_millis() as u64,
+                    io_ms = io.as_millis() as u64,
+                    timers_ms = timers.as_millis() as u64,
+                    timers_fired = fired,
+                    flush_ms = (busy - io - timers).as_millis() as u64,
+                    transmits,
+                    takeovers = self.takeovers() - takeovers,
+                    "worker loop slow"
+                );
+            }
             // Handshake threads send on this socket too: whoever found a source gone, the
             // peers that had it forget it here.
             let gone = self.udp.take_vanished_sources();
@@ -451,18 +475,32 @@ impl<O: Outer, I: Inner> Worker<O, I> {
         read
     }
 
-    fn run_timers(&self, l: &mut Local) {
+    /// Sessions this gateway took over so far (HA), for the slow-loop report.
+    fn takeovers(&self) -> u64 {
+        self.shared
+            .ha
+            .get()
+            .map_or(0, |h| h.takeovers.load(Ordering::Relaxed))
+    }
+
+    /// Run the due timers; returns how many filed deadlines fired.
+    fn run_timers(&self, l: &mut Local) -> usize {
         l.heap.extend(
             lock(&self.shared.timer_inbox[self.id])
                 .drain(..)
                 .map(Reverse),
         );
         let now = self.shared.clock.now();
+        let started = std::time::Instant::now();
+        let mut fired = 0;
         while let Some(&Reverse((at, id))) = l.heap.peek() {
-            if at > now {
+            // Thousands of timers due at once (retransmits cost two DH each) are spread over
+            // loop rounds, so the data path and the heartbeat keep moving.
+            if at > now || (fired % 64 == 63 && started.elapsed() > TIMER_BUDGET) {
                 break;
             }
             l.heap.pop();
+            fired += 1;
             let mut cx = self.context(&mut l.rng);
             let table = self.shared.table();
             self.shared
@@ -471,6 +509,7 @@ impl<O: Outer, I: Inner> Worker<O, I> {
                     peer.handle_timers(env);
                 });
         }
+        fired
     }
 
     fn flush_outbox(&self, l: &mut Local) {
@@ -679,9 +718,27 @@ fn route_and_encrypt(
             DropReason::NoRoute
         }
     })?;
-    match shared.with_peer(table, id, cx, out, |peer, env| {
-        peer.send_with(env, packet, buf, seal)
+    // HA: a peer with no session of ours may have one the group holds for it; take that over
+    // (no DH, its fresh handshake is paced) rather than stage the packet behind a handshake.
+    let ha = shared.ha.get().filter(|h| h.takes_over_outbound());
+    let sent = match shared.with_peer(table, id, cx, out, |peer, env| {
+        if ha.is_some() && !peer.has_usable_session(env.cx.now) {
+            return Err(*peer.public_key());
+        }
+        Ok(peer.send_with(env, packet, buf, &mut *seal))
     }) {
+        Some(Ok(sent)) => Some(sent),
+        Some(Err(key)) => {
+            if let Some(ha) = ha {
+                ha.outbound_takeover(shared, table, cx, out, &key);
+            }
+            shared.with_peer(table, id, cx, out, |peer, env| {
+                peer.send_with(env, packet, buf, seal)
+            })
+        }
+        None => None,
+    };
+    match sent {
         Some(Ok(Sent::Transmit { dst, src, len, .. })) => Ok(Some((dst, src, len))),
         Some(Ok(Sent::Staged { .. })) => Ok(None),
         Some(Err(e)) => Err(e),

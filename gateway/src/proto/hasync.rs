@@ -28,7 +28,7 @@
 //! | record | tag | bytes | sent |
 //! |---|---|---|---|
 //! | SessionNew | 1 | [`SESSION_RECORD_LEN`] | when a session is derived (or taken over); again until acked |
-//! | Marks | 2 | [`MARKS_RECORD_LEN`] | every [`SYNC_INTERVAL`] for sessions whose counters moved |
+//! | Marks | 2 | [`MARKS_RECORD_LEN`] | every [`SYNC_INTERVAL`] for sessions whose counters moved, and every [`MARKS_REFRESH`] for every session ([`marks_due`]) |
 //! | Gone | 3 | [`GONE_RECORD_LEN`] | when a session is dropped or replaced |
 //! | Ack | 4 | [`ACK_RECORD_LEN`] | by a receiver, for every SessionNew it accepted (version 2) |
 //!
@@ -113,6 +113,10 @@ pub const MAX_MEMBERS: usize = 1 << (32 - INDEX_NODE_SHIFT);
 
 /// Marks of sessions whose counters moved are sent this often.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
+/// Every session's marks go again at least this often, moved or not: a lost Marks datagram
+/// for a session that then went idle leaves a member's mark stale for at most this long
+/// (unless every re-send is lost too).
+pub const MARKS_REFRESH: Duration = Duration::from_secs(1);
 /// An announcement (SessionNew) not acked by a member this long after it was sent goes again.
 pub const RESEND_AFTER: Duration = Duration::from_millis(250);
 /// Each announcement goes to a member at most this many times (about 2.5 s of resends).
@@ -120,6 +124,32 @@ pub const MAX_ANNOUNCE_SENDS: u8 = 10;
 /// A member takes over only sessions created at least this long after it started: a previous
 /// incarnation of it may have used its regions of older sessions, and it does not remember.
 pub const START_MARGIN: Duration = Duration::from_secs(1);
+
+/// What the sync thread tells the group about one of our sessions at a scan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MarksDue {
+    /// Never told: a SessionNew.
+    Session,
+    /// Its counters moved since they were last sent, or they were sent [`MARKS_REFRESH`] ago.
+    Marks,
+    Nothing,
+}
+
+/// Whether a session's counters `now_told` (send counter, receive mark, region) are due to be
+/// sent, given what was last sent and when (`None`: never).
+pub fn marks_due(
+    last: Option<((u64, u64, u32), Time)>,
+    now_told: (u64, u64, u32),
+    now: Time,
+) -> MarksDue {
+    match last {
+        None => MarksDue::Session,
+        Some((told, at)) if told != now_told || now.has_elapsed(at, MARKS_REFRESH) => {
+            MarksDue::Marks
+        }
+        Some(_) => MarksDue::Nothing,
+    }
+}
 
 /// The member whose index prefix `index` carries.
 pub fn node_of_index(index: u32) -> u8 {
@@ -846,6 +876,9 @@ pub struct HeldStore {
     n: u8,
     started: Time,
     sessions: HashMap<u32, HeldSession>,
+    /// The indices held for each peer (a peer's current, previous and next sessions), so the
+    /// data path finds a peer's session to take over without a walk over the store.
+    by_peer: HashMap<[u8; KEY_LEN], Vec<u32>>,
 }
 
 impl HeldStore {
@@ -856,7 +889,43 @@ impl HeldStore {
             n,
             started,
             sessions: HashMap::new(),
+            by_peer: HashMap::new(),
         }
+    }
+
+    fn link(&mut self, peer: [u8; KEY_LEN], index: u32) {
+        let v = self.by_peer.entry(peer).or_default();
+        if !v.contains(&index) {
+            v.push(index);
+        }
+    }
+
+    fn unlink(&mut self, peer: &[u8; KEY_LEN], index: u32) {
+        if let Some(v) = self.by_peer.get_mut(peer) {
+            v.retain(|&i| i != index);
+            if v.is_empty() {
+                self.by_peer.remove(peer);
+            }
+        }
+    }
+
+    /// The index of the newest session held for `peer` that may be taken over now (not taken
+    /// yet, not expired, derived after we started; see [`HeldStore::take_over`]).
+    pub fn newest_for_peer(&self, now: Time, peer: &[u8; KEY_LEN]) -> Option<u32> {
+        self.by_peer
+            .get(peer)?
+            .iter()
+            .filter_map(|&i| Some((i, self.sessions.get(&i)?)))
+            .filter(|(_, s)| s.taken.is_none() && self.may_take(now, s))
+            .max_by_key(|(_, s)| s.created)
+            .map(|(i, _)| i)
+    }
+
+    /// Whether a held session is young enough to take over, and derived late enough that no
+    /// earlier incarnation of ours can have used one of its regions.
+    fn may_take(&self, now: Time, s: &HeldSession) -> bool {
+        s.created.as_nanos() >= (self.started + START_MARGIN).as_nanos()
+            && !now.has_elapsed(s.created, REJECT_AFTER_TIME)
     }
 
     pub fn len(&self) -> usize {
@@ -893,6 +962,7 @@ impl HeldStore {
                     now.as_nanos()
                         .saturating_sub(u64::from(s.age_ms) * 1_000_000),
                 );
+                self.link(s.peer, s.local_index);
                 let e = self
                     .sessions
                     .entry(s.local_index)
@@ -912,6 +982,7 @@ impl HeldStore {
                     });
                 if e.peer != s.peer || e.remote_index != s.remote_index {
                     // An index reused for a new session: the old one is gone.
+                    let old_peer = e.peer;
                     *e = HeldSession {
                         from_node: from,
                         peer: s.peer,
@@ -926,6 +997,9 @@ impl HeldStore {
                         highest_region: s.region,
                         taken: None,
                     };
+                    if old_peer != s.peer {
+                        self.unlink(&old_peer, s.local_index);
+                    }
                     return;
                 }
                 e.from_node = from;
@@ -948,7 +1022,9 @@ impl HeldStore {
             Record::Gone(i) => {
                 // Keep what we took over: ours now, and its regions must be remembered.
                 if self.sessions.get(&i).is_some_and(|s| s.taken.is_none()) {
-                    self.sessions.remove(&i);
+                    if let Some(s) = self.sessions.remove(&i) {
+                        self.unlink(&s.peer, i);
+                    }
                 }
             }
         }
@@ -958,18 +1034,19 @@ impl HeldStore {
     pub fn expire(&mut self, now: Time) {
         self.sessions
             .retain(|_, s| !now.has_elapsed(s.created, REJECT_AFTER_TIME));
+        let sessions = &self.sessions;
+        self.by_peer.retain(|_, v| {
+            v.retain(|i| sessions.contains_key(i));
+            !v.is_empty()
+        });
     }
 
     /// Build the keypair to take `local_index` over, and record the region it will use. `None`
     /// if not held, expired, too old to be sure of our regions, or out of regions.
     pub fn take_over(&mut self, now: Time, local_index: u32) -> Option<Takeover> {
         let (me, n) = (self.me, self.n);
-        let margin_ok = |s: &HeldSession| {
-            s.created.as_nanos() >= (self.started + START_MARGIN).as_nanos()
-                && !now.has_elapsed(s.created, REJECT_AFTER_TIME)
-        };
         let s = self.sessions.get(&local_index)?;
-        if !margin_ok(s) {
+        if !self.may_take(now, s) {
             return None;
         }
         let s = self.sessions.get_mut(&local_index)?;
@@ -1018,9 +1095,13 @@ impl HeldStore {
 }
 
 impl super::peer::Peer {
-    /// Take a session over from another gateway (HA): install its keypair, follow the peer to
-    /// `endpoint`, and start a fresh handshake at once so the session taken over is replaced
-    /// soon. The caller has registered the keypair's local index for this peer.
+    /// Take a session over from another gateway (HA): install its keypair and follow the peer
+    /// to `endpoint`. The caller has registered the keypair's local index for this peer, and
+    /// queues the fresh handshake that replaces the session (an [`InitiationPacer`] turn, then
+    /// [`Peer::initiate_after_takeover`]): building an initiation costs two DH, which a
+    /// takeover of thousands of sessions must not spend all at once.
+    ///
+    /// [`Peer::initiate_after_takeover`]: super::peer::Peer::initiate_after_takeover
     pub fn take_over(
         &mut self,
         env: &mut super::effects::Env,
@@ -1040,7 +1121,105 @@ impl super::peer::Peer {
         if let Some(e) = endpoint {
             self.set_endpoint(e);
         }
+    }
+
+    /// The fresh handshake a takeover of the session `index` queued, now that its turn came:
+    /// started if that session is still the current one (no newer session replaced it
+    /// meanwhile) and the timers allow an initiation. True if one was queued in the outbox.
+    pub fn initiate_after_takeover(&mut self, env: &mut super::effects::Env, index: u32) -> bool {
+        if self.keypairs.current().map(|k| k.local_index) != Some(index) {
+            return false;
+        }
+        let before = env.out.transmits.len();
         self.send_initiation(env, false);
+        env.out.transmits.len() > before
+    }
+
+    /// Whether [`Peer::send`] would encrypt now rather than stage and start a handshake.
+    ///
+    /// [`Peer::send`]: super::peer::Peer::send
+    pub fn has_usable_session(&self, now: Time) -> bool {
+        self.keypairs
+            .current()
+            .is_some_and(|k| !k.is_expired(now) && k.send_counter() < REJECT_AFTER_MESSAGES)
+    }
+}
+
+/// The handshake initiations takeovers queue, sent at a bounded rate (GCRA): a burst of
+/// [`PACER_BURST`], then one every `1 ms / per_ms`. A takeover of 10,000 sessions queues
+/// 10,000 initiations at once; sending them paced spreads their cost (two DH each to build,
+/// more for the responses) and keeps the responses from filling the handshake queue, which
+/// would put this gateway under load and make it answer with cookie replies. One entry per
+/// peer: a peer taken over twice keeps its place with the newer session's index.
+#[derive(Debug)]
+pub struct InitiationPacer {
+    order: std::collections::VecDeque<super::peer::PeerId>,
+    index: HashMap<super::peer::PeerId, u32>,
+    interval_ns: u64,
+    /// The theoretical arrival time of the next send (GCRA).
+    tat: u64,
+}
+
+/// Initiations the pacer lets go at once after a quiet time.
+pub const PACER_BURST: u64 = 16;
+/// Takeover initiations sent per millisecond, at most.
+pub const TAKEOVER_INITIATIONS_PER_MS: u64 = 2;
+
+impl InitiationPacer {
+    pub fn new(per_ms: u64) -> InitiationPacer {
+        InitiationPacer {
+            order: std::collections::VecDeque::new(),
+            index: HashMap::new(),
+            interval_ns: 1_000_000 / per_ms.max(1),
+            tat: 0,
+        }
+    }
+
+    /// Queue `peer`'s initiation for the session taken over under `index`.
+    pub fn push(&mut self, peer: super::peer::PeerId, index: u32) {
+        if self.index.insert(peer, index).is_none() {
+            self.order.push_back(peer);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// The initiations whose turn has come at `now`, at most `max`, oldest first.
+    pub fn take(&mut self, now: Time, max: usize) -> Vec<(super::peer::PeerId, u32)> {
+        let now = now.as_nanos();
+        let mut t = self
+            .tat
+            .max(now.saturating_sub(PACER_BURST * self.interval_ns));
+        let mut out = Vec::new();
+        while out.len() < max && t <= now {
+            let Some(peer) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(index) = self.index.remove(&peer) {
+                out.push((peer, index));
+                t += self.interval_ns;
+            }
+        }
+        self.tat = t;
+        out
+    }
+
+    /// How long until the next queued initiation's turn (zero: now); `None` if none waits.
+    pub fn wait(&self, now: Time) -> Option<Duration> {
+        if self.order.is_empty() {
+            return None;
+        }
+        let now = now.as_nanos();
+        let next = self
+            .tat
+            .max(now.saturating_sub(PACER_BURST * self.interval_ns));
+        Some(Duration::from_nanos(next.saturating_sub(now)))
     }
 }
 
@@ -1488,6 +1667,118 @@ mod tests {
         ann.sent(t0 + RESEND_AFTER * 2, 9, 0b001);
         ann.on_records(2, &[Record::Ack(9)]);
         assert_eq!(ann.due(t0 + RESEND_AFTER * 3), vec![(9, 0b001)]);
+    }
+
+    #[test]
+    fn the_pacer_lets_a_burst_go_then_one_per_interval_one_entry_per_peer() {
+        let mut p = InitiationPacer::new(2); // one every 500 µs
+        let t0 = Time::from_nanos(10_000_000_000);
+        assert_eq!(p.wait(t0), None);
+        for peer in 0..100u32 {
+            p.push(peer, 1000 + peer);
+        }
+        // Taken over again (a newer session): same place, the newer index.
+        p.push(3, 5003);
+        assert_eq!(p.len(), 100);
+        assert_eq!(p.wait(t0), Some(Duration::ZERO));
+        let first = p.take(t0, 1000);
+        assert_eq!(
+            first.len() as u64,
+            PACER_BURST + 1,
+            "the burst, and no more"
+        );
+        assert_eq!(first[0], (0, 1000));
+        assert_eq!(first[3], (3, 5003));
+        // Nothing more until an interval has passed; `max` caps a round.
+        assert!(p.take(t0, 1000).is_empty());
+        assert_eq!(p.wait(t0), Some(Duration::from_micros(500)));
+        let t1 = t0 + Duration::from_millis(5);
+        assert_eq!(p.take(t1, 1000).len(), 10);
+        let t2 = t1 + Duration::from_millis(5);
+        assert_eq!(p.take(t2, 4).len(), 4);
+        // Over a long time the rate holds: 2 per ms, in queue order, each peer once.
+        let mut all: Vec<u32> = first.iter().map(|&(peer, _)| peer).collect();
+        let mut t = t2;
+        let mut rounds = 0;
+        while !p.is_empty() {
+            t += Duration::from_micros(100);
+            rounds += 1;
+            all.extend(p.take(t, 8).into_iter().map(|(peer, _)| peer));
+        }
+        // 69 left; at most a burst's worth go without waiting their interval (500 µs).
+        let paced = 69 - (PACER_BURST + 1);
+        assert!(rounds * 100 >= paced * 500, "{rounds} rounds of 100 µs");
+        assert_eq!(all.len(), 100 - 14);
+        let mut sorted = all.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), all.len());
+        assert_eq!(p.wait(t), None);
+    }
+
+    #[test]
+    fn the_newest_takeable_session_of_a_peer_is_found_by_key() {
+        let started = Time::from_nanos(1_000_000_000);
+        let mut store = HeldStore::new(1, 2, started);
+        let now = started + Duration::from_secs(10);
+        let mut old = session(partition_index(0, 1), 0);
+        old.age_ms = 3000;
+        let mut new = session(partition_index(0, 2), 0);
+        new.age_ms = 100;
+        let mut other = session(partition_index(0, 3), 0);
+        other.peer = [4u8; 32];
+        for s in [old, new, other] {
+            store.apply(now, 0, Record::Session(s));
+        }
+        assert_eq!(
+            store.newest_for_peer(now, &[9u8; 32]),
+            Some(partition_index(0, 2))
+        );
+        assert_eq!(
+            store.newest_for_peer(now, &[4u8; 32]),
+            Some(partition_index(0, 3))
+        );
+        assert_eq!(store.newest_for_peer(now, &[5u8; 32]), None);
+        // Taken over: the next newest; gone: not found; expired: not found.
+        assert!(store.take_over(now, partition_index(0, 2)).is_some());
+        assert_eq!(
+            store.newest_for_peer(now, &[9u8; 32]),
+            Some(partition_index(0, 1))
+        );
+        store.apply(now, 0, Record::Gone(partition_index(0, 3)));
+        assert_eq!(store.newest_for_peer(now, &[4u8; 32]), None);
+        // An index reused for another peer moves to that peer.
+        let mut reused = session(partition_index(0, 1), 0);
+        reused.peer = [6u8; 32];
+        reused.remote_index = 99;
+        store.apply(now, 0, Record::Session(reused));
+        assert_eq!(store.newest_for_peer(now, &[9u8; 32]), None);
+        assert_eq!(
+            store.newest_for_peer(now, &[6u8; 32]),
+            Some(partition_index(0, 1))
+        );
+        let later = now + REJECT_AFTER_TIME;
+        assert_eq!(store.newest_for_peer(later, &[6u8; 32]), None);
+        store.expire(later);
+        assert!(store.is_empty());
+        assert!(store.by_peer.is_empty(), "the by-peer index follows");
+    }
+
+    #[test]
+    fn marks_go_when_they_move_and_again_every_refresh() {
+        let t0 = Time::from_nanos(5_000_000_000);
+        let c = (10, 20, 0);
+        assert_eq!(marks_due(None, c, t0), MarksDue::Session);
+        assert_eq!(marks_due(Some((c, t0)), c, t0), MarksDue::Nothing);
+        assert_eq!(marks_due(Some((c, t0)), (11, 20, 0), t0), MarksDue::Marks);
+        assert_eq!(marks_due(Some((c, t0)), (10, 21, 0), t0), MarksDue::Marks);
+        assert_eq!(marks_due(Some((c, t0)), (10, 20, 1), t0), MarksDue::Marks);
+        let almost = t0 + (MARKS_REFRESH - Duration::from_millis(1));
+        assert_eq!(marks_due(Some((c, t0)), c, almost), MarksDue::Nothing);
+        assert_eq!(
+            marks_due(Some((c, t0)), c, t0 + MARKS_REFRESH),
+            MarksDue::Marks
+        );
     }
 
     #[test]

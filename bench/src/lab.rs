@@ -108,16 +108,11 @@ struct PeerLine {
     tx_bytes: u64,
 }
 
-pub fn run(args: &Args) -> Result<(), String> {
-    if !is_root() {
-        return Err(
-            "the lab needs root (network namespaces, TUN devices): run it with sudo".into(),
-        );
-    }
-    ensure_tools()?;
-    // Ctrl-C / SIGTERM: remove every namespace and process created so far, then exit.
-    ctrlc::set_handler(|| {
-        eprintln!("\ninterrupted: removing the lab");
+/// Ctrl-C / SIGTERM remove every namespace and process created so far (`what` names them
+/// in the message), then exit; and what an earlier, killed run left behind goes now.
+pub fn cleanup_on_exit(what: &'static str) -> Result<(), String> {
+    ctrlc::set_handler(move || {
+        eprintln!("\ninterrupted: removing {what}");
         for line in registry::cleanup_all() {
             eprintln!("  {line}");
         }
@@ -127,6 +122,17 @@ pub fn run(args: &Args) -> Result<(), String> {
     for line in registry::cleanup_stale() {
         println!("earlier run: {line}");
     }
+    Ok(())
+}
+
+pub fn run(args: &Args) -> Result<(), String> {
+    if !is_root() {
+        return Err(
+            "the lab needs root (network namespaces, TUN devices): run it with sudo".into(),
+        );
+    }
+    ensure_tools()?;
+    cleanup_on_exit("the lab")?;
 
     let sluice = match args.gateway {
         GatewayKind::Sluice => Some(sluice_binary(args.sluice.as_deref())?),

@@ -144,41 +144,7 @@ impl GenSocket {
     /// Receive up to [`BATCH`] datagrams into `bufs` (`BATCH * RECV_SLOT` bytes) without
     /// blocking; `lens[i]` gets datagram i's length. Returns the count (0: nothing waiting).
     pub fn recv(&self, bufs: &mut [u8], lens: &mut [usize; BATCH]) -> io::Result<usize> {
-        let slots = (bufs.len() / RECV_SLOT).min(BATCH);
-        // SAFETY: plain C structs for which zero bytes are valid.
-        let mut iov: [libc::iovec; BATCH] = unsafe { zeroed() };
-        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
-        for (i, slot) in bufs.chunks_mut(RECV_SLOT).take(slots).enumerate() {
-            iov[i] = libc::iovec {
-                iov_base: slot.as_mut_ptr().cast(),
-                iov_len: slot.len(),
-            };
-            msgs[i].msg_hdr.msg_iov = &mut iov[i];
-            msgs[i].msg_hdr.msg_iovlen = 1;
-        }
-        // SAFETY: every header points into `bufs` (or the local `iov`), alive for the call,
-        // with its true length.
-        let r = unsafe {
-            libc::recvmmsg(
-                self.fd.as_raw_fd(),
-                msgs.as_mut_ptr(),
-                slots as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::WouldBlock {
-                Ok(0)
-            } else {
-                Err(e)
-            };
-        }
-        for (i, m) in msgs.iter().take(r as usize).enumerate() {
-            lens[i] = m.msg_len as usize;
-        }
-        Ok(r as usize)
+        self.recv_batch(bufs, lens, None)
     }
 
     /// Ask the kernel for each received datagram's destination address (`IP_PKTINFO`), which
@@ -207,6 +173,16 @@ impl GenSocket {
         lens: &mut [usize; BATCH],
         dsts: &mut [Ipv4Addr; BATCH],
     ) -> io::Result<usize> {
+        self.recv_batch(bufs, lens, Some(dsts))
+    }
+
+    /// One `recvmmsg` into `bufs`, with control-message room when `dsts` wants destinations.
+    fn recv_batch(
+        &self,
+        bufs: &mut [u8],
+        lens: &mut [usize; BATCH],
+        mut dsts: Option<&mut [Ipv4Addr; BATCH]>,
+    ) -> io::Result<usize> {
         let slots = (bufs.len() / RECV_SLOT).min(BATCH);
         let mut cmsgs = [[0u64; CMSG_WORDS]; BATCH];
         // SAFETY: plain C structs for which zero bytes are valid.
@@ -220,8 +196,10 @@ impl GenSocket {
             let h = &mut msgs[i].msg_hdr;
             h.msg_iov = &mut iov[i];
             h.msg_iovlen = 1;
-            h.msg_control = cmsgs[i].as_mut_ptr().cast();
-            h.msg_controllen = CMSG_WORDS * 8;
+            if dsts.is_some() {
+                h.msg_control = cmsgs[i].as_mut_ptr().cast();
+                h.msg_controllen = CMSG_WORDS * 8;
+            }
         }
         // SAFETY: every header points into `bufs`, the local `iov` and `cmsgs`, all alive for
         // the call, with their true lengths.
@@ -244,21 +222,8 @@ impl GenSocket {
         }
         for (i, m) in msgs.iter().take(r as usize).enumerate() {
             lens[i] = m.msg_len as usize;
-            dsts[i] = Ipv4Addr::UNSPECIFIED;
-            let h = &m.msg_hdr;
-            // SAFETY: the kernel wrote `msg_controllen` bytes of control messages into
-            // `cmsgs[i]`; CMSG_FIRSTHDR/NXTHDR stay inside them and an `IP_PKTINFO` message
-            // carries one `in_pktinfo`, read unaligned.
-            unsafe {
-                let mut c = libc::CMSG_FIRSTHDR(h);
-                while !c.is_null() {
-                    if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_PKTINFO {
-                        let info =
-                            std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::in_pktinfo>());
-                        dsts[i] = Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr));
-                    }
-                    c = libc::CMSG_NXTHDR(h, c);
-                }
+            if let Some(d) = dsts.as_deref_mut() {
+                d[i] = destination(&m.msg_hdr);
             }
         }
         Ok(r as usize)
@@ -268,6 +233,26 @@ impl GenSocket {
     pub fn wait_readable(&self, ms: i32) {
         wait_readable(self.fd.as_raw_fd(), ms);
     }
+}
+
+/// The destination address in a received message's `IP_PKTINFO` control message, or
+/// `0.0.0.0` if there is none.
+fn destination(h: &libc::msghdr) -> Ipv4Addr {
+    let mut dst = Ipv4Addr::UNSPECIFIED;
+    // SAFETY: `h` is a header the kernel filled: `msg_controllen` bytes of control messages
+    // at `msg_control` (or none); CMSG_FIRSTHDR/NXTHDR stay inside them and an `IP_PKTINFO`
+    // message carries one `in_pktinfo`, read unaligned.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_PKTINFO {
+                let info = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::in_pktinfo>());
+                dst = Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr));
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    dst
 }
 
 /// Wait up to `ms` milliseconds until `fd` has something to read.

@@ -9,7 +9,8 @@
 //!   clock starts.
 //! - [`io`]: the generator's socket (`sendmmsg` with each user's own source address).
 //! - [`packet`]: the inner packets and the sink's verification (size, user, no duplicates).
-//! - [`run`]: one timed run and its numbers.
+//! - [`run`]: one timed run and its numbers; [`sink`]: the sink's counter (an XDP program,
+//!   or a socket).
 //! - [`output`]: records, the table with ratios, JSON and SVG.
 //!
 //! Scenarios: **handshakes** (every user joins, initiations made ahead, at most `--window`
@@ -26,14 +27,15 @@ pub mod output;
 pub mod packet;
 pub mod reverse;
 pub mod run;
+pub mod sink;
 pub mod topo;
 pub mod users;
 
 use crate::report::{Machine, Record, Report};
 use output::{CompareRecord, FloodResult, LatencyResult, Sample};
 use packet::SizeMix;
+use sluice::testbed::is_root;
 use sluice::testbed::tools::{self, Tool};
-use sluice::testbed::{is_root, registry};
 use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -63,12 +65,13 @@ pub struct Args {
     /// Send at this many packets per second instead of as fast as the generator can
     #[arg(long)]
     rate: Option<f64>,
-    /// The gateways under test, comma-separated: sluice-socket, sluice-xdp, wireguard-go,
+    /// The gateways under test, comma-separated: sluice-socket, sluice-xdp,
+    /// sluice-appliance (XDP + AF_XDP on both NICs, no TUN in the path), wireguard-go,
     /// boringtun
     #[arg(
         long = "impl",
         value_delimiter = ',',
-        default_value = "sluice-socket,sluice-xdp,wireguard-go,boringtun"
+        default_value = "sluice-socket,sluice-xdp,sluice-appliance,wireguard-go,boringtun"
     )]
     impls: Vec<String>,
     /// Unanswered handshake initiations at most, in the handshakes scenario
@@ -109,6 +112,12 @@ pub struct Args {
     /// Inner size of the flood and latency scenarios' streams (bytes, or imix)
     #[arg(long, default_value = "512")]
     load_size: SizeMix,
+    /// How the sink counts delivered packets: xdp (a counter program on the sink's link
+    /// checks and drops every packet, a sample of 1 in 64 is checked in full by a socket;
+    /// the socket sink is used when it does not load) or socket (a recvmmsg socket checks
+    /// every packet in user space)
+    #[arg(long, default_value = "xdp")]
+    sink: sink::SinkKind,
     /// A short smoke run: 0.2 s per run, 8 users, one repeat (no meaningful numbers)
     #[arg(long)]
     quick: bool,
@@ -156,11 +165,13 @@ fn parse_impl(s: &str) -> Result<Impl, String> {
     let (kind, mode) = match s {
         "sluice-socket" | "sluice" => (ImplKind::Sluice, Mode::Socket),
         "sluice-xdp" => (ImplKind::Sluice, Mode::Xdp),
+        "sluice-appliance" => (ImplKind::Sluice, Mode::Appliance),
         "wireguard-go" | "wg-go" => (ImplKind::WireguardGo, Mode::Socket),
         "boringtun" | "boringtun-cli" => (ImplKind::Boringtun, Mode::Socket),
         other => {
             return Err(format!(
-                "unknown gateway '{other}' (sluice-socket, sluice-xdp, wireguard-go, boringtun)"
+                "unknown gateway '{other}' (sluice-socket, sluice-xdp, sluice-appliance, \
+                 wireguard-go, boringtun)"
             ))
         }
     };
@@ -230,21 +241,21 @@ pub fn run(args: &Args) -> Result<(), String> {
     }
     let plan = Plan::from(args)?;
     ensure_tools()?;
-    ctrlc::set_handler(|| {
-        eprintln!("\ninterrupted: removing the comparison's namespaces and processes");
-        for line in registry::cleanup_all() {
-            eprintln!("  {line}");
-        }
-        std::process::exit(130);
-    })
-    .map_err(|e| format!("installing the Ctrl-C handler: {e}"))?;
-    for line in registry::cleanup_stale() {
-        println!("earlier run: {line}");
-    }
+    crate::lab::cleanup_on_exit("the comparison's namespaces and processes")?;
     let sluice_bin = if plan.impls.iter().any(|i| i.kind == ImplKind::Sluice) {
         Some(crate::lab::sluice_binary(args.sluice.as_deref())?)
     } else {
         None
+    };
+    let sink = match args.sink {
+        sink::SinkKind::Xdp => match sink::SinkKind::xdp_loads() {
+            Ok(()) => sink::SinkKind::Xdp,
+            Err(e) => {
+                println!("sink: the XDP counter does not load ({e}); the socket sink counts");
+                sink::SinkKind::Socket
+            }
+        },
+        sink::SinkKind::Socket => sink::SinkKind::Socket,
     };
     let mut machine = Machine::collect();
     topo::pin_current(topo::GENERATOR_CORE)?;
@@ -259,7 +270,17 @@ pub fn run(args: &Args) -> Result<(), String> {
         "window": args.window,
         "gateway_core": topo::GATEWAY_CORE,
         "generator_core": topo::GENERATOR_CORE,
-        "sink": "recvmmsg counter socket in the sink namespace, on the generator's core",
+        "sink": match sink {
+            sink::SinkKind::Xdp => format!(
+                "xdp: counter program (generic XDP) on the sink's link, after RPS on the \
+                 generator's core; 1 in {} packets (every latency probe) checked in full by a \
+                 socket",
+                sink::SAMPLE_EVERY
+            ),
+            sink::SinkKind::Socket => {
+                "socket: recvmmsg in the sink namespace, on the generator's core".to_string()
+            }
+        },
         "quick": args.quick,
         "directions": args.directions.iter().map(|d| d.label()).collect::<Vec<_>>(),
         "flood_pps": args.flood_pps,
@@ -290,7 +311,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         println!("  {}", topo.pinning);
         println!("  load average before: {}", loadavg());
         pinning.push(format!("{}: {}", which.label(), topo.pinning));
-        let r = measure(args, &plan, which, &topo, &mut users, &mut run_id);
+        let r = measure(args, &plan, which, &topo, &mut users, &mut run_id, sink);
         drop(topo);
         println!("  load average after: {}", loadavg());
         records.extend(r?);
@@ -440,6 +461,7 @@ struct Bench<'a> {
     run_id: &'a mut u32,
     /// The gateway's name and mode for records.
     who: (&'static str, &'static str),
+    sink: sink::SinkKind,
 }
 
 /// What one run measured, and the handshakes before it.
@@ -478,52 +500,19 @@ impl Bench<'_> {
             Duration::from_secs(1),
             Duration::from_secs(120),
         )?;
-        *self.run_id += 1;
-        let run = *self.run_id;
-        let n = self.plan.users;
         let (dgram, pace) = match dir {
             Direction::ToInside => (48.0 + mix.mean(), POOL_PPS),
             Direction::ToUsers => (mix.mean(), POOL_PPS),
         };
         let by_memory = (self.plan.pool_mib as f64 * 1048576.0 / dgram).floor();
         let by_time = rate.unwrap_or(pace) * seconds * 1.05;
-        let total = by_time.min(by_memory).max(f64::from(n)) as u64;
-        let r = match dir {
-            Direction::ToInside => {
-                let pool = self.users.encrypt_pool(run, total, mix, 2)?;
-                run::timed_run(
-                    self.topo,
-                    &self.sock,
-                    &pool,
-                    run::RunSpec {
-                        run,
-                        users: n,
-                        sink_port: SINK_PORT,
-                        seconds,
-                        rate,
-                        probe_every,
-                    },
-                )?
-            }
-            Direction::ToUsers => {
-                let pool = reverse::PlainPool::new(run, total, n, mix);
-                // The gateway uses a session it responded to only after the user's first
-                // packet (the hello) arrived: give it a moment to process them.
-                std::thread::sleep(Duration::from_millis(100));
-                reverse::timed_run(
-                    self.topo,
-                    &self.sock,
-                    self.users,
-                    &pool,
-                    reverse::ReverseSpec {
-                        run,
-                        seconds,
-                        rate,
-                        probe_every,
-                    },
-                )?
-            }
-        };
+        let total = by_time.min(by_memory) as u64;
+        if dir == Direction::ToUsers {
+            // The gateway uses a session it responded to only after the user's first
+            // packet (the hello) arrived: give it a moment to process them.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let r = self.pool_run(dir, mix, total, seconds, rate, probe_every)?;
         Ok(Outcome { hs, r })
     }
 
@@ -552,7 +541,8 @@ impl Bench<'_> {
             println!(
                 "  {:>5} B {} run {}/{}: handshakes {} in {:.2} s ({:.0}/s, {} cookie replies, \
                  {} retries); sent {} ({:.3} Mpps offered, sender cpu {:.0}%), delivered {} \
-                 ({:.3} Mpps, {:.3} Gbit/s), loss {:.2}%, verification errors {}{}",
+                 ({:.3} Mpps, {:.3} Gbit/s; {} checked in full{}), loss {:.2}%, verification \
+                 errors {}{}",
                 mix.label(),
                 dir.label(),
                 rep + 1,
@@ -568,6 +558,11 @@ impl Bench<'_> {
                 r.delivered,
                 s.mpps,
                 s.gbps,
+                r.checked_in_full,
+                match (dir, self.sink) {
+                    (Direction::ToInside, k) => format!(", sink {}", k.label()),
+                    (Direction::ToUsers, _) => String::new(),
+                },
                 s.loss,
                 r.errors,
                 if bound { " [sender-bound]" } else { "" }
@@ -769,25 +764,43 @@ impl Bench<'_> {
         mix: SizeMix,
         rate: f64,
     ) -> Result<run::RunResult, String> {
-        *self.run_id += 1;
-        let run = *self.run_id;
         let seconds = self.plan.scenario_seconds;
-        let total = (rate * seconds * 1.05).max(f64::from(self.plan.users)) as u64;
-        debug_assert_eq!(dir, Direction::ToInside);
-        let pool = self.users.encrypt_pool(run, total, mix, 2)?;
-        run::timed_run(
-            self.topo,
-            &self.sock,
-            &pool,
-            run::RunSpec {
-                run,
-                users: self.plan.users,
-                sink_port: SINK_PORT,
-                seconds,
-                rate: Some(rate),
-                probe_every: 0,
-            },
-        )
+        let total = (rate * seconds * 1.05) as u64;
+        self.pool_run(dir, mix, total, seconds, Some(rate), 0)
+    }
+
+    /// One timed run in `dir` on the current sessions, of a pool of `total` packets (at
+    /// least one per user) of run number `run_id + 1`.
+    fn pool_run(
+        &mut self,
+        dir: Direction,
+        mix: SizeMix,
+        total: u64,
+        seconds: f64,
+        rate: Option<f64>,
+        probe_every: u64,
+    ) -> Result<run::RunResult, String> {
+        *self.run_id += 1;
+        let n = self.plan.users;
+        let total = total.max(u64::from(n));
+        let spec = run::RunSpec {
+            run: *self.run_id,
+            users: n,
+            seconds,
+            rate,
+            probe_every,
+            sink: self.sink,
+        };
+        match dir {
+            Direction::ToInside => {
+                let pool = self.users.encrypt_pool(spec.run, total, mix, 2)?;
+                run::timed_run(self.topo, &self.sock, &pool, spec)
+            }
+            Direction::ToUsers => {
+                let pool = reverse::PlainPool::new(spec.run, total, n, mix);
+                reverse::timed_run(self.topo, &self.sock, self.users, &pool, spec)
+            }
+        }
     }
 
     /// One-way latency in `dir`: a paced probe stream alone (idle), then probes inside the
@@ -849,6 +862,7 @@ fn measure(
     topo: &GenTopology,
     users: &mut users::Users,
     run_id: &mut u32,
+    sink: sink::SinkKind,
 ) -> Result<Vec<CompareRecord>, String> {
     let gw = SocketAddrV4::new(topo::GW_OUTER_V4, topo::LISTEN_PORT);
     users.set_gateway(&topo.gateway_key.public, gw)?;
@@ -870,6 +884,7 @@ fn measure(
         users,
         run_id,
         who,
+        sink,
     };
     let mut handshake_rates = Vec::new();
     let mut out = Vec::new();

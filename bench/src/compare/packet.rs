@@ -187,6 +187,7 @@ pub enum Reject {
 pub struct Verifier {
     run: u32,
     users: u32,
+    total: u64,
     seen: Vec<u64>,
     pub accepted: u64,
     pub accepted_bytes: u64,
@@ -204,6 +205,7 @@ impl Verifier {
         Verifier {
             run,
             users,
+            total,
             seen: vec![0; total.div_ceil(64) as usize],
             accepted: 0,
             accepted_bytes: 0,
@@ -264,6 +266,9 @@ impl Verifier {
             .any(|(i, &b)| b != filler(seq, i))
         {
             return Err(Reject::Corrupt);
+        }
+        if seq >= self.total {
+            return Err(Reject::OutOfRange);
         }
         let (word, bit) = ((seq / 64) as usize, seq % 64);
         let slot = self.seen.get_mut(word).ok_or(Reject::OutOfRange)?;

@@ -1,15 +1,17 @@
-//! One timed run: the sink counting and verifying in its namespace, the generator sending a
-//! pre-encrypted pool at maximum rate (or a given rate), and what came of it.
+//! One timed run: the sink counting and verifying in its namespace (`sink.rs`), the generator
+//! sending a pre-encrypted pool at maximum rate (or a given rate), and what came of it. The
+//! pieces both directions share (paced sending, the receiver's loop and record, the drain,
+//! the result) are here; `reverse.rs` has the inside -> users side.
 
 use super::io::{self, GenSocket, Out, BATCH};
 use super::latency::ProbeLog;
 use super::packet::{self, Verifier};
-use super::topo::{pin_current, GenTopology, GENERATOR_CORE};
-use super::users::{outer_ip, tunnel_ip, Pool};
-use sluice::datapath::udp::{RecvBatch, UdpSocket};
-use std::net::{IpAddr, SocketAddrV4};
+use super::sink::{Sink, SinkKind};
+use super::topo::GenTopology;
+use super::users::{outer_ip, Pool};
+use sluice::xdp::bench_sink::SinkCounts;
+use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What one timed run measured.
@@ -17,22 +19,50 @@ use std::time::{Duration, Instant};
 pub struct RunResult {
     /// Datagrams the generator handed to the kernel.
     pub sent: u64,
-    /// Inner packets the sink accepted (right size, right user, first time).
+    /// Inner packets the receiver accepted (right size, right user, first time).
     pub delivered: u64,
     pub delivered_bytes: u64,
-    /// Packets the sink refused for a reason that points at the gateway.
+    /// Of those, checked in full by user space (all of them without the XDP sink).
+    pub checked_in_full: u64,
+    /// Packets the receiver refused for a reason that points at the gateway.
     pub errors: u64,
     /// From the generator's first send to its last.
     pub send_time: Duration,
-    /// From the sink's first accepted packet to its last.
+    /// From the receiver's first accepted packet to its last.
     pub sink_time: Duration,
-    /// The generator thread's CPU time over `send_time`.
+    /// The sending thread's CPU time over `send_time`.
     pub generator_cpu: f64,
     /// One-way latencies of the probes that arrived (runs with probes only).
     pub latencies: Vec<Duration>,
 }
 
 impl RunResult {
+    /// The result of a run from its sender's numbers and its receiver's record.
+    pub(super) fn new(sent: Sent, receipt: Receipt, probes: &ProbeLog) -> RunResult {
+        let Receipt {
+            v,
+            first,
+            last,
+            arrivals,
+            xdp,
+        } = receipt;
+        let xdp = xdp.unwrap_or_default();
+        RunResult {
+            sent: sent.count,
+            delivered: v.accepted + xdp.accepted,
+            delivered_bytes: v.accepted_bytes + xdp.accepted_bytes,
+            checked_in_full: v.accepted,
+            errors: v.errors() + xdp.errors(),
+            send_time: sent.time,
+            sink_time: match (first, last) {
+                (Some(f), Some(l)) => l.duration_since(f),
+                _ => Duration::ZERO,
+            },
+            generator_cpu: sent.cpu / sent.time.as_secs_f64().max(1e-9),
+            latencies: probes.latencies(&arrivals),
+        }
+    }
+
     pub fn offered_pps(&self) -> f64 {
         self.sent as f64 / self.send_time.as_secs_f64().max(1e-9)
     }
@@ -64,101 +94,150 @@ impl RunResult {
     }
 }
 
-/// Sink counter: a UDP socket in the sink namespace on `port`, verified packet by packet.
-struct Sink {
-    stop: Arc<AtomicBool>,
-    /// Packets accepted so far, published after every batch.
-    accepted: Arc<AtomicU64>,
-    handle: std::thread::JoinHandle<SinkResult>,
+/// What a receiver saw in one run: the user-space check, the XDP sink's counters, the first
+/// and last moment something was accepted, and the probes' arrivals.
+#[derive(Debug)]
+pub(super) struct Receipt {
+    pub v: Verifier,
+    first: Option<Instant>,
+    last: Option<Instant>,
+    arrivals: Vec<(u64, Instant)>,
+    /// The XDP sink's counters, if it counted.
+    pub xdp: Option<SinkCounts>,
 }
 
-/// The sink's verifier, its first and last accepting batch, and the probes' arrivals.
-type SinkResult = (
-    Verifier,
-    Option<Instant>,
-    Option<Instant>,
-    Vec<(u64, Instant)>,
-);
+impl Receipt {
+    pub fn new(v: Verifier) -> Receipt {
+        Receipt {
+            v,
+            first: None,
+            last: None,
+            arrivals: Vec::new(),
+            xdp: None,
+        }
+    }
 
-impl Sink {
-    fn start(
-        topo: &GenTopology,
-        port: u16,
-        verifier: Verifier,
-        probe_every: u64,
-    ) -> Result<Sink, String> {
-        let sock = topo
-            .sink_ns
-            .enter(|| UdpSocket::bind(port))
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("binding the sink's UDP port {port}: {e}"))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let accepted = Arc::new(AtomicU64::new(0));
-        let progress = accepted.clone();
-        let handle = std::thread::spawn(move || {
-            let _ = pin_current(GENERATOR_CORE);
-            let mut v = verifier;
-            let mut batch = RecvBatch::default();
-            let (mut first, mut last) = (None, None);
-            let mut arrivals = Vec::new();
-            while !flag.load(Ordering::Relaxed) {
-                let n = sock.recv_batch(&mut batch).unwrap_or(0);
-                if n == 0 {
-                    io::wait_readable(sock.fd(), 2);
-                    continue;
-                }
-                let now = Instant::now();
-                let before = v.accepted;
-                for i in 0..n {
-                    if let Some((src, data)) = batch.get_mut(i) {
-                        let IpAddr::V4(src) = src.ip() else {
-                            continue;
-                        };
-                        if v.check(data, src, tunnel_ip).is_ok() && probe_every != 0 {
-                            if let Some(seq) = packet::seq_of(data) {
-                                if seq % probe_every == 0 {
-                                    arrivals.push((seq, now));
-                                }
-                            }
-                        }
-                    }
-                }
-                if v.accepted > before {
-                    progress.store(v.accepted, Ordering::Relaxed);
-                    first.get_or_insert(now);
-                    last = Some(now);
-                }
+    fn accepted(&self) -> u64 {
+        self.v.accepted + self.xdp.map_or(0, |x| x.accepted)
+    }
+
+    /// A payload the check accepted at `now`: note it if it is a probe.
+    pub fn probe(&mut self, payload: &[u8], every: u64, now: Instant) {
+        if every == 0 {
+            return;
+        }
+        if let Some(seq) = packet::seq_of(payload) {
+            if seq % every == 0 {
+                self.arrivals.push((seq, now));
             }
-            (v, first, last, arrivals)
-        });
-        Ok(Sink {
-            stop,
-            accepted,
-            handle,
-        })
-    }
-
-    fn finish(self) -> Result<SinkResult, String> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle
-            .join()
-            .map_err(|_| "the sink thread panicked".to_string())
+        }
     }
 }
 
-/// The settings of one timed run.
+/// The receiver's loop, the same in both directions: `poll` receives and checks one batch
+/// (waiting a little when nothing is there) and returns when it did, if anything. Keeps the
+/// first and last accepting moment and publishes the count the drain watches.
+pub(super) fn receive_until(
+    stop: &AtomicBool,
+    progress: &AtomicU64,
+    mut r: Receipt,
+    mut poll: impl FnMut(&mut Receipt) -> Result<Option<Instant>, String>,
+) -> Result<Receipt, String> {
+    while !stop.load(Ordering::Relaxed) {
+        let before = r.accepted();
+        let Some(now) = poll(&mut r)? else {
+            continue;
+        };
+        if r.accepted() > before {
+            progress.store(r.accepted(), Ordering::Relaxed);
+            r.first.get_or_insert(now);
+            r.last = Some(now);
+        }
+    }
+    Ok(r)
+}
+
+/// After the sender stopped, let the gateway drain what it has queued: wait until the
+/// receiver has accepted nothing new for [`io::quiet_time`] (at most 5 s).
+pub(super) fn drain(progress: &AtomicU64, seconds: f64) {
+    let mut seen = 0u64;
+    let mut quiet_since = Instant::now();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(25));
+        let now_seen = progress.load(Ordering::Relaxed);
+        if now_seen != seen {
+            seen = now_seen;
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() >= io::quiet_time(seconds) {
+            break;
+        }
+    }
+}
+
+/// What a sender did: datagrams the kernel took, over what time, with how much CPU.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Sent {
+    pub count: u64,
+    pub time: Duration,
+    /// CPU seconds of the sending thread.
+    pub cpu: f64,
+}
+
+/// Send `len` datagrams (`item(i)` is datagram i) through `sock` for at most `spec.seconds`,
+/// paced at `spec.rate` or as fast as the kernel takes them; `probes` learns when each went.
+pub(super) fn send_paced<'a>(
+    sock: &GenSocket,
+    len: usize,
+    spec: &RunSpec,
+    probes: &mut ProbeLog,
+    item: impl Fn(usize) -> Out<'a>,
+) -> Result<Sent, String> {
+    let limit = Duration::from_secs_f64(spec.seconds);
+    let cpu0 = io::thread_cpu_time();
+    let start = Instant::now();
+    let mut next = 0usize;
+    let mut outs: Vec<Out> = Vec::with_capacity(BATCH);
+    while next < len {
+        let elapsed = start.elapsed();
+        if elapsed >= limit {
+            break;
+        }
+        if let Some(r) = spec.rate {
+            // Paced: never ahead of the schedule.
+            if next >= (elapsed.as_secs_f64() * r) as usize {
+                io::wait_until_due(next, r, elapsed);
+                continue;
+            }
+        }
+        let end = (next + BATCH).min(len);
+        outs.clear();
+        outs.extend((next..end).map(&item));
+        probes.sending(next as u64, end as u64, Instant::now());
+        next += sock
+            .send(&outs)
+            .map_err(|e| format!("sending datagrams: {e}"))?;
+    }
+    Ok(Sent {
+        count: next as u64,
+        time: start.elapsed(),
+        cpu: io::thread_cpu_time().saturating_sub(cpu0).as_secs_f64(),
+    })
+}
+
+/// The settings of one timed run (either direction).
 #[derive(Clone, Copy, Debug)]
 pub struct RunSpec {
     /// The run number stamped in every packet of the pool.
     pub run: u32,
     pub users: u32,
-    pub sink_port: u16,
     pub seconds: f64,
-    /// Packets per second; `None`: as fast as the generator can.
+    /// Packets per second; `None`: as fast as the sender can.
     pub rate: Option<f64>,
     /// Every this many packets one is a latency probe (0: none).
     pub probe_every: u64,
+    /// How the sink counts (users -> inside).
+    pub sink: SinkKind,
 }
 
 /// Send `pool` through the gateway for at most `spec.seconds`, at `spec.rate` or as fast as
@@ -169,84 +248,20 @@ pub fn timed_run(
     pool: &Pool,
     spec: RunSpec,
 ) -> Result<RunResult, String> {
-    let RunSpec {
-        run,
-        users,
-        sink_port,
-        seconds,
-        rate,
-        probe_every,
-    } = spec;
-    let sink = Sink::start(
-        topo,
-        sink_port,
-        Verifier::new(run, pool.len() as u64, users),
-        probe_every,
-    )?;
-    let mut probes = ProbeLog::new(probe_every, pool.len() as u64);
+    let total = pool.len() as u64;
+    let sink = Sink::start(topo, &spec, total)?;
+    let mut probes = ProbeLog::new(spec.probe_every, total);
     std::thread::sleep(Duration::from_millis(50));
     let gw = SocketAddrV4::new(super::topo::GW_OUTER_V4, super::topo::LISTEN_PORT);
-    let limit = Duration::from_secs_f64(seconds);
-    let cpu0 = io::thread_cpu_time();
-    let start = Instant::now();
-    let mut next = 0usize;
-    let mut outs: Vec<Out> = Vec::with_capacity(BATCH);
-    while next < pool.len() {
-        let elapsed = start.elapsed();
-        if elapsed >= limit {
-            break;
+    let sent = send_paced(sock, pool.len(), &spec, &mut probes, |i| {
+        let (user, data) = pool.item(i);
+        Out {
+            src: outer_ip(user),
+            dst: gw,
+            data,
         }
-        if let Some(r) = rate {
-            // Paced: never ahead of the schedule.
-            if next >= (elapsed.as_secs_f64() * r) as usize {
-                io::wait_until_due(next, r, elapsed);
-                continue;
-            }
-        }
-        let end = (next + BATCH).min(pool.len());
-        outs.clear();
-        for i in next..end {
-            let (user, data) = pool.item(i);
-            outs.push(Out {
-                src: outer_ip(user),
-                dst: gw,
-                data,
-            });
-        }
-        probes.sending(next as u64, end as u64, Instant::now());
-        let took = sock
-            .send(&outs)
-            .map_err(|e| format!("sending transport data: {e}"))?;
-        next += took;
-    }
-    let send_time = start.elapsed();
-    let cpu = (io::thread_cpu_time().saturating_sub(cpu0)).as_secs_f64();
-    // Let the gateway drain what it has queued: wait until the sink sees nothing new.
-    let mut seen = 0u64;
-    let mut quiet_since = Instant::now();
-    let drain_start = Instant::now();
-    while drain_start.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(25));
-        let now_seen = sink.accepted.load(Ordering::Relaxed);
-        if now_seen != seen {
-            seen = now_seen;
-            quiet_since = Instant::now();
-        } else if quiet_since.elapsed() >= io::quiet_time(seconds) {
-            break;
-        }
-    }
-    let (v, first, last, arrivals) = sink.finish()?;
-    Ok(RunResult {
-        sent: next as u64,
-        delivered: v.accepted,
-        delivered_bytes: v.accepted_bytes,
-        errors: v.errors(),
-        send_time,
-        sink_time: match (first, last) {
-            (Some(f), Some(l)) => l.duration_since(f),
-            _ => Duration::ZERO,
-        },
-        generator_cpu: cpu / send_time.as_secs_f64().max(1e-9),
-        latencies: probes.latencies(&arrivals),
-    })
+    });
+    drain(&sink.accepted, spec.seconds);
+    let receipt = sink.finish()?;
+    Ok(RunResult::new(sent?, receipt, &probes))
 }

@@ -25,7 +25,7 @@
 //! - Everything is removed when the value drops (processes first, then namespaces and files),
 //!   and by the registry's cleanup on Ctrl-C.
 
-use sluice::testbed::gateway::{Gateway, GatewayKind, GatewaySpec};
+use sluice::testbed::gateway::{appliance_toml, Gateway, GatewayKind, GatewaySpec};
 use sluice::testbed::netns::veth;
 use sluice::testbed::{cmd, unique_id, KeyPair, Netns, RunDir};
 use std::fmt::Write as _;
@@ -59,6 +59,11 @@ pub enum Mode {
     Socket,
     /// XDP + AF_XDP on the outer interface + TUN (sluice only).
     Xdp,
+    /// Appliance mode (sluice only): XDP + AF_XDP on the outer interface and on the sink's
+    /// link, which is sluice's inner NIC (`[dataplane] inner`, next hop the sink); the TUN
+    /// only carries what the kernel routes (the first packets before the sink's address is
+    /// resolved).
+    Appliance,
 }
 
 impl Mode {
@@ -66,7 +71,13 @@ impl Mode {
         match self {
             Mode::Socket => "socket+tun",
             Mode::Xdp => "xdp+tun",
+            Mode::Appliance => "appliance",
         }
+    }
+
+    /// Whether sluice runs its XDP fast path on the outer interface.
+    pub fn xdp(self) -> bool {
+        self != Mode::Socket
     }
 }
 
@@ -152,7 +163,18 @@ impl GenTopology {
         gw_ns
             .add_route(USERS_OUTER_NET, Some(IpAddr::V4(GEN_OUTER_V4)), None)
             .map_err(e)?;
-        veth(&gw_ns, SINK_DEV, &sink_ns, PEER_DEV, None).map_err(e)?;
+        // Appliance mode: one queue (veth's default is one per CPU), as sluice runs one
+        // worker and opens inner sockets on queues 0..workers-1 (a veth's receive queue is
+        // the queue its peer sent on, so a second one would carry part of the sink's traffic
+        // through the kernel and the TUN). The sink's end computes its checksums, as a wire
+        // carries final ones.
+        let appliance = which.mode == Mode::Appliance;
+        veth(&gw_ns, SINK_DEV, &sink_ns, PEER_DEV, appliance.then_some(1)).map_err(e)?;
+        if appliance {
+            sink_ns
+                .run(&["ethtool", "-K", PEER_DEV, "tx", "off"])
+                .map_err(e)?;
+        }
         gw_ns
             .add_addr(SINK_DEV, &format!("{GW_INNER_V4}/24"))
             .map_err(e)?;
@@ -209,12 +231,18 @@ impl GenTopology {
             cores: vec![GATEWAY_CORE],
             // sluice's metrics (its cookie replies, for the flood scenario), on loopback in
             // the gateway's namespace; nothing reads them during the timed runs.
-            extra_toml: if which.kind == ImplKind::Sluice {
-                format!("\n[metrics]\nlisten = \"127.0.0.1:{METRICS_PORT}\"\n")
-            } else {
-                String::new()
+            extra_toml: match (which.kind, which.mode) {
+                (ImplKind::Sluice, mode) => format!(
+                    "{}\n[metrics]\nlisten = \"127.0.0.1:{METRICS_PORT}\"\n",
+                    if mode == Mode::Appliance {
+                        appliance_toml(SINK_DEV, &[IpAddr::V4(SINK_V4)])
+                    } else {
+                        String::new()
+                    }
+                ),
+                _ => String::new(),
             },
-            xdp_outer: (which.mode == Mode::Xdp).then(|| OUTER_DEV.to_string()),
+            xdp_outer: which.mode.xdp().then(|| OUTER_DEV.to_string()),
             env: vec![("SLUICE_LOG".into(), "warn".into())],
             // A status file rewritten every second costs real CPU with many peers; the wg API
             // answers instead, as it does for the stand-ins.
@@ -267,7 +295,7 @@ impl GenTopology {
             gateway_key,
             pinning: String::new(),
         };
-        topo.pinning = topo.pin_gateway(which.mode == Mode::Xdp)?;
+        topo.pinning = topo.pin_gateway(which.mode.xdp())?;
         Ok(topo)
     }
 

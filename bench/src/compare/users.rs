@@ -298,20 +298,7 @@ impl Users {
                 }
             }
             if !batch.is_empty() {
-                let outs: Vec<Out> = batch
-                    .iter()
-                    .map(|(u, d)| Out {
-                        src: outer_ip(*u as u32),
-                        dst: self.gateway,
-                        data: d,
-                    })
-                    .collect();
-                let mut sent = 0;
-                while sent < outs.len() {
-                    sent += sock
-                        .send(&outs[sent..])
-                        .map_err(|e| format!("sending initiations: {e}"))?;
-                }
+                self.send_all(sock, &batch, "initiations")?;
                 let now = Instant::now();
                 for (u, _) in &batch {
                     self.users[*u].sent_at = Some(now);
@@ -348,19 +335,7 @@ impl Users {
                             };
                             st.cookie_replies += 1;
                             let mut copy = d.to_vec();
-                            let now = self.now(u);
-                            let mut cx = Context {
-                                now,
-                                wall: wall_now(),
-                                rng: &mut self.rng,
-                            };
-                            if let Some(dev) = self.users[u].dev.as_mut() {
-                                let _ = dev.handle_datagram(
-                                    &mut cx,
-                                    SocketAddr::V4(self.gateway),
-                                    &mut copy,
-                                );
-                            }
+                            let _ = self.handle(u, &mut copy);
                             if self.users[u].sent_at.take().is_some() {
                                 in_flight -= 1;
                                 retry.push(u);
@@ -393,22 +368,15 @@ impl Users {
     /// Consume every stored response (deriving the sessions) and send each user's staged
     /// hello packet, which confirms the session at the gateway.
     fn finish_handshakes(&mut self, sock: &GenSocket) -> Result<(), String> {
-        let gw = SocketAddr::V4(self.gateway);
         let mut hellos: Vec<(usize, Vec<u8>)> = Vec::new();
         for u in 0..self.users.len() {
             let Some(mut resp) = self.users[u].response.take() else {
                 continue;
             };
-            let now = self.now(u);
-            let mut cx = Context {
-                now,
-                wall: wall_now(),
-                rng: &mut self.rng,
-            };
-            let Some(dev) = self.users[u].dev.as_mut() else {
+            let Some((dev, r)) = self.handle(u, &mut resp) else {
                 continue;
             };
-            match dev.handle_datagram(&mut cx, gw, &mut resp) {
+            match r {
                 Ok(Received::Handshake { .. }) => {}
                 other => {
                     return Err(format!(
@@ -421,7 +389,18 @@ impl Users {
                 hellos.push((u, t.data));
             }
         }
-        for chunk in hellos.chunks(BATCH) {
+        self.send_all(sock, &hellos, "hellos")
+    }
+
+    /// Send every `(user, datagram)` from its user's outer address to the gateway, waiting
+    /// for room in the socket's buffer as needed.
+    fn send_all(
+        &self,
+        sock: &GenSocket,
+        datagrams: &[(usize, Vec<u8>)],
+        what: &str,
+    ) -> Result<(), String> {
+        for chunk in datagrams.chunks(BATCH) {
             let outs: Vec<Out> = chunk
                 .iter()
                 .map(|(u, d)| Out {
@@ -434,7 +413,7 @@ impl Users {
             while sent < outs.len() {
                 sent += sock
                     .send(&outs[sent..])
-                    .map_err(|e| format!("sending hellos: {e}"))?;
+                    .map_err(|e| format!("sending {what}: {e}"))?;
             }
         }
         Ok(())
@@ -452,17 +431,9 @@ impl Users {
         let Some(&u) = self.by_index.get(&m.receiver()) else {
             return Opened::Other;
         };
-        let now = self.now(u);
-        let gw = SocketAddr::V4(self.gateway);
-        let mut cx = Context {
-            now,
-            wall: wall_now(),
-            rng: &mut self.rng,
-        };
-        let Some(dev) = self.users[u].dev.as_mut() else {
+        let Some((dev, r)) = self.handle(u, datagram) else {
             return Opened::Other;
         };
-        let r = dev.handle_datagram(&mut cx, gw, datagram);
         // A device may queue a keepalive or handshake meanwhile; the generator sends none.
         while dev.poll_transmit().is_some() {}
         match r {
@@ -471,6 +442,23 @@ impl Users {
             Err(DropReason::Replayed) => Opened::Refused(Reject::Duplicate),
             Err(_) => Opened::Refused(Reject::Corrupt),
         }
+    }
+
+    /// User `u`'s device (if it has one) handles a datagram from the gateway, on the user's
+    /// clock; returns the device (for what it queued) and its verdict.
+    fn handle(
+        &mut self,
+        u: usize,
+        datagram: &mut [u8],
+    ) -> Option<(&mut Device, Result<Received, DropReason>)> {
+        let mut cx = Context {
+            now: self.now(u),
+            wall: wall_now(),
+            rng: &mut self.rng,
+        };
+        let dev = self.users[u].dev.as_mut()?;
+        let r = dev.handle_datagram(&mut cx, SocketAddr::V4(self.gateway), datagram);
+        Some((dev, r))
     }
 
     /// How many users there are.
@@ -671,17 +659,10 @@ impl Users {
         datagram: &mut [u8],
         out: &mut LiveOut,
     ) -> Result<Received, DropReason> {
-        let u = u as usize;
-        let now = self.now(u);
-        let gw = SocketAddr::V4(self.gateway);
-        let mut cx = Context {
-            now,
-            wall: wall_now(),
-            rng: &mut self.rng,
-        };
-        let dev = self.users[u].dev.as_mut().ok_or(DropReason::UnknownPeer)?;
-        let r = dev.handle_datagram(&mut cx, gw, datagram);
-        drain(dev, u as u32, out);
+        let (dev, r) = self
+            .handle(u as usize, datagram)
+            .ok_or(DropReason::UnknownPeer)?;
+        drain(dev, u, out);
         r
     }
 

@@ -26,8 +26,12 @@
 //! from the device it is bound to), [`XdpProgram::inner_counters`] → [`XdpInnerCounters`],
 //! [`XdpProgram::test_run_inner`]. Packets to a user's tunnel address (any protocol, fragments
 //! too) go to the AF_XDP socket of their queue; everything else passes.
+//!
+//! [`bench_sink::BenchSink`] is not the gateway's: `sluice-bench compare`'s sink counter
+//! (`ebpf/bench_sink.c`), built and loaded the same way.
 
 mod appliance;
+pub mod bench_sink;
 mod program;
 pub mod shared;
 mod test_run;

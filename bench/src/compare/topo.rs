@@ -357,11 +357,34 @@ impl GenTopology {
     /// sluice's `sluice_cookie_replies_sent_total` from its metrics endpoint; `None` for
     /// the stand-ins (they expose no such count) or if it cannot be read.
     pub fn sluice_cookie_replies(&self) -> Option<u64> {
+        metric_value(&self.sluice_metrics()?, "sluice_cookie_replies_sent_total")
+    }
+
+    /// Appliance mode: the frames of sluice's inner NIC by direction, summed over queues:
+    /// `rx`/`tx` through its AF_XDP sockets, `rx_kernel`/`tx_kernel` through the TUN.
+    pub fn inner_frames(&self) -> Option<Vec<(String, u64)>> {
+        let text = self.sluice_metrics()?;
+        let mut by: std::collections::BTreeMap<String, u64> = Default::default();
+        for l in text.lines() {
+            let Some(rest) = l.strip_prefix("sluice_xsk_inner_frames_total{") else {
+                continue;
+            };
+            let (labels, value) = rest.split_once("} ")?;
+            let dir = labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("direction="))?;
+            *by.entry(dir.trim_matches('"').to_string()).or_default() +=
+                value.trim().parse::<f64>().ok()? as u64;
+        }
+        Some(by.into_iter().collect())
+    }
+
+    /// sluice's metrics page; `None` for the stand-ins or if it cannot be read.
+    fn sluice_metrics(&self) -> Option<String> {
         if self.gateway.kind() != sluice::testbed::gateway::GatewayKind::Sluice {
             return None;
         }
-        let text = self
-            .gw_ns
+        self.gw_ns
             .enter(|| {
                 use std::io::{Read, Write};
                 let addr = std::net::SocketAddr::from(([127, 0, 0, 1], METRICS_PORT));
@@ -376,8 +399,7 @@ impl GenTopology {
                 c.read_to_string(&mut body).ok()?;
                 Some(body)
             })
-            .ok()??;
-        metric_value(&text, "sluice_cookie_replies_sent_total")
+            .ok()?
     }
 
     /// The gateway process's resident memory, from /proc.

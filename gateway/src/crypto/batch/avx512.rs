@@ -11,7 +11,7 @@
 //! not be tested); Poly1305 uses `vpmuludq` in radix 2^26 on every AVX-512 CPU.
 
 use super::engine::{Blocks, ChachaLanes, CoreJob, Engine, PolyLanes, MAX_LANES};
-use super::poly1305::{HIBIT, MASK26};
+use super::poly1305::{vector_radix26, HIBIT, MASK26};
 use super::portable::SIGMA;
 use std::arch::x86_64::*;
 
@@ -213,91 +213,8 @@ fn poly16(st: &mut PolyLanes, msgs: &[&[u8]; MAX_LANES], hibit: bool) {
     }
 }
 
-/// A 16-byte block (low and high 64 bits per lane) as five 26-bit limbs.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
-pub(super) fn split_limbs(lo: __m512i, hi: __m512i, hib: __m512i) -> [__m512i; 5] {
-    let m26 = _mm512_set1_epi64(MASK26 as i64);
-    [
-        _mm512_and_si512(lo, m26),
-        _mm512_and_si512(_mm512_srli_epi64::<26>(lo), m26),
-        _mm512_and_si512(
-            _mm512_or_si512(_mm512_srli_epi64::<52>(lo), _mm512_slli_epi64::<12>(hi)),
-            m26,
-        ),
-        _mm512_and_si512(_mm512_srli_epi64::<14>(hi), m26),
-        _mm512_or_si512(_mm512_srli_epi64::<40>(hi), hib),
-    ]
-}
-
-/// `(h + m) · r`, partially reduced; the vector form of `poly1305::mul_block`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
-pub(super) fn mul_block(
-    h: &[__m512i; 5],
-    m: &[__m512i; 5],
-    r: &[__m512i; 5],
-    s: &[__m512i; 5],
-) -> [__m512i; 5] {
-    let a = [0, 1, 2, 3, 4].map(|i| _mm512_add_epi64(h[i], m[i]));
-    let mul = |x: __m512i, y: __m512i| _mm512_mul_epu32(x, y);
-    let sum = |t: [__m512i; 5]| {
-        _mm512_add_epi64(
-            _mm512_add_epi64(_mm512_add_epi64(t[0], t[1]), _mm512_add_epi64(t[2], t[3])),
-            t[4],
-        )
-    };
-    let d0 = sum([
-        mul(a[0], r[0]),
-        mul(a[1], s[4]),
-        mul(a[2], s[3]),
-        mul(a[3], s[2]),
-        mul(a[4], s[1]),
-    ]);
-    let d1 = sum([
-        mul(a[0], r[1]),
-        mul(a[1], r[0]),
-        mul(a[2], s[4]),
-        mul(a[3], s[3]),
-        mul(a[4], s[2]),
-    ]);
-    let d2 = sum([
-        mul(a[0], r[2]),
-        mul(a[1], r[1]),
-        mul(a[2], r[0]),
-        mul(a[3], s[4]),
-        mul(a[4], s[3]),
-    ]);
-    let d3 = sum([
-        mul(a[0], r[3]),
-        mul(a[1], r[2]),
-        mul(a[2], r[1]),
-        mul(a[3], r[0]),
-        mul(a[4], s[4]),
-    ]);
-    let d4 = sum([
-        mul(a[0], r[4]),
-        mul(a[1], r[3]),
-        mul(a[2], r[2]),
-        mul(a[3], r[1]),
-        mul(a[4], r[0]),
-    ]);
-    let m26 = _mm512_set1_epi64(MASK26 as i64);
-    let d1 = _mm512_add_epi64(d1, _mm512_srli_epi64::<26>(d0));
-    let d2 = _mm512_add_epi64(d2, _mm512_srli_epi64::<26>(d1));
-    let d3 = _mm512_add_epi64(d3, _mm512_srli_epi64::<26>(d2));
-    let d4 = _mm512_add_epi64(d4, _mm512_srli_epi64::<26>(d3));
-    let c = _mm512_srli_epi64::<26>(d4);
-    let n0 = _mm512_add_epi64(
-        _mm512_and_si512(d0, m26),
-        _mm512_add_epi64(c, _mm512_slli_epi64::<2>(c)),
-    );
-    let n1 = _mm512_add_epi64(_mm512_and_si512(d1, m26), _mm512_srli_epi64::<26>(n0));
-    [
-        _mm512_and_si512(n0, m26),
-        n1,
-        _mm512_and_si512(d2, m26),
-        _mm512_and_si512(d3, m26),
-        _mm512_and_si512(d4, m26),
-    ]
-}
+vector_radix26!(
+    "avx512f,avx512bw", __m512i,
+    add: _mm512_add_epi64, mul: _mm512_mul_epu32, and: _mm512_and_si512, or: _mm512_or_si512,
+    srli: _mm512_srli_epi64, slli: _mm512_slli_epi64, set1: _mm512_set1_epi64
+);

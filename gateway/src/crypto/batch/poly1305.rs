@@ -105,3 +105,88 @@ pub(crate) fn finish(h: &[u64; 5], s: &[u8; 16]) -> [u8; 16] {
         | u128::from(pick(g4 & MASK26, h4)) << 104;
     acc.wrapping_add(u128::from_le_bytes(*s)).to_le_bytes()
 }
+
+/// The vector form of [`block_limbs`] and [`mul_block`] for one register width: eight (AVX2:
+/// four) packets per register, one per 64-bit lane, multiplied with 32×32→64-bit `mul_epu32`.
+/// Expanded once per path (`avx2.rs`, `avx512.rs`) with that width's intrinsics, so both run
+/// exactly the same arithmetic.
+macro_rules! vector_radix26 {
+    (
+        $feature:literal, $v:ty,
+        add: $add:ident, mul: $mul:ident, and: $and:ident, or: $or:ident,
+        srli: $srli:ident, slli: $slli:ident, set1: $set1:ident
+    ) => {
+        /// A 16-byte block (low and high 64 bits per lane) as five 26-bit limbs.
+        #[inline]
+        #[target_feature(enable = $feature)]
+        pub(super) fn split_limbs(lo: $v, hi: $v, hib: $v) -> [$v; 5] {
+            let m26 = $set1(MASK26 as i64);
+            [
+                $and(lo, m26),
+                $and($srli::<26>(lo), m26),
+                $and($or($srli::<52>(lo), $slli::<12>(hi)), m26),
+                $and($srli::<14>(hi), m26),
+                $or($srli::<40>(hi), hib),
+            ]
+        }
+
+        /// `(h + m) · r`, partially reduced; the vector form of `poly1305::mul_block`.
+        #[inline]
+        #[target_feature(enable = $feature)]
+        pub(super) fn mul_block(h: &[$v; 5], m: &[$v; 5], r: &[$v; 5], s: &[$v; 5]) -> [$v; 5] {
+            let a = [0, 1, 2, 3, 4].map(|i| $add(h[i], m[i]));
+            let sum = |t: [$v; 5]| $add($add($add(t[0], t[1]), $add(t[2], t[3])), t[4]);
+            let d0 = sum([
+                $mul(a[0], r[0]),
+                $mul(a[1], s[4]),
+                $mul(a[2], s[3]),
+                $mul(a[3], s[2]),
+                $mul(a[4], s[1]),
+            ]);
+            let d1 = sum([
+                $mul(a[0], r[1]),
+                $mul(a[1], r[0]),
+                $mul(a[2], s[4]),
+                $mul(a[3], s[3]),
+                $mul(a[4], s[2]),
+            ]);
+            let d2 = sum([
+                $mul(a[0], r[2]),
+                $mul(a[1], r[1]),
+                $mul(a[2], r[0]),
+                $mul(a[3], s[4]),
+                $mul(a[4], s[3]),
+            ]);
+            let d3 = sum([
+                $mul(a[0], r[3]),
+                $mul(a[1], r[2]),
+                $mul(a[2], r[1]),
+                $mul(a[3], r[0]),
+                $mul(a[4], s[4]),
+            ]);
+            let d4 = sum([
+                $mul(a[0], r[4]),
+                $mul(a[1], r[3]),
+                $mul(a[2], r[2]),
+                $mul(a[3], r[1]),
+                $mul(a[4], r[0]),
+            ]);
+            let m26 = $set1(MASK26 as i64);
+            let d1 = $add(d1, $srli::<26>(d0));
+            let d2 = $add(d2, $srli::<26>(d1));
+            let d3 = $add(d3, $srli::<26>(d2));
+            let d4 = $add(d4, $srli::<26>(d3));
+            let c = $srli::<26>(d4);
+            let n0 = $add($and(d0, m26), $add(c, $slli::<2>(c)));
+            let n1 = $add($and(d1, m26), $srli::<26>(n0));
+            [
+                $and(n0, m26),
+                n1,
+                $and(d2, m26),
+                $and(d3, m26),
+                $and(d4, m26),
+            ]
+        }
+    };
+}
+pub(crate) use vector_radix26;

@@ -15,6 +15,9 @@
 //!   a hung sluice (SIGSTOP: connections are accepted, nothing answers) is withdrawn after the
 //!   watcher's `fall` silent probes (the time is printed) and announced again after SIGCONT.
 //!
+//! Both data paths (`SLUICE_TEST_DATAPLANE=xdp`, the default, with sluice's XDP program on each
+//! gateway's uplink, where BGP and BFD pass to the kernel; or `socket`).
+//!
 //! Needs root, `ip`, `sysctl`, `wg`, `wireguard-go`, `bird`/`birdc` (bird2) and python3 with
 //! jinja2 (python3-jinja2). Under `CI=true` a missing prerequisite fails the test; elsewhere it
 //! prints a loud SKIPPED line and passes. Everything a test creates is removed at the end, also
@@ -137,6 +140,8 @@ fn anycast_with_sync_sigkill_clients_continue_on_the_survivor() {
 fn sigkill_failover(sync: bool) {
     let mut spec = AnycastSpec::new(PathBuf::from(SLUICE), 4);
     spec.sync = sync;
+    spec.xdp = xdp_from_env();
+    let spec_xdp = spec.xdp;
     let mut bed = AnycastBed::build(&spec).or_fail("building the anycast bed");
 
     // (1) Both announce: one route per family with both gateways as next hops; BFD up.
@@ -277,6 +282,26 @@ fn sigkill_failover(sync: bool) {
     }
     // Nothing forwarded for a client went astray: the sink got only what was sent.
     assert!(reports.iter().all(|r| r.received <= r.sent));
+    if spec_xdp {
+        // The fast path carried the traffic: the XDP program redirected the clients' frames
+        // (to the anycast address on `lo`) to the survivor's AF_XDP socket. (The streams are
+        // one-way, so the survivor sends little: handshake answers and keepalives.)
+        let st = bed.members[survivor].status().or_fail("survivor's status");
+        let x = st
+            .xdp
+            .as_ref()
+            .expect("xdp mode: the status has an xdp section");
+        let rx: u64 = x.sockets.iter().map(|s| s.rx_frames).sum();
+        let tx: u64 = x.sockets.iter().map(|s| s.tx_frames).sum();
+        println!(
+            "survivor's fast path: redirect {} rx_frames {rx} tx_frames {tx}",
+            x.counter("redirect")
+        );
+        assert!(
+            x.counter("redirect") > 0 && rx > 0,
+            "xdp mode but the fast path carried nothing: {x:?}"
+        );
+    }
     if sync {
         let log = bed.members[survivor]
             .gateway
@@ -297,7 +322,9 @@ fn anycast_unhealthy_or_stopped_member_is_withdrawn() {
     if !can_run("anycast_unhealthy_or_stopped_member_is_withdrawn") {
         return;
     }
-    let spec = AnycastSpec::new(PathBuf::from(SLUICE), 0);
+    let mut spec = AnycastSpec::new(PathBuf::from(SLUICE), 0);
+    spec.xdp = xdp_from_env();
+    let spec_xdp = spec.xdp;
     let mut bed = AnycastBed::build(&spec).or_fail("building the anycast bed");
     if let Err(e) = bed.wait_route_members(&[0, 1], Duration::from_secs(20)) {
         panic!("{e}\n{}", bed.logs(30));

@@ -103,7 +103,7 @@ impl FastPath {
             err,
         };
         let queues = netdev::rx_queues(ifname).map_err(iface_err)?;
-        let addrs = netdev::addresses(ifname).map_err(iface_err)?;
+        let addrs = local_addresses(ifname).map_err(iface_err)?;
         let mut program = XdpProgram::load()?;
         program.set_ports(&[port])?;
         program.set_local_addrs(&addrs)?;
@@ -225,7 +225,7 @@ impl FastPath {
     /// [`FastPath::refresh_addrs`], leaving `hidden` out of the map: an HA VIP while this
     /// gateway is not its VRRP master.
     pub fn refresh_addrs_hiding(&self, hidden: &[std::net::IpAddr]) {
-        let Ok(mut now) = netdev::addresses(&self.ifname) else {
+        let Ok(mut now) = local_addresses(&self.ifname) else {
             return;
         };
         now.retain(|a| !hidden.contains(a));
@@ -418,6 +418,26 @@ fn name_counts<'a>(counts: impl Iterator<Item = (&'a str, u64)>) -> serde_json::
 
 /// One AF_XDP socket (outer or inner) in the status file: its queue, mode, frame ledger, the
 /// kernel's drops, and its own counters.
+/// The addresses the XDP program takes WireGuard for sluice at: every address of the outer
+/// interface, and every global address elsewhere on the host (anycast addresses live on `lo`;
+/// the sockets, bound to the wildcard, would serve them too). Not 127/8, ::1 or another
+/// interface's link-local addresses. At most the map's size, the interface's own first.
+fn local_addresses(ifname: &str) -> std::io::Result<Vec<std::net::IpAddr>> {
+    use std::net::IpAddr;
+    let mut addrs = netdev::addresses(ifname)?;
+    let elsewhere = netdev::host_addresses()?.into_iter().filter(|a| match a {
+        IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified(),
+        IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unicast_link_local() && !v6.is_unspecified(),
+    });
+    for a in elsewhere {
+        if !addrs.contains(&a) && addrs.len() < crate::xdp::shared::MAX_ADDRS as usize {
+            addrs.push(a);
+        }
+    }
+    addrs.sort();
+    Ok(addrs)
+}
+
 fn socket_status(
     queue: u32,
     mode: XskMode,

@@ -6,6 +6,16 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The IPv4 and IPv6 addresses currently on `ifname` (VIPs a VRRP daemon added included).
 pub fn addresses(ifname: &str) -> io::Result<Vec<IpAddr>> {
+    list_addresses(Some(ifname))
+}
+
+/// The IPv4 and IPv6 addresses currently on any interface of the host (e.g. anycast
+/// addresses on `lo`).
+pub fn host_addresses() -> io::Result<Vec<IpAddr>> {
+    list_addresses(None)
+}
+
+fn list_addresses(only: Option<&str>) -> io::Result<Vec<IpAddr>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs writes a list head we free with freeifaddrs below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
@@ -22,7 +32,7 @@ pub fn addresses(ifname: &str) -> io::Result<Vec<IpAddr>> {
         }
         // SAFETY: ifa_name is a NUL-terminated string owned by the list.
         let name = unsafe { CStr::from_ptr(ifa.ifa_name) };
-        if name.to_bytes() != ifname.as_bytes() {
+        if only.is_some_and(|ifname| name.to_bytes() != ifname.as_bytes()) {
             continue;
         }
         // SAFETY: ifa_addr is non-null and points at a sockaddr whose family tells its type.

@@ -10,8 +10,8 @@
 //!  | uplink 198.18.(K+1).2 |   | BIRD AS 65000: BGP and |     | default via the router     |
 //!  +-----------------------+   |  BFD to both gateways, |     |  (sluice answers from the  |
 //!                              |  ECMP (merge paths)    |     |  VIP by its sticky source) |
-//!                              |  into the kernel table |     | sluice (socket data path,  |
-//!                              +------------------------+     |  TUN slIDa / slIDb)        |
+//!                              |  into the kernel table |     | sluice (XDP on the uplink, |
+//!                              +------------------------+     |  or sockets; TUN slIDa/b)  |
 //!                                                             | BIRD AS 65010 from         |
 //!  sink sl-ID-sk                                              |  configs/bird.conf.j2      |
 //!  lo 10.88.0.100/32                                          | sluice ha watch, the       |
@@ -90,6 +90,8 @@ pub struct AnycastSpec {
     pub env: [Vec<(String, String)>; 2],
     /// Run sluice with an `[ha]` section (mode anycast, session sync between the two).
     pub sync: bool,
+    /// Run sluice's XDP fast path on the uplink (`mode = "xdp"`); false: the socket path.
+    pub xdp: bool,
 }
 
 impl AnycastSpec {
@@ -99,6 +101,7 @@ impl AnycastSpec {
             clients,
             env: [Vec::new(), Vec::new()],
             sync: false,
+            xdp: false,
         }
     }
 }
@@ -500,7 +503,7 @@ impl AnycastBed {
             workers: 1,
             cores: vec![i % 2],
             extra_toml: extra,
-            xdp_outer: None,
+            xdp_outer: spec.xdp.then(|| "uplink".to_string()),
             env: env.unwrap_or_else(|| spec.env[i].clone()),
             status_file: true,
         };

@@ -324,7 +324,6 @@ fn anycast_unhealthy_or_stopped_member_is_withdrawn() {
     }
     let mut spec = AnycastSpec::new(PathBuf::from(SLUICE), 0);
     spec.xdp = xdp_from_env();
-    let spec_xdp = spec.xdp;
     let mut bed = AnycastBed::build(&spec).or_fail("building the anycast bed");
     if let Err(e) = bed.wait_route_members(&[0, 1], Duration::from_secs(20)) {
         panic!("{e}\n{}", bed.logs(30));

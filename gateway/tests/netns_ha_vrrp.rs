@@ -128,7 +128,12 @@ fn unhealthy_master_gives_the_vip_to_the_backup() {
         panic!("{e}\n{}", pair.logs(30));
     }
     let code = http_status(&pair.members[0].ns, healthz, "/healthz").or_fail("healthz");
-    assert_eq!(code, 503, "gateway 1 lost the VIP because it is unhealthy");
+    assert_eq!(
+        code,
+        503,
+        "gateway 1 lost the VIP because it is unhealthy\n{}",
+        pair.logs(40)
+    );
     assert_eq!(
         http_status(&pair.members[1].ns, healthz, "/healthz").or_fail("healthz"),
         200

@@ -268,14 +268,18 @@ fn kernel(path: Path, lane: usize) -> Result<Path, BatchError> {
 
 /// Validate the whole batch, then run it chunk by chunk; returns how many jobs failed.
 fn drive<J: Job>(path: Path, jobs: &mut [J]) -> Result<usize, BatchError> {
-    if !path.is_available() {
+    if path != Path::Auto && !path.is_available() {
         return Err(BatchError::Unavailable(path));
     }
+    let mut longest = 0;
     for (index, j) in jobs.iter().enumerate() {
         j.check(index)?;
+        longest = longest.max(j.text_len());
     }
-    if path == Path::Auto && (Path::detect() != Path::Avx512 || !auto_simd_pays(jobs.len(), 0)) {
-        // Too few packets to fill a lane group: skip the batch bookkeeping entirely.
+    // A batch that is one lane group too small to pay for its packet size goes straight to
+    // ring: sorting and grouping it cost up to a tenth of ring's time (ten 256-byte packets).
+    let one_small_group = jobs.len() <= MAX_LANES && !auto_simd_pays(jobs.len(), longest);
+    if path == Path::Auto && (one_small_group || Path::detect() != Path::Avx512) {
         return Ok(jobs.iter_mut().map(|j| usize::from(!j.ring())).sum());
     }
     let (path, simd_pays): (Path, fn(usize, usize) -> bool) = match path {

@@ -313,10 +313,20 @@ impl GenTopology {
         if xdp {
             // veth runs an attached XDP program in NAPI on the sending CPU; threaded NAPI
             // would give it kernel threads we could pin ("napi/outer-<id>").
-            napi = sh(
-                &self.gw_ns,
-                &format!("echo 1 > /sys/class/net/{OUTER_DEV}/threaded"),
-            )
+            // veth has NAPI instances (and so accepts threaded mode) only once sluice has
+            // attached its program, which it does after its workers start: retry for up to 5 s.
+            let mut tries = 0;
+            napi = loop {
+                let r = sh(
+                    &self.gw_ns,
+                    &format!("echo 1 > /sys/class/net/{OUTER_DEV}/threaded"),
+                );
+                tries += 1;
+                if r.is_ok() || tries >= 50 {
+                    break r;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
             .map(|_| {
                 std::thread::sleep(std::time::Duration::from_millis(100));
                 napi_threads(OUTER_DEV)

@@ -2,6 +2,11 @@
 //! RFC 8439 known answers, all of Wycheproof's ChaCha20-Poly1305 cases with 96-bit nonces,
 //! randomized differential tests against ring (through `sluice::crypto`, the per-packet
 //! wrapper), tamper isolation within a batch, and a proptest against ring.
+//!
+//! The AVX-512 IFMA path runs twice: on the real instructions where the CPU has them
+//! (`avx512-ifma`, reported as skipped elsewhere), and everywhere with AVX-512 on an exact
+//! software emulation of the two instructions (`avx512-ifma-emulated`), so its radix-2^44
+//! Poly1305 is tested on CPUs without IFMA too.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is a failed test
 
@@ -25,14 +30,30 @@ fn arr<const N: usize>(s: &str) -> [u8; N] {
     hex(s).try_into().expect("test vector length")
 }
 
-/// Every forced path the CPU supports, plus `Auto`; prints which ran and which were skipped.
+/// Why a path cannot run here.
+fn missing(p: Path) -> &'static str {
+    match p {
+        Path::Avx2 => "CPU lacks AVX2",
+        Path::Avx512 | Path::Avx512IfmaEmulated => "CPU lacks AVX-512F/BW",
+        Path::Avx512Ifma => {
+            "CPU lacks AVX-512 IFMA; its arithmetic is tested as avx512-ifma-emulated instead"
+        }
+        _ => "CPU lacks it",
+    }
+}
+
+/// Every forced path the CPU supports, plus the emulated IFMA path and `Auto`; prints which
+/// ran and which were skipped, and why.
 fn paths(test: &str) -> Vec<Path> {
     let mut run = Vec::new();
-    for p in Path::FORCED.into_iter().chain([Path::Auto]) {
+    for p in Path::FORCED
+        .into_iter()
+        .chain([Path::Avx512IfmaEmulated, Path::Auto])
+    {
         if p.is_available() {
             run.push(p);
         } else {
-            eprintln!("{test}: SKIPPED path {} (CPU lacks it)", p.name());
+            eprintln!("{test}: SKIPPED path {} ({})", p.name(), missing(p));
         }
     }
     let names: Vec<&str> = run.iter().map(|p| p.name()).collect();
@@ -45,9 +66,9 @@ fn paths(test: &str) -> Vec<Path> {
 
 /// The lane indices a forced path has (`Auto` resolves to the detected path).
 fn lanes(p: Path) -> usize {
+    let p = if p == Path::Auto { Path::detect() } else { p };
     match p {
-        Path::Avx512 => 16,
-        Path::Auto if Path::detect() == Path::Avx512 => 16,
+        Path::Avx512 | Path::Avx512Ifma | Path::Avx512IfmaEmulated => 16,
         _ => 8,
     }
 }
@@ -557,15 +578,64 @@ fn malformed_batches_are_refused_whole() {
     }
 }
 
+/// A forced path the CPU lacks is refused as a whole, never silently run on another path.
+#[test]
+fn unavailable_forced_paths_are_refused() {
+    let key = [3u8; 32];
+    let mut refused = Vec::new();
+    for p in Path::FORCED.into_iter().chain([Path::Avx512IfmaEmulated]) {
+        if p.is_available() {
+            continue;
+        }
+        let plain = [1u8; 40];
+        let mut out = [0u8; 56];
+        let mut jobs = [SealJob::new(&key, 1, &plain, &mut out)];
+        assert_eq!(seal_batch_on(p, &mut jobs), Err(BatchError::Unavailable(p)));
+        assert_eq!(out, [0u8; 56], "{p:?}: nothing is processed");
+        assert_eq!(
+            poly1305_on(p, 0, &key, b"x"),
+            Err(BatchError::Unavailable(p))
+        );
+        eprintln!(
+            "unavailable_forced_paths_are_refused: {} refused ({})",
+            p.name(),
+            missing(p)
+        );
+        refused.push(p);
+    }
+    assert!(!refused.contains(&Path::Portable) && !refused.contains(&Path::Auto));
+    eprintln!(
+        "unavailable_forced_paths_are_refused: {} path(s) unavailable on this CPU",
+        refused.len()
+    );
+}
+
+const PROPTEST_PATHS: [Path; 6] = [
+    Path::Portable,
+    Path::Avx2,
+    Path::Avx512,
+    Path::Avx512Ifma,
+    Path::Avx512IfmaEmulated,
+    Path::Auto,
+];
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     #[test]
     fn proptest_matches_ring(
         lens in proptest::collection::vec(0usize..3000, 1..48),
         seed in any::<u64>(),
-        path in 0usize..4,
+        path in 0usize..PROPTEST_PATHS.len(),
     ) {
-        let path = [Path::Portable, Path::Avx2, Path::Avx512, Path::Auto][path];
+        let path = PROPTEST_PATHS[path];
+        if !path.is_available() {
+            static SKIPPED: std::sync::Once = std::sync::Once::new();
+            SKIPPED.call_once(|| {
+                for p in PROPTEST_PATHS.iter().filter(|p| !p.is_available()) {
+                    eprintln!("proptest_matches_ring: SKIPPED path {} ({})", p.name(), missing(*p));
+                }
+            });
+        }
         prop_assume!(path.is_available());
         let mut rng = Rng(seed);
         let pkts: Vec<Packet> = lens.iter().map(|&n| packet(&mut rng, n)).collect();

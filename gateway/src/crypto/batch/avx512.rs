@@ -7,8 +7,8 @@
 //! block function, transposes and Poly1305 arithmetic; the two kernels here also serve the
 //! known-answer hooks.
 //!
-//! No AVX-512 IFMA Poly1305 is implemented (the development machine lacks IFMA, so it could
-//! not be tested); Poly1305 uses `vpmuludq` in radix 2^26 on every AVX-512 CPU.
+//! Poly1305 here is radix 2^26 with `vpmuludq`; CPUs with AVX-512 IFMA get radix 2^44 in the
+//! same fused pass (`avx512_ifma.rs`).
 
 use super::engine::{Blocks, ChachaLanes, CoreJob, Engine, PolyLanes, MAX_LANES};
 use super::poly1305::{vector_radix26, HIBIT, MASK26};
@@ -33,7 +33,7 @@ impl Engine for Avx512 {
 
     unsafe fn fused_group(group: &mut [Option<&mut CoreJob<'_>>]) -> bool {
         // SAFETY: as above.
-        unsafe { super::avx512_fused::group(group) };
+        unsafe { super::avx512_fused::group(super::avx512_fused::Radix26, group) };
         true
     }
 }

@@ -10,6 +10,9 @@
 //!
 //! Lanes are addressed through raw pointers: one pass reads and writes up to sixteen packets
 //! through masked vector accesses that never touch a byte outside a packet.
+//!
+//! The Poly1305 arithmetic is a parameter ([`FusedPoly`]): radix 2^26 with `vpmuludq`
+//! ([`Radix26`], here) or radix 2^44 with IFMA (`avx512_ifma.rs`).
 
 use super::avx512::{block16, mul_block, split_limbs, transpose16};
 use super::engine::{CoreJob, TagSlot, Text, MAX_LANES};
@@ -29,8 +32,75 @@ struct Runs<P> {
     len: [usize; LANES],
 }
 
+/// The Poly1305 arithmetic of the fused pass, eight lanes (one packet per 64-bit lane) per
+/// half. Every method needs the CPU features of its implementation (AVX-512F/BW, plus IFMA
+/// for the hardware radix-2^44 one): that is each method's safety contract.
+pub(super) trait FusedPoly: Copy {
+    /// Accumulators and keys of eight lanes.
+    type Half;
+
+    /// Lanes 0..8 and 8..16 with the clamped `r` (RFC 8439 §2.5) from keystream words 0..4
+    /// of block 0 (`x[w]` is word `w` of every lane), accumulators zero.
+    ///
+    /// # Safety
+    /// See the trait.
+    unsafe fn keys(self, x: &[__m512i; 16]) -> [Self::Half; 2];
+
+    /// Absorb blocks `0..most` of a 64-byte chunk per lane, each with 2^128 added: block `k`
+    /// is `q[2k]` (low 64 bits) and `q[2k + 1]` (high); a lane takes blocks below its `nb`.
+    ///
+    /// # Safety
+    /// See the trait.
+    unsafe fn absorb_chunk(self, half: &mut Self::Half, q: &[__m512i; 8], nb: __m512i, most: usize);
+
+    /// Each accumulator fully reduced modulo 2^130 − 5: its four low 32-bit words, word `k`
+    /// in the low 32 bits of each 64-bit lane of `result[k]`.
+    ///
+    /// # Safety
+    /// See the trait.
+    unsafe fn reduce(self, half: &Self::Half) -> [__m512i; 4];
+}
+
+/// Radix 2^26 with 32×32-bit `vpmuludq`: any AVX-512F/BW CPU.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Radix26;
+
+impl FusedPoly for Radix26 {
+    type Half = PolyHalf;
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn keys(self, x: &[__m512i; 16]) -> [PolyHalf; 2] {
+        poly_keys(x)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn absorb_chunk(self, p: &mut PolyHalf, q: &[__m512i; 8], nb: __m512i, most: usize) {
+        let hib = _mm512_set1_epi64(HIBIT as i64);
+        for k in 0..most {
+            let m = split_limbs(q[2 * k], q[2 * k + 1], hib);
+            let n = mul_block(&p.h, &m, &p.r, &p.s);
+            let active = _mm512_cmpgt_epu64_mask(nb, _mm512_set1_epi64(k as i64));
+            if active == 0xff {
+                p.h = n;
+            } else {
+                for (h, n) in p.h.iter_mut().zip(n) {
+                    *h = _mm512_mask_mov_epi64(*h, active, n);
+                }
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn reduce(self, half: &PolyHalf) -> [__m512i; 4] {
+        reduce26(&half.h)
+    }
+}
+
 /// Poly1305 registers for eight lanes (one packet per 64-bit lane), 26-bit limbs.
-struct PolyHalf {
+pub(super) struct PolyHalf {
     h: [__m512i; 5],
     r: [__m512i; 5],
     /// `5 · r`.
@@ -52,9 +122,9 @@ fn first_bytes(n: usize) -> u64 {
 /// plaintext is written, and a packet whose tag fails has its output zeroed, not decrypted.
 ///
 /// # Safety
-/// The CPU supports AVX-512F and AVX-512BW.
+/// The CPU supports AVX-512F and AVX-512BW, and what `P` needs (see [`FusedPoly`]).
 #[target_feature(enable = "avx512f,avx512bw")]
-pub(super) unsafe fn group(group: &mut [Option<&mut CoreJob<'_>>]) {
+pub(super) unsafe fn group<P: FusedPoly>(p: P, group: &mut [Option<&mut CoreJob<'_>>]) {
     // Row `lane`: that lane's key words, a zero word where the counter goes, its nonce words.
     let mut rows = [_mm512_setzero_si512(); LANES];
     let mut input = Runs {
@@ -106,13 +176,14 @@ pub(super) unsafe fn group(group: &mut [Option<&mut CoreJob<'_>>]) {
     // Block 0 of each keystream is the packet's one-time Poly1305 key (RFC 8439 §2.6).
     let mut x = state(0);
     block16(&mut x);
-    let mut poly = poly_keys(&x);
+    // SAFETY: the caller guarantees what `P` needs.
+    let mut poly = unsafe { p.keys(&x) };
     let pad = [x[4], x[5], x[6], x[7]];
 
     let mut tags = [0u128; LANES];
     if opening {
         // SAFETY: every input run is a readable slice of its job.
-        unsafe { mac(&mut poly, &aad, &input, pad, &mut tags[..lanes]) };
+        unsafe { mac(p, &mut poly, &aad, &input, pad, &mut tags[..lanes]) };
         for ((lane, j), tag) in group.iter_mut().flatten().enumerate().zip(&tags) {
             j.ok = match &j.tag {
                 TagSlot::Check(want) => bool::from(u128::from_le_bytes(*want).ct_eq(tag)),
@@ -135,7 +206,7 @@ pub(super) unsafe fn group(group: &mut [Option<&mut CoreJob<'_>>]) {
                 ptr: output.ptr.map(<*mut u8>::cast_const),
                 len: output.len,
             };
-            mac(&mut poly, &aad, &sealed, pad, &mut tags[..lanes]);
+            mac(p, &mut poly, &aad, &sealed, pad, &mut tags[..lanes]);
         }
         for (j, tag) in group.iter_mut().flatten().zip(&tags) {
             j.ok = true;
@@ -238,10 +309,12 @@ unsafe fn xor_keystream(
 /// bytes, then the two lengths; `tags[lane]` for the first `tags.len()` lanes.
 ///
 /// # Safety
-/// Every run with a non-zero length is readable for that many bytes.
+/// Every run with a non-zero length is readable for that many bytes; the CPU has what `P`
+/// needs.
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn mac(
-    poly: &mut [PolyHalf; 2],
+unsafe fn mac<P: FusedPoly>(
+    p: P,
+    poly: &mut [P::Half; 2],
     aad: &Runs<*const u8>,
     text: &Runs<*const u8>,
     pad: [__m512i; 4],
@@ -249,20 +322,23 @@ unsafe fn mac(
 ) {
     if aad.len.iter().any(|&n| n > 0) {
         // SAFETY: the caller's guarantee, passed on.
-        unsafe { absorb(poly, aad) };
+        unsafe { absorb(p, poly, aad) };
     }
     // SAFETY: as above.
-    unsafe { absorb(poly, text) };
-    let hib = _mm512_set1_epi64(HIBIT as i64);
+    unsafe { absorb(p, poly, text) };
     let aad_len = aad.len.map(|n| n as u64);
     let text_len = text.len.map(|n| n as u64);
-    for (h, p) in poly.iter_mut().enumerate() {
+    let one = _mm512_set1_epi64(1);
+    for (h, half) in poly.iter_mut().enumerate() {
         // The length block: AAD length in the low 64 bits, text length in the high.
-        let lo = load8(&aad_len, h);
-        let hi = load8(&text_len, h);
-        p.h = mul_block(&p.h, &split_limbs(lo, hi, hib), &p.r, &p.s);
+        let mut q = [_mm512_setzero_si512(); 8];
+        q[0] = load8(&aad_len, h);
+        q[1] = load8(&text_len, h);
+        // SAFETY: the caller guarantees what `P` needs.
+        unsafe { p.absorb_chunk(half, &q, one, 1) };
     }
-    let words = finish(poly, pad);
+    // SAFETY: as above.
+    let words = unsafe { finish(p, poly, pad) };
     // Four 128-bit tags per register: 128-bit lane c of `rows[i]` is the tag of lane 4c + i.
     let t0 = _mm512_unpacklo_epi32(words[0], words[1]);
     let t1 = _mm512_unpackhi_epi32(words[0], words[1]);
@@ -290,47 +366,17 @@ unsafe fn mac(
 /// The tags' four 32-bit words for all sixteen lanes (`result[k]` = word `k`): each
 /// accumulator fully reduced modulo 2^130 − 5 plus the `s` half of its one-time key, as the
 /// scalar `poly1305::finish`, without branches on secret values.
+///
+/// # Safety
+/// The CPU has what `P` needs.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-fn finish(poly: &[PolyHalf; 2], pad: [__m512i; 4]) -> [__m512i; 4] {
-    let m26 = _mm512_set1_epi64(MASK26 as i64);
+unsafe fn finish<P: FusedPoly>(p: P, poly: &[P::Half; 2], pad: [__m512i; 4]) -> [__m512i; 4] {
     let m32 = _mm512_set1_epi64(u32::MAX as i64);
     let mut halves = [[_mm512_setzero_si512(); 4]; 2];
     for (half, out) in halves.iter_mut().enumerate() {
-        let [mut h0, mut h1, mut h2, mut h3, mut h4] = poly[half].h;
-        let carry = |from: &mut __m512i, to: &mut __m512i| {
-            *to = _mm512_add_epi64(*to, _mm512_srli_epi64::<26>(*from));
-            *from = _mm512_and_si512(*from, m26);
-        };
-        carry(&mut h1, &mut h2);
-        carry(&mut h2, &mut h3);
-        carry(&mut h3, &mut h4);
-        let c = _mm512_srli_epi64::<26>(h4);
-        h4 = _mm512_and_si512(h4, m26);
-        h0 = _mm512_add_epi64(h0, _mm512_add_epi64(c, _mm512_slli_epi64::<2>(c)));
-        carry(&mut h0, &mut h1);
-        // g = h + 5 − 2^130; where it does not borrow, h ≥ p and g is the reduced value.
-        let mut g0 = _mm512_add_epi64(h0, _mm512_set1_epi64(5));
-        let mut g1 = h1;
-        let mut g2 = h2;
-        let mut g3 = h3;
-        let mut g4 = h4;
-        carry(&mut g0, &mut g1);
-        carry(&mut g1, &mut g2);
-        carry(&mut g2, &mut g3);
-        carry(&mut g3, &mut g4);
-        let g4 = _mm512_sub_epi64(g4, _mm512_set1_epi64(1 << 26));
-        let borrow = _mm512_cmplt_epi64_mask(g4, _mm512_setzero_si512());
-        let pick = |g: __m512i, h: __m512i| _mm512_mask_mov_epi64(g, borrow, h);
-        let (a0, a1, a2, a3) = (pick(g0, h0), pick(g1, h1), pick(g2, h2), pick(g3, h3));
-        let a4 = pick(_mm512_and_si512(g4, m26), h4);
-        let or = _mm512_or_si512;
-        let words = [
-            or(a0, _mm512_slli_epi64::<26>(a1)),
-            or(_mm512_srli_epi64::<6>(a1), _mm512_slli_epi64::<20>(a2)),
-            or(_mm512_srli_epi64::<12>(a2), _mm512_slli_epi64::<14>(a3)),
-            or(_mm512_srli_epi64::<18>(a3), _mm512_slli_epi64::<8>(a4)),
-        ];
+        // SAFETY: the caller's guarantee, passed on.
+        let words = unsafe { p.reduce(&poly[half]) };
         // + s, with the carries between 32-bit words; the result is taken mod 2^128.
         let mut carry_in = _mm512_setzero_si512();
         for (k, w) in words.into_iter().enumerate() {
@@ -354,6 +400,47 @@ fn finish(poly: &[PolyHalf; 2], pad: [__m512i; 4]) -> [__m512i; 4] {
     words
 }
 
+/// Radix-2^26 accumulators fully reduced modulo 2^130 − 5, as [`FusedPoly::reduce`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn reduce26(h: &[__m512i; 5]) -> [__m512i; 4] {
+    let m26 = _mm512_set1_epi64(MASK26 as i64);
+    let [mut h0, mut h1, mut h2, mut h3, mut h4] = *h;
+    let carry = |from: &mut __m512i, to: &mut __m512i| {
+        *to = _mm512_add_epi64(*to, _mm512_srli_epi64::<26>(*from));
+        *from = _mm512_and_si512(*from, m26);
+    };
+    carry(&mut h1, &mut h2);
+    carry(&mut h2, &mut h3);
+    carry(&mut h3, &mut h4);
+    let c = _mm512_srli_epi64::<26>(h4);
+    h4 = _mm512_and_si512(h4, m26);
+    h0 = _mm512_add_epi64(h0, _mm512_add_epi64(c, _mm512_slli_epi64::<2>(c)));
+    carry(&mut h0, &mut h1);
+    // g = h + 5 − 2^130; where it does not borrow, h ≥ p and g is the reduced value.
+    let mut g0 = _mm512_add_epi64(h0, _mm512_set1_epi64(5));
+    let mut g1 = h1;
+    let mut g2 = h2;
+    let mut g3 = h3;
+    let mut g4 = h4;
+    carry(&mut g0, &mut g1);
+    carry(&mut g1, &mut g2);
+    carry(&mut g2, &mut g3);
+    carry(&mut g3, &mut g4);
+    let g4 = _mm512_sub_epi64(g4, _mm512_set1_epi64(1 << 26));
+    let borrow = _mm512_cmplt_epi64_mask(g4, _mm512_setzero_si512());
+    let pick = |g: __m512i, h: __m512i| _mm512_mask_mov_epi64(g, borrow, h);
+    let (a0, a1, a2, a3) = (pick(g0, h0), pick(g1, h1), pick(g2, h2), pick(g3, h3));
+    let a4 = pick(_mm512_and_si512(g4, m26), h4);
+    let or = _mm512_or_si512;
+    [
+        or(a0, _mm512_slli_epi64::<26>(a1)),
+        or(_mm512_srli_epi64::<6>(a1), _mm512_slli_epi64::<20>(a2)),
+        or(_mm512_srli_epi64::<12>(a2), _mm512_slli_epi64::<14>(a3)),
+        or(_mm512_srli_epi64::<18>(a3), _mm512_slli_epi64::<8>(a4)),
+    ]
+}
+
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 fn load8(v: &[u64; LANES], half: usize) -> __m512i {
@@ -364,13 +451,13 @@ fn load8(v: &[u64; LANES], half: usize) -> __m512i {
 /// Absorb each lane's run, zero-padded to a multiple of 16 bytes, as full Poly1305 blocks.
 ///
 /// # Safety
-/// Every run with a non-zero length is readable for that many bytes.
+/// Every run with a non-zero length is readable for that many bytes; the CPU has what `P`
+/// needs.
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn absorb(poly: &mut [PolyHalf; 2], runs: &Runs<*const u8>) {
-    let hib = _mm512_set1_epi64(HIBIT as i64);
+unsafe fn absorb<P: FusedPoly>(p: P, poly: &mut [P::Half; 2], runs: &Runs<*const u8>) {
     let longest = runs.len.iter().copied().max().unwrap_or(0);
     for at in (0..longest).step_by(64) {
-        for (h, p) in poly.iter_mut().enumerate() {
+        for (h, half) in poly.iter_mut().enumerate() {
             let mut rows = [_mm512_setzero_si512(); 8];
             let mut blocks = [0u64; 8];
             for (i, (row, nb)) in rows.iter_mut().zip(&mut blocks).enumerate() {
@@ -392,18 +479,8 @@ unsafe fn absorb(poly: &mut [PolyHalf; 2], runs: &Runs<*const u8>) {
             let q = transpose8(&rows);
             // SAFETY: `blocks` is 64 readable bytes.
             let nb = unsafe { _mm512_loadu_si512(blocks.as_ptr().cast()) };
-            for k in 0..most as usize {
-                let m = split_limbs(q[2 * k], q[2 * k + 1], hib);
-                let n = mul_block(&p.h, &m, &p.r, &p.s);
-                let active = _mm512_cmpgt_epu64_mask(nb, _mm512_set1_epi64(k as i64));
-                if active == 0xff {
-                    p.h = n;
-                } else {
-                    for (h, n) in p.h.iter_mut().zip(n) {
-                        *h = _mm512_mask_mov_epi64(*h, active, n);
-                    }
-                }
-            }
+            // SAFETY: the caller guarantees what `P` needs.
+            unsafe { p.absorb_chunk(half, &q, nb, most as usize) };
         }
     }
 }
@@ -543,7 +620,7 @@ mod tests {
                     s: [_mm512_setzero_si512(); 5],
                 });
                 let pad = pads.map(|p| _mm512_loadu_si512(p.as_ptr().cast()));
-                finish(&poly, pad).map(|v| {
+                finish(Radix26, &poly, pad).map(|v| {
                     let mut out = [0u32; LANES];
                     _mm512_storeu_si512(out.as_mut_ptr().cast(), v);
                     out

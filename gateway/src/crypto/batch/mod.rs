@@ -26,13 +26,14 @@
 //! - Opening verifies every tag, in constant time, before decrypting: a packet whose tag fails
 //!   is reported in its job's [`OpenJob::result`] and its output is zeroed, never decrypted.
 //!   The other packets of the batch are unaffected.
-//! - Paths: AVX-512 (16 lanes), AVX2 (8 lanes) and portable Rust, chosen at run time
-//!   ([`Path::Auto`]) or forced. Under `Auto`, lane groups too small to pay for the vector setup
-//!   for their packet size go through ring one packet at a time (so a batch of one is ring),
-//!   and CPUs without AVX-512 use ring throughout (see [`Path::detect`]).
+//! - Paths: AVX-512 with IFMA (16 lanes, radix-2^44 Poly1305), AVX-512 (16 lanes), AVX2 (8
+//!   lanes) and portable Rust, chosen at run time ([`Path::Auto`]) or forced. Under `Auto`,
+//!   lane groups too small to pay for the vector setup for their packet size go through ring
+//!   one packet at a time (so a batch of one is ring), and CPUs without AVX-512 use ring
+//!   throughout (see [`Path::detect`]).
 //!
-//! All `unsafe` and intrinsics of the batched AEAD live in `avx2.rs`, `avx512.rs` and
-//! `avx512_fused.rs`.
+//! All `unsafe` and intrinsics of the batched AEAD live in `avx2.rs`, `avx512.rs`,
+//! `avx512_fused.rs` and `avx512_ifma.rs`.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -40,6 +41,8 @@ mod avx2;
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod avx512_fused;
+#[cfg(target_arch = "x86_64")]
+mod avx512_ifma;
 mod engine;
 mod jobs;
 mod poly1305;
@@ -53,6 +56,8 @@ use engine::{CoreJob, Engine, CHUNK, MAX_LANES};
 use jobs::Job;
 
 /// Which implementation runs a batch.
+// The hidden variant is a test hook, not a marker against exhaustive matching.
+#[allow(clippy::manual_non_exhaustive)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Path {
     /// The fastest available path; small lane groups go through ring.
@@ -61,14 +66,23 @@ pub enum Path {
     Portable,
     /// AVX2, eight packets per group.
     Avx2,
-    /// AVX-512F/BW, sixteen packets per group. Poly1305 uses 32×32-bit multiplies (no IFMA
-    /// path is implemented).
+    /// AVX-512F/BW, sixteen packets per group. Poly1305 in radix 2^26 with 32×32-bit
+    /// multiplies.
     Avx512,
+    /// AVX-512F/BW and AVX-512 IFMA, sixteen packets per group: the AVX-512 path with
+    /// Poly1305 in radix 2^44 on the 52-bit multiply-adds (`vpmadd52luq`/`vpmadd52huq`).
+    Avx512Ifma,
+    /// The `Avx512Ifma` arithmetic with the two IFMA instructions emulated exactly in software,
+    /// so that it can be tested on AVX-512 CPUs without IFMA. Slow; for tests only, never
+    /// chosen by `Auto` and not in [`Path::FORCED`].
+    #[doc(hidden)]
+    Avx512IfmaEmulated,
 }
 
 impl Path {
-    /// The paths that can be forced, slowest first.
-    pub const FORCED: [Path; 3] = [Path::Portable, Path::Avx2, Path::Avx512];
+    /// The paths that can be forced, slowest first (`Avx512Ifma` is not measured to be
+    /// faster than `Avx512`: no CPU it was developed on has IFMA).
+    pub const FORCED: [Path; 4] = [Path::Portable, Path::Avx2, Path::Avx512, Path::Avx512Ifma];
 
     /// Whether this CPU can run the path.
     pub fn is_available(self) -> bool {
@@ -77,20 +91,36 @@ impl Path {
             #[cfg(target_arch = "x86_64")]
             Path::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
             #[cfg(target_arch = "x86_64")]
-            Path::Avx512 => {
+            Path::Avx512 | Path::Avx512IfmaEmulated => {
                 std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512bw")
             }
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512Ifma => {
+                Path::Avx512.is_available() && std::arch::is_x86_feature_detected!("avx512ifma")
+            }
             #[cfg(not(target_arch = "x86_64"))]
-            Path::Avx2 | Path::Avx512 => false,
+            Path::Avx2 | Path::Avx512 | Path::Avx512Ifma | Path::Avx512IfmaEmulated => false,
         }
+    }
+
+    /// Whether the path runs sixteen packets per lane group.
+    fn is_avx512(self) -> bool {
+        matches!(
+            self,
+            Path::Avx512 | Path::Avx512Ifma | Path::Avx512IfmaEmulated
+        )
     }
 
     /// The path `Auto` runs lane groups on, on this CPU (`Portable` means: everything goes
     /// through ring). Only AVX-512 beats ring: the AVX2 path's eight lanes measured 0.45–0.8×
-    /// ring, so on a CPU without AVX-512 `Auto` is ring, packet by packet.
+    /// ring, so on a CPU without AVX-512 `Auto` is ring, packet by packet. With IFMA, the
+    /// radix-2^44 Poly1305 is preferred (fewer multiplications per block; its speed is not
+    /// measured yet, for lack of an IFMA machine).
     pub fn detect() -> Path {
-        if Path::Avx512.is_available() {
+        if Path::Avx512Ifma.is_available() {
+            Path::Avx512Ifma
+        } else if Path::Avx512.is_available() {
             Path::Avx512
         } else {
             Path::Portable
@@ -103,6 +133,8 @@ impl Path {
             Path::Portable => "portable",
             Path::Avx2 => "avx2",
             Path::Avx512 => "avx512",
+            Path::Avx512Ifma => "avx512-ifma",
+            Path::Avx512IfmaEmulated => "avx512-ifma-emulated",
         }
     }
 }
@@ -221,7 +253,16 @@ pub fn chacha20_xor_on(
     // SAFETY: `kernel` only returns paths whose CPU features were detected.
     unsafe {
         match kernel {
+            #[cfg(target_arch = "x86_64")]
             Path::Avx512 => engine::chacha20_xor::<avx512::Avx512>(lane, key, nonce, counter, data),
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512Ifma => {
+                engine::chacha20_xor::<avx512_ifma::Avx512Ifma>(lane, key, nonce, counter, data)
+            }
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512IfmaEmulated => engine::chacha20_xor::<avx512_ifma::Avx512IfmaEmulated>(
+                lane, key, nonce, counter, data,
+            ),
             Path::Avx2 => engine::chacha20_xor::<avx2::Avx2>(lane, key, nonce, counter, data),
             _ => engine::chacha20_xor::<portable::Portable>(lane, key, nonce, counter, data),
         }
@@ -241,7 +282,14 @@ pub fn poly1305_on(
     // SAFETY: `kernel` only returns paths whose CPU features were detected.
     Ok(unsafe {
         match kernel {
+            #[cfg(target_arch = "x86_64")]
             Path::Avx512 => engine::poly1305_mac::<avx512::Avx512>(lane, key, msg),
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512Ifma => engine::poly1305_mac::<avx512_ifma::Avx512Ifma>(lane, key, msg),
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512IfmaEmulated => {
+                engine::poly1305_mac::<avx512_ifma::Avx512IfmaEmulated>(lane, key, msg)
+            }
             Path::Avx2 => engine::poly1305_mac::<avx2::Avx2>(lane, key, msg),
             _ => engine::poly1305_mac::<portable::Portable>(lane, key, msg),
         }
@@ -255,11 +303,7 @@ fn kernel(path: Path, lane: usize) -> Result<Path, BatchError> {
     } else {
         path
     };
-    let lanes = match p {
-        Path::Avx512 => avx512::Avx512::LANES,
-        Path::Avx2 => avx2::Avx2::LANES,
-        _ => portable::Portable::LANES,
-    };
+    let lanes = lanes(p);
     if !p.is_available() || lane >= lanes {
         return Err(BatchError::Unavailable(path));
     }
@@ -279,20 +323,14 @@ fn drive<J: Job>(path: Path, jobs: &mut [J]) -> Result<usize, BatchError> {
     // A batch that is one lane group too small to pay for its packet size goes straight to
     // ring: sorting and grouping it cost up to a tenth of ring's time (ten 256-byte packets).
     let one_small_group = jobs.len() <= MAX_LANES && !auto_simd_pays(jobs.len(), longest);
-    if path == Path::Auto && (one_small_group || Path::detect() != Path::Avx512) {
+    if path == Path::Auto && (one_small_group || !Path::detect().is_avx512()) {
         return Ok(jobs.iter_mut().map(|j| usize::from(!j.ring())).sum());
     }
     let (path, simd_pays): (Path, fn(usize, usize) -> bool) = match path {
         Path::Auto => (Path::detect(), auto_simd_pays),
         forced => (forced, |_, _| true),
     };
-    let lanes = match path {
-        #[cfg(target_arch = "x86_64")]
-        Path::Avx512 => avx512::Avx512::LANES,
-        #[cfg(target_arch = "x86_64")]
-        Path::Avx2 => avx2::Avx2::LANES,
-        _ => portable::Portable::LANES,
-    };
+    let lanes = lanes(path);
     let mut failed = 0;
     for chunk in jobs.chunks_mut(CHUNK) {
         // Longest first, so that each lane group holds packets of similar lengths.
@@ -330,6 +368,21 @@ fn drive<J: Job>(path: Path, jobs: &mut [J]) -> Result<usize, BatchError> {
     Ok(failed)
 }
 
+/// Packets per lane group on a concrete path.
+fn lanes(path: Path) -> usize {
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512 => avx512::Avx512::LANES,
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512Ifma => avx512_ifma::Avx512Ifma::LANES,
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512IfmaEmulated => avx512_ifma::Avx512IfmaEmulated::LANES,
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx2 => avx2::Avx2::LANES,
+        _ => portable::Portable::LANES,
+    }
+}
+
 /// Dispatch one lane group to an available path (not `Auto`).
 fn run(path: Path, group: &mut [Option<&mut CoreJob<'_>>], simd_pays: fn(usize, usize) -> bool) {
     // SAFETY: `drive` checked `is_available` for forced paths and `detect` only returns
@@ -338,6 +391,12 @@ fn run(path: Path, group: &mut [Option<&mut CoreJob<'_>>], simd_pays: fn(usize, 
         match path {
             #[cfg(target_arch = "x86_64")]
             Path::Avx512 => engine::run::<avx512::Avx512>(group, simd_pays),
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512Ifma => engine::run::<avx512_ifma::Avx512Ifma>(group, simd_pays),
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512IfmaEmulated => {
+                engine::run::<avx512_ifma::Avx512IfmaEmulated>(group, simd_pays)
+            }
             #[cfg(target_arch = "x86_64")]
             Path::Avx2 => engine::run::<avx2::Avx2>(group, simd_pays),
             _ => engine::run::<portable::Portable>(group, simd_pays),

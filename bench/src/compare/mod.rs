@@ -31,6 +31,7 @@ pub mod run;
 pub mod sink;
 pub mod topo;
 pub mod users;
+pub mod xsk_tx;
 
 use crate::report::{Machine, Record, Report};
 use output::{CompareRecord, FloodResult, LatencyResult, Sample};
@@ -119,6 +120,12 @@ pub struct Args {
     /// every packet in user space)
     #[arg(long, default_value = "xdp")]
     sink: sink::SinkKind,
+    /// How the generator transmits the users' timed traffic: xdp (an AF_XDP socket on its
+    /// end of the link; the default, which falls back to socket with the reason printed when
+    /// AF_XDP cannot be set up, while an explicit `--tx xdp` fails instead) or socket
+    /// (sendmmsg)
+    #[arg(long)]
+    tx: Option<xsk_tx::TxKind>,
     /// A short smoke run: 0.2 s per run, 8 users, one repeat (no meaningful numbers)
     #[arg(long)]
     quick: bool,
@@ -283,6 +290,10 @@ pub fn run(args: &Args) -> Result<(), String> {
             }
         },
         "quick": args.quick,
+        "tx": match args.tx {
+            Some(t) => t.label().to_string(),
+            None => "xdp (socket where AF_XDP cannot be set up)".to_string(),
+        },
         "directions": args.directions.iter().map(|d| d.label()).collect::<Vec<_>>(),
         "flood_pps": args.flood_pps,
         "probe_pps": args.probe_pps,
@@ -308,6 +319,7 @@ pub fn run(args: &Args) -> Result<(), String> {
     let keys = users.public_keys();
     let mut records: Vec<CompareRecord> = Vec::new();
     let mut pinning: Vec<String> = Vec::new();
+    let mut tx_used: Vec<String> = Vec::new();
     let mut run_id = 0u32;
     for &which in &plan.impls {
         println!("\n=== {} ===", which.label());
@@ -321,7 +333,22 @@ pub fn run(args: &Args) -> Result<(), String> {
         println!("  {}", topo.pinning);
         println!("  load average before: {}", loadavg());
         pinning.push(format!("{}: {}", which.label(), topo.pinning));
-        let r = measure(args, &plan, which, &topo, &mut users, &mut run_id, sink);
+        let xsk = generator_tx(args.tx, &topo)?;
+        tx_used.push(format!(
+            "{}: {}",
+            which.label(),
+            if xsk.is_some() { "xdp" } else { "socket" }
+        ));
+        let r = measure(
+            args,
+            &plan,
+            which,
+            &topo,
+            &mut users,
+            &mut run_id,
+            sink,
+            xsk,
+        );
         if which.mode == Mode::Appliance {
             // Proof that the appliance path carried the traffic, not the TUN beside it.
             let frames = match topo.inner_frames() {
@@ -344,6 +371,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         records.extend(memory(&plan, sluice_bin.as_deref()));
     }
     report.params["pinning"] = serde_json::json!(pinning);
+    report.params["tx_used"] = serde_json::json!(tx_used);
     report.params["loadavg_end"] = serde_json::json!(loadavg());
     for r in &records {
         let mut name = format!("{} {} {} {}", r.scenario, r.direction, r.size, r.who());
@@ -464,9 +492,16 @@ fn notes(plan: &Plan, args: &Args) -> Vec<String> {
     vec![
         format!(
             "throughput: inner packets users -> sink through the gateway, pre-encrypted, sent \
-             with sendmmsg at maximum rate for {} s per run; Mpps and Gbit/s (inner IP bytes) \
-             are what the sink accepted over its receive window (never shorter than the \
-             sending time); loss is of the packets sent",
+             {} at maximum rate for {} s per run; Mpps and Gbit/s (inner IP bytes) are what \
+             the sink accepted over its receive window (never shorter than the sending time); \
+             loss is of the packets sent (the kernel took them)",
+            match args.tx {
+                Some(xsk_tx::TxKind::Socket) => "with sendmmsg",
+                _ => {
+                    "as whole frames through an AF_XDP socket on the generator's link (copy \
+                     mode; sendmmsg where it could not be set up, see tx_used)"
+                }
+            },
             plan.seconds
         ),
         "at maximum rate the offered load exceeds what a gateway can take, so the rates are \
@@ -515,6 +550,8 @@ struct Bench<'a> {
     plan: &'a Plan,
     topo: &'a GenTopology,
     sock: io::GenSocket,
+    /// The AF_XDP transmitter of the users' timed traffic (`None`: `sendmmsg` on `sock`).
+    xsk: Option<xsk_tx::XskTx>,
     users: &'a mut users::Users,
     run_id: &'a mut u32,
     /// The gateway's name and mode for records.
@@ -559,7 +596,7 @@ impl Bench<'_> {
             Duration::from_secs(120),
         )?;
         let (dgram, pace) = match dir {
-            Direction::ToInside => (48.0 + mix.mean(), POOL_PPS),
+            Direction::ToInside => ((48 + xsk_tx::FRAME_HEADROOM) as f64 + mix.mean(), POOL_PPS),
             Direction::ToUsers => (mix.mean(), POOL_PPS),
         };
         let by_memory = (self.plan.pool_mib as f64 * 1048576.0 / dgram).floor();
@@ -851,8 +888,8 @@ impl Bench<'_> {
         };
         match dir {
             Direction::ToInside => {
-                let pool = self.users.encrypt_pool(spec.run, total, mix, 2)?;
-                run::timed_run(self.topo, &self.sock, &pool, spec)
+                let mut pool = self.users.encrypt_pool(spec.run, total, mix, 2)?;
+                run::timed_run_tx(self.topo, &self.sock, self.xsk.as_mut(), &mut pool, spec)
             }
             Direction::ToUsers => {
                 let pool = reverse::PlainPool::new(spec.run, total, n, mix);
@@ -913,6 +950,7 @@ impl Bench<'_> {
 }
 
 /// Every scenario against one gateway.
+#[allow(clippy::too_many_arguments)]
 fn measure(
     args: &Args,
     plan: &Plan,
@@ -921,6 +959,7 @@ fn measure(
     users: &mut users::Users,
     run_id: &mut u32,
     sink: sink::SinkKind,
+    xsk: Option<xsk_tx::XskTx>,
 ) -> Result<Vec<CompareRecord>, String> {
     let gw = SocketAddrV4::new(topo::GW_OUTER_V4, topo::LISTEN_PORT);
     users.set_gateway(&topo.gateway_key.public, gw)?;
@@ -939,6 +978,7 @@ fn measure(
         plan,
         topo,
         sock,
+        xsk,
         users,
         run_id,
         who,
@@ -972,6 +1012,32 @@ fn measure(
         }
     }
     Ok(out)
+}
+
+/// The generator's transmitter of the users' timed traffic for `asked` (`None`: AF_XDP,
+/// falling back to `sendmmsg` with the reason printed; an explicit `--tx xdp` fails instead).
+fn generator_tx(
+    asked: Option<xsk_tx::TxKind>,
+    topo: &GenTopology,
+) -> Result<Option<xsk_tx::XskTx>, String> {
+    if asked == Some(xsk_tx::TxKind::Socket) {
+        println!("  generator transmits with sendmmsg (--tx socket)");
+        return Ok(None);
+    }
+    match xsk_tx::open_for(topo) {
+        Ok(x) => {
+            println!(
+                "  generator transmits with AF_XDP ({} queue {}, copy mode, TX only)",
+                x.ifname, x.queue
+            );
+            Ok(Some(x))
+        }
+        Err(e) if asked.is_none() => {
+            println!("  generator: AF_XDP transmit unavailable ({e}); it sends with sendmmsg");
+            Ok(None)
+        }
+        Err(e) => Err(format!("--tx xdp: {e}")),
+    }
 }
 
 /// The memory scenario: each gateway's resident memory with `plan.memory_peers` peers

@@ -9,6 +9,7 @@ use super::packet::{self, Verifier};
 use super::sink::{Sink, SinkKind};
 use super::topo::GenTopology;
 use super::users::{outer_ip, Pool};
+use super::xsk_tx::XskTx;
 use sluice::xdp::bench_sink::SinkCounts;
 use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -241,26 +242,57 @@ pub struct RunSpec {
 }
 
 /// Send `pool` through the gateway for at most `spec.seconds`, at `spec.rate` or as fast as
-/// the generator can, and count what the sink accepted.
+/// the generator can, with `sendmmsg` on `sock`, and count what the sink accepted.
 pub fn timed_run(
     topo: &GenTopology,
     sock: &GenSocket,
     pool: &Pool,
     spec: RunSpec,
 ) -> Result<RunResult, String> {
-    let total = pool.len() as u64;
+    let gw = SocketAddrV4::new(super::topo::GW_OUTER_V4, super::topo::LISTEN_PORT);
+    sink_run(topo, pool.len(), spec, |probes| {
+        send_paced(sock, pool.len(), &spec, probes, |i| {
+            let (user, data) = pool.item(i);
+            Out {
+                src: outer_ip(user),
+                dst: gw,
+                data,
+            }
+        })
+    })
+}
+
+/// [`timed_run`] through the generator's AF_XDP socket `xsk` when there is one: the pool
+/// goes out as whole frames, their headers written before the clock.
+pub fn timed_run_tx(
+    topo: &GenTopology,
+    sock: &GenSocket,
+    xsk: Option<&mut XskTx>,
+    pool: &mut Pool,
+    spec: RunSpec,
+) -> Result<RunResult, String> {
+    let Some(x) = xsk else {
+        return timed_run(topo, sock, pool, spec);
+    };
+    pool.build_frames(&x.addrs)?;
+    let pool = &*pool;
+    sink_run(topo, pool.len(), spec, |probes| {
+        x.send_paced(pool.len(), &spec, probes, |i| pool.frame(i))
+    })
+}
+
+/// The sink counting while `send` sends the run's `total` packets, then the drain.
+fn sink_run(
+    topo: &GenTopology,
+    total: usize,
+    spec: RunSpec,
+    send: impl FnOnce(&mut ProbeLog) -> Result<Sent, String>,
+) -> Result<RunResult, String> {
+    let total = total as u64;
     let sink = Sink::start(topo, &spec, total)?;
     let mut probes = ProbeLog::new(spec.probe_every, total);
     std::thread::sleep(Duration::from_millis(50));
-    let gw = SocketAddrV4::new(super::topo::GW_OUTER_V4, super::topo::LISTEN_PORT);
-    let sent = send_paced(sock, pool.len(), &spec, &mut probes, |i| {
-        let (user, data) = pool.item(i);
-        Out {
-            src: outer_ip(user),
-            dst: gw,
-            data,
-        }
-    });
+    let sent = send(&mut probes);
     drain(&sink.accepted, spec.seconds);
     let receipt = sink.finish()?;
     Ok(RunResult::new(sent?, receipt, &probes))

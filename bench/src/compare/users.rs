@@ -8,6 +8,7 @@
 
 use super::io::{GenSocket, Out, BATCH, RECV_SLOT};
 use super::packet::{self, Reject, SizeMix, Stamp};
+use super::xsk_tx::{write_headers, FrameAddrs, FRAME_HEADROOM};
 use sluice::proto::device::{Context, Device, Received, Sent};
 use sluice::proto::messages::{self, Message, KEY_LEN};
 use sluice::proto::peer::{PeerConfig, PeerId};
@@ -78,7 +79,8 @@ impl HandshakeStats {
     }
 }
 
-/// The pre-encrypted datagrams of one timed run, in sending order.
+/// The pre-encrypted datagrams of one timed run, in sending order, each with
+/// [`FRAME_HEADROOM`] bytes in front of it for its frame headers.
 #[derive(Debug, Default)]
 pub struct Pool {
     arena: Vec<u8>,
@@ -94,6 +96,27 @@ impl Pool {
     pub fn item(&self, i: usize) -> (u32, &[u8]) {
         let (off, len, user) = self.items[i];
         (user, &self.arena[off..off + usize::from(len)])
+    }
+
+    /// Datagram `i` as a whole Ethernet frame (its headers written by
+    /// [`Pool::build_frames`]).
+    pub fn frame(&self, i: usize) -> &[u8] {
+        let (off, len, _) = self.items[i];
+        &self.arena[off - FRAME_HEADROOM..off + usize::from(len)]
+    }
+
+    /// Write every datagram's Ethernet/IPv4/UDP headers (from its user's outer address) into
+    /// the room in front of it, for the AF_XDP transmitter.
+    pub fn build_frames(&mut self, addrs: &FrameAddrs) -> Result<(), String> {
+        for &(off, len, user) in &self.items {
+            let f = &mut self.arena[off - FRAME_HEADROOM..off + usize::from(len)];
+            if !write_headers(f, addrs, outer_ip(user)) {
+                return Err(format!(
+                    "user {user}: a {len} B datagram does not fit a frame"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -587,6 +610,8 @@ fn encrypt_part(
                 .ok_or_else(|| format!("user {u} has no session"))?;
             match dev.send_to_peer(&mut cx, user.peer, &inner[..len], &mut out) {
                 Ok(Sent::Transmit { len, .. }) => {
+                    // Room for the frame headers the AF_XDP transmitter writes in front.
+                    arena.resize(arena.len() + FRAME_HEADROOM, 0);
                     items.push((seq, arena.len(), len as u16));
                     arena.extend_from_slice(&out[..len]);
                 }

@@ -68,11 +68,15 @@ pub enum DropReason {
     SyncMalformed,
     /// A datagram to an HA virtual address while this gateway is not its master.
     VipNotMaster,
+    /// A datagram this gateway would have sent from an HA virtual address it no longer holds
+    /// (sent from our own address instead, it would pull the master's client away from the
+    /// virtual address).
+    VipSourceNotHeld,
 }
 
 impl DropReason {
     /// Every reason, in discriminant order.
-    pub const ALL: [DropReason; 29] = [
+    pub const ALL: [DropReason; 30] = [
         DropReason::UnknownType,
         DropReason::BadLength,
         DropReason::ReservedNonZero,
@@ -102,6 +106,7 @@ impl DropReason {
         DropReason::SyncReplayed,
         DropReason::SyncMalformed,
         DropReason::VipNotMaster,
+        DropReason::VipSourceNotHeld,
     ];
     pub const COUNT: usize = Self::ALL.len();
     /// The reasons the HA sync thread rejects a datagram for (`sluice_ha_sync_drops_total`).
@@ -143,6 +148,7 @@ impl DropReason {
             DropReason::SyncReplayed => "sync_replayed",
             DropReason::SyncMalformed => "sync_malformed",
             DropReason::VipNotMaster => "vip_not_master",
+            DropReason::VipSourceNotHeld => "vip_source_not_held",
         }
     }
 }

@@ -501,6 +501,7 @@ fn health_turns_bad_when_a_worker_stops_and_metrics_count_traffic() {
         handshakes: vec![gw.handshakes.clone()],
         queue,
         fast: None,
+        udp: Vec::new(),
     };
     let mut c = Client::new(2, &gw);
     connect(&gw, &mut c, &ipv4(CLIENT_TUN, SINK, b"counted"));

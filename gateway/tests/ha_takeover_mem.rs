@@ -135,6 +135,7 @@ impl Gateway {
             handshakes: vec![handshakes],
             queue: tx,
             fast: None,
+            udp: Vec::new(),
         };
         Gateway {
             shared,
@@ -361,6 +362,7 @@ impl HealthWatch {
             handshakes: gw.observer.handshakes.clone(),
             queue: gw.observer.queue.clone(),
             fast: None,
+            udp: Vec::new(),
         };
         let thread = std::thread::spawn(move || {
             let (mut failures, mut under_load, mut samples) = (Vec::new(), false, 0u64);

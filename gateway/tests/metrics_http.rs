@@ -98,6 +98,7 @@ fn sample_snapshot() -> Snapshot {
         handshake_queue_depth: 17,
         under_load: true,
         cookie_replies_sent: 9,
+        source_fallbacks: 4,
         ..Snapshot::default()
     }
 }
@@ -275,6 +276,8 @@ fn check_against(e: &Exposition, snap: &Snapshot) {
     assert_eq!(e.value("sluice_under_load", &[]), load);
     let cookies = snap.cookie_replies_sent as f64;
     assert_eq!(e.value("sluice_cookie_replies_sent_total", &[]), cookies);
+    let fallbacks = snap.source_fallbacks as f64;
+    assert_eq!(e.value("sluice_udp_source_fallbacks_total", &[]), fallbacks);
     assert_eq!(e.value("sluice_up", &[]), 1.0);
 }
 
@@ -317,6 +320,7 @@ fn check_types(e: &Exposition) {
         ("sluice_handshake_queue_depth", "gauge"),
         ("sluice_under_load", "gauge"),
         ("sluice_cookie_replies_sent_total", "counter"),
+        ("sluice_udp_source_fallbacks_total", "counter"),
         ("sluice_up", "gauge"),
     ];
     for (name, t) in expected {

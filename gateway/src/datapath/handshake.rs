@@ -79,7 +79,7 @@ impl<O: Outer> HandshakeThread<O> {
                 }
             }
             let Some(mut job) = job else {
-                sent += send_transmits(&*self.udp, &mut out.transmits) as u64;
+                sent += send_transmits(&*self.udp, &mut out.transmits, &mut drops) as u64;
                 self.stats.publish(&drops, handled, sent);
                 continue;
             };
@@ -99,7 +99,7 @@ impl<O: Outer> HandshakeThread<O> {
                     tracing::debug!(endpoint = %job.src, reason = reason.label(), "handshake message dropped");
                 }
             }
-            sent += send_transmits(&*self.udp, &mut out.transmits) as u64;
+            sent += send_transmits(&*self.udp, &mut out.transmits, &mut drops) as u64;
             for e in out.events.drain(..) {
                 log_event(&self.shared, &e);
             }

@@ -18,8 +18,9 @@ pub trait Outer: Send + Sync {
     /// Receive what is waiting, without blocking, into `batch` (cleared first). Frames that
     /// are not well-formed datagrams are counted in `drops`.
     fn recv_batch(&self, batch: &mut RecvBatch, drops: &mut DropCounters) -> usize;
-    /// Send runs of datagrams; returns how many datagrams went out.
-    fn send(&self, runs: &[Segments<'_>]) -> usize;
+    /// Send runs of datagrams; returns how many datagrams went out. Datagrams dropped for a
+    /// reason of ours (a VIP source this member does not hold) are counted in `drops`.
+    fn send(&self, runs: &[Segments<'_>], drops: &mut DropCounters) -> usize;
     /// A descriptor that polls readable when datagrams wait, if there is one.
     fn readiness_fd(&self) -> Option<RawFd>;
     /// (destination, source) pairs sent since the last call whose source address was gone
@@ -81,8 +82,8 @@ impl Outer for UdpSocket {
         }
         n
     }
-    fn send(&self, runs: &[Segments<'_>]) -> usize {
-        self.send_segments(runs)
+    fn send(&self, runs: &[Segments<'_>], drops: &mut DropCounters) -> usize {
+        self.send_segments(runs, drops)
     }
     fn readiness_fd(&self) -> Option<RawFd> {
         Some(self.fd())
@@ -123,7 +124,7 @@ impl Outer for MemOuter {
         }
         batch.len()
     }
-    fn send(&self, runs: &[Segments<'_>]) -> usize {
+    fn send(&self, runs: &[Segments<'_>], _drops: &mut DropCounters) -> usize {
         let mut sent = super::shared::lock(&self.sent);
         let before = sent.len();
         for r in runs {
@@ -160,7 +161,11 @@ impl Inner for std::sync::Arc<MemInner> {
 }
 
 /// Send (and clear) the messages the protocol core queued; returns how many went out.
-pub fn send_transmits<O: Outer + ?Sized>(outer: &O, transmits: &mut VecDeque<Transmit>) -> usize {
+pub fn send_transmits<O: Outer + ?Sized>(
+    outer: &O,
+    transmits: &mut VecDeque<Transmit>,
+    drops: &mut DropCounters,
+) -> usize {
     if transmits.is_empty() {
         return 0;
     }
@@ -173,7 +178,7 @@ pub fn send_transmits<O: Outer + ?Sized>(outer: &O, transmits: &mut VecDeque<Tra
             segment: t.data.len(),
         })
         .collect();
-    let sent = outer.send(&runs);
+    let sent = outer.send(&runs, drops);
     transmits.clear();
     sent
 }

@@ -471,6 +471,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<(), RunError> {
             handshakes: hs_stats.clone(),
             queue: hs_tx_observe.clone(),
             fast: fast.clone(),
+            udp: sockets.clone(),
         });
         let metrics_stop = stop.clone();
         let t = std::thread::Builder::new()

@@ -29,6 +29,8 @@ pub struct GatewayObserver {
     pub queue: Sender<HandshakeJob>,
     /// The XDP fast path, in xdp mode.
     pub fast: Option<Arc<super::fastpath::FastPath>>,
+    /// The outer UDP sockets (every mode has them).
+    pub udp: Vec<Arc<super::udp::UdpSocket>>,
 }
 
 impl std::fmt::Debug for GatewayObserver {
@@ -107,6 +109,7 @@ impl MetricsSource for GatewayObserver {
             handshake_queue_depth: self.queue.len() as u64,
             under_load: self.shared.is_under_load(self.shared.clock.now()),
             cookie_replies_sent: cookie_replies,
+            source_fallbacks: self.udp.iter().map(|u| u.source_fallbacks()).sum(),
             ha: self.shared.ha.get().map(|h| h.sample(&self.shared)),
         }
     }

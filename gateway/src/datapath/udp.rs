@@ -17,13 +17,14 @@
 //! says `EINVAL` or `EADDRNOTAVAIL`), the datagram goes again without it, letting the kernel
 //! pick, as the kernel's WireGuard does, and [`UdpSocket::source_fallbacks`] counts it; except
 //! when it is a VRRP VIP of the socket's [`VipGate`] (this member is no longer master): then it
-//! is dropped ([`UdpSocket::vip_source_drops`]), since a reply from our own address would make
-//! the client roam to this member, away from the VIP.
+//! is dropped and counted in the caller's drop counters (`vip_source_not_held`), since a reply
+//! from our own address would make the client roam to this member, away from the VIP.
 //!
 //! HA (vrrp mode): a socket given a [`VipGate`] drops, while the gate is closed (this member is
 //! not master), datagrams sent to a VIP and counts them in [`RecvBatch::refused`].
 
 use crate::proto::endpoint::Endpoint;
+use crate::{DropCounters, DropReason};
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
@@ -149,8 +150,6 @@ pub struct UdpSocket {
     gate: OnceLock<Arc<VipGate>>,
     /// Datagrams sent again without their source address because it was gone.
     source_fallbacks: AtomicU64,
-    /// Datagrams not sent because their source was a VRRP VIP this member no longer holds.
-    vip_source_drops: AtomicU64,
     /// (destination, source) pairs that fell back since the last
     /// [`UdpSocket::take_vanished_sources`], so the peers' sticky sources can be forgotten;
     /// the flag spares the lock while there are none.
@@ -213,7 +212,6 @@ impl UdpSocket {
             gso,
             gate: OnceLock::new(),
             source_fallbacks: AtomicU64::new(0),
-            vip_source_drops: AtomicU64::new(0),
             vanished: Mutex::new(Vec::new()),
             vanished_any: AtomicBool::new(false),
         })
@@ -228,12 +226,6 @@ impl UdpSocket {
     /// Datagrams sent again without their source address because the host no longer had it.
     pub fn source_fallbacks(&self) -> u64 {
         self.source_fallbacks.load(Ordering::Relaxed)
-    }
-
-    /// Datagrams not sent because their source was a VRRP VIP (of the [`VipGate`]) this
-    /// member no longer holds.
-    pub fn vip_source_drops(&self) -> u64 {
-        self.vip_source_drops.load(Ordering::Relaxed)
     }
 
     /// The (destination, source) pairs whose source was gone since the last call: the peers
@@ -347,8 +339,8 @@ impl UdpSocket {
         Ok(batch.datagrams.len())
     }
 
-    /// Send single datagrams; returns how many the kernel took. Datagrams the kernel refuses
-    /// (e.g. no route) are skipped, not retried.
+    /// Send single datagrams (from the kernel's choice of source); returns how many the kernel
+    /// took. Datagrams the kernel refuses (e.g. no route) are skipped, not retried.
     pub fn send_batch(&self, items: &[(SocketAddr, &[u8])]) -> usize {
         let runs: Vec<Segments> = items
             .iter()
@@ -359,12 +351,15 @@ impl UdpSocket {
                 segment: data.len(),
             })
             .collect();
-        self.send_segments(&runs)
+        // No source addresses, so nothing can be dropped for one.
+        self.send_segments(&runs, &mut DropCounters::default())
     }
 
     /// Send runs of segments, each run as one GSO message where the kernel supports it (one
-    /// datagram per segment otherwise). Returns how many datagrams the kernel took.
-    pub fn send_segments(&self, runs: &[Segments<'_>]) -> usize {
+    /// datagram per segment otherwise). Returns how many datagrams the kernel took; a message
+    /// dropped because its source is a VIP this member does not hold is counted in `drops`
+    /// (`vip_source_not_held`).
+    pub fn send_segments(&self, runs: &[Segments<'_>], drops: &mut DropCounters) -> usize {
         if !self.gso && runs.iter().any(|r| r.data.len() > r.segment) {
             let split: Vec<Segments> = runs
                 .iter()
@@ -377,14 +372,16 @@ impl UdpSocket {
                     })
                 })
                 .collect();
-            return self.send_segments(&split);
+            return self.send_segments(&split, drops);
         }
-        runs.chunks(BATCH).map(|chunk| self.send_chunk(chunk)).sum()
+        runs.chunks(BATCH)
+            .map(|chunk| self.send_chunk(chunk, drops))
+            .sum()
     }
 
     /// One `sendmmsg` round for at most [`BATCH`] runs; a run longer than its segment size
     /// carries a `UDP_SEGMENT` control message, a run with a source an `IPV6_PKTINFO` one.
-    fn send_chunk(&self, chunk: &[Segments<'_>]) -> usize {
+    fn send_chunk(&self, chunk: &[Segments<'_>], drops: &mut DropCounters) -> usize {
         let mut addrs = [to_sockaddr(SocketAddr::from(([0u8; 4], 0))); BATCH];
         let mut cmsgs = [[0u64; CMSG_SPACE / 8]; BATCH];
         // SAFETY: plain C structs for which zero bytes are valid.
@@ -435,7 +432,7 @@ impl UdpSocket {
                     // (wireguard-go follows any authenticated packet), away from the VIP, and
                     // the next failover could not reach it. Dropped, and the peer keeps the VIP
                     // as its source for when we are master again.
-                    self.vip_source_drops.fetch_add(1, Ordering::Relaxed);
+                    drops.count(DropReason::VipSourceNotHeld);
                     tracing::debug!(dst = %r.dst, %src, "VIP not held: datagram from it dropped");
                     done += 1;
                     continue;
@@ -820,7 +817,8 @@ mod tests {
                 segment: 4,
             },
         ];
-        assert_eq!(tx.send_segments(&runs), 6);
+        let mut drops = DropCounters::default();
+        assert_eq!(tx.send_segments(&runs, &mut drops), 6);
         assert_eq!(tx.source_fallbacks(), 1);
         let mut got = recv_all(6);
         got.sort();
@@ -849,8 +847,14 @@ mod tests {
             data: b"not from us",
             segment: 11,
         }];
-        assert_eq!(tx.send_segments(&from_vip), 0);
-        assert_eq!((tx.vip_source_drops(), tx.source_fallbacks()), (1, 1));
+        assert_eq!(tx.send_segments(&from_vip, &mut drops), 0);
+        assert_eq!(
+            (
+                drops.get(DropReason::VipSourceNotHeld),
+                tx.source_fallbacks()
+            ),
+            (1, 1)
+        );
         assert!(tx.take_vanished_sources().iter().all(|&(_, s)| s != vip));
     }
 
@@ -876,7 +880,7 @@ mod tests {
                 segment: 77,
             },
         ];
-        assert_eq!(tx.send_segments(&runs), 7);
+        assert_eq!(tx.send_segments(&runs, &mut DropCounters::default()), 7);
         let mut batch = RecvBatch::default();
         let mut got: Vec<Vec<u8>> = Vec::new();
         for _ in 0..100 {

@@ -470,7 +470,7 @@ impl<O: Outer, I: Inner> Worker<O, I> {
                     segment: r.segment,
                 })
                 .collect();
-            l.tx_packets += self.udp.send(&segs) as u64;
+            l.tx_packets += self.udp.send(&segs, &mut l.drops) as u64;
         }
         read
     }
@@ -513,7 +513,7 @@ impl<O: Outer, I: Inner> Worker<O, I> {
     }
 
     fn flush_outbox(&self, l: &mut Local) {
-        l.tx_packets += send_transmits(&*self.udp, &mut l.out.transmits) as u64;
+        l.tx_packets += send_transmits(&*self.udp, &mut l.out.transmits, &mut l.drops) as u64;
         for e in l.out.events.drain(..) {
             log_event(&self.shared, &e);
         }

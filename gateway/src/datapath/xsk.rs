@@ -636,7 +636,7 @@ impl XskOuter {
         n
     }
 
-    fn send_frames(&self, runs: &[Segments<'_>]) -> usize {
+    fn send_frames(&self, runs: &[Segments<'_>], drops: &mut DropCounters) -> usize {
         let mut sent = 0;
         let mut fallback: Vec<Segments<'_>> = Vec::new();
         {
@@ -690,7 +690,7 @@ impl XskOuter {
                 .fetch_add(done as u64, Ordering::Relaxed);
         }
         if !fallback.is_empty() {
-            let n = self.fallback.send_segments(&fallback);
+            let n = self.fallback.send_segments(&fallback, drops);
             self.stats
                 .tx_fallback
                 .fetch_add(n as u64, Ordering::Relaxed);
@@ -733,8 +733,8 @@ impl Outer for XskOuter {
         batch.len()
     }
 
-    fn send(&self, runs: &[Segments<'_>]) -> usize {
-        self.send_frames(runs)
+    fn send(&self, runs: &[Segments<'_>], drops: &mut DropCounters) -> usize {
+        self.send_frames(runs, drops)
     }
 
     fn readiness_fd(&self) -> Option<RawFd> {

@@ -324,6 +324,12 @@ fn gateway_families(snap: &Snapshot) -> Vec<MetricFamily> {
             snap.cookie_replies_sent,
         ),
         one(
+            "sluice_udp_source_fallbacks_total",
+            "Datagrams sent again from the kernel's choice of source address because the address the peer last reached us on was gone from the host",
+            MetricType::COUNTER,
+            snap.source_fallbacks,
+        ),
+        one(
             "sluice_up",
             "1 while the gateway serves metrics",
             MetricType::GAUGE,

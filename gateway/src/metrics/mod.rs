@@ -33,6 +33,7 @@
 //! | `sluice_handshake_queue_depth` | gauge | |
 //! | `sluice_under_load` | gauge (0/1) | |
 //! | `sluice_cookie_replies_sent_total` | counter | |
+//! | `sluice_udp_source_fallbacks_total` | counter | |
 //! | `sluice_up` | gauge (always 1) | |
 //! | `sluice_ha_role` | gauge (1 for the current role) | `role` (`master`, `backup`, `fault`, `active`) |
 //! | `sluice_ha_sync_messages_total` | counter | `direction` (`sent`, `received`) |
@@ -169,6 +170,9 @@ pub struct Snapshot {
     pub handshake_queue_depth: u64,
     pub under_load: bool,
     pub cookie_replies_sent: u64,
+    /// Datagrams the UDP sockets sent again without their source address because the host no
+    /// longer had it.
+    pub source_fallbacks: u64,
     /// HA group state, when the gateway runs with `[ha]`.
     pub ha: Option<HaSample>,
 }

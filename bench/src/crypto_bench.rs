@@ -47,11 +47,14 @@ pub struct Args {
     /// Also write the results as JSON to this file
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-    /// Only these packet sizes (comma-separated) [default: all]
+    /// Packet sizes in bytes (comma-separated, each 1 to 65535; any size, not only the
+    /// defaults); batches of one are measured at those of 64 and 1420 given
+    /// [default: 64,128,256,512,1024,1420,8192]
     #[arg(long, value_delimiter = ',')]
     sizes: Vec<usize>,
-    /// Only these contenders (comma-separated: auto, avx512, avx2, portable, ring, rustcrypto)
-    /// [default: all this CPU has]
+    /// Only these contenders (comma-separated: auto, avx512-ifma, avx512, avx2, portable, ring,
+    /// rustcrypto); a sluice path this CPU lacks is an error [default: all this CPU has but
+    /// portable]
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -226,18 +229,54 @@ impl Workload {
     }
 }
 
-/// The implementations to compare, with the sluice paths this CPU has.
-fn contenders() -> Vec<(Impl, Path)> {
-    let mut v = vec![(Impl::Sluice, Path::Auto)];
-    for p in [Path::Avx512, Path::Avx2] {
-        if p.is_available() {
-            v.push((Impl::Sluice, p));
+/// Every contender, in report order.
+const ALL: [(Impl, Path); 7] = [
+    (Impl::Sluice, Path::Auto),
+    (Impl::Sluice, Path::Avx512Ifma),
+    (Impl::Sluice, Path::Avx512),
+    (Impl::Sluice, Path::Avx2),
+    (Impl::Sluice, Path::Portable),
+    (Impl::Ring, Path::Auto),
+    (Impl::Rustcrypto, Path::Auto),
+];
+
+/// The implementations to compare: those named in `only` (an unknown name, or a sluice path
+/// this CPU cannot run, is an error), or by default every one this CPU has except the
+/// portable path.
+fn contenders(only: &[String]) -> Result<Vec<(Impl, Path)>, String> {
+    if only.is_empty() {
+        return Ok(ALL
+            .into_iter()
+            .filter(|&(i, p)| i != Impl::Sluice || (p.is_available() && p != Path::Portable))
+            .collect());
+    }
+    for name in only {
+        let Some(&(imp, path)) = ALL.iter().find(|&&(i, p)| label(i, p) == *name) else {
+            let names: Vec<String> = ALL.iter().map(|&(i, p)| label(i, p)).collect();
+            return Err(format!(
+                "--only: unknown contender '{name}' (one of: {})",
+                names.join(", ")
+            ));
+        };
+        if imp == Impl::Sluice && !path.is_available() {
+            return Err(format!(
+                "--only: sluice path '{name}' is not available on this CPU (it needs {})",
+                match path {
+                    Path::Avx512Ifma => "AVX-512F/BW and AVX-512 IFMA",
+                    Path::Avx512 => "AVX-512F/BW",
+                    _ => "AVX2",
+                }
+            ));
         }
     }
-    v.push((Impl::Ring, Path::Auto));
-    v.push((Impl::Rustcrypto, Path::Auto));
-    v
+    Ok(ALL
+        .into_iter()
+        .filter(|&(i, p)| only.contains(&label(i, p)))
+        .collect())
 }
+
+/// The largest packet size `--sizes` takes (a UDP datagram's payload is smaller still).
+const MAX_SIZE: usize = 65_535;
 
 fn label(imp: Impl, path: Path) -> String {
     match imp {
@@ -371,34 +410,45 @@ pub fn run(args: &Args) -> Result<(), String> {
         repeat: args.repeat.unwrap_or(if args.quick { 1 } else { 7 }).max(1),
     };
     let batch = usize::from(args.batch);
+    let chosen = contenders(&args.only)?;
+    if let Some(bad) = args.sizes.iter().find(|&&s| s == 0 || s > MAX_SIZE) {
+        return Err(format!(
+            "--sizes: {bad} is not a packet size from 1 to {MAX_SIZE} bytes"
+        ));
+    }
+    let sizes: Vec<usize> = if args.sizes.is_empty() {
+        SIZES.to_vec()
+    } else {
+        let mut s = args.sizes.clone();
+        s.dedup();
+        s
+    };
+    let singles: Vec<usize> = SINGLE_SIZES
+        .into_iter()
+        .filter(|s| sizes.contains(s))
+        .collect();
     let params = serde_json::json!({
-        "batch": batch, "sizes": SIZES, "single_sizes": SINGLE_SIZES,
+        "batch": batch, "sizes": sizes, "single_sizes": singles,
         "seconds": timing.seconds, "repeat": timing.repeat,
         "auto_path": Path::detect().name(),
     });
     let report = Report::new("crypto", machine.clone(), params.clone());
     print!("{}", report.header());
-    let wanted = |s: &usize| args.sizes.is_empty() || args.sizes.contains(s);
-    let shapes = SIZES
+    let shapes = sizes
         .iter()
-        .filter(|s| wanted(s))
         .map(|&s| (s, batch))
-        .chain(SINGLE_SIZES.iter().filter(|s| wanted(s)).map(|&s| (s, 1)));
+        .chain(singles.iter().map(|&s| (s, 1)));
     let mut records = Vec::new();
     println!(
-        "{:<5} {:>6} {:>5}  {:<10} {:>8} {:>8}",
+        "{:<5} {:>6} {:>5}  {:<12} {:>8} {:>8}",
         "op", "size", "batch", "impl/path", "GB/s", "vs ring"
     );
     for (size, batch) in shapes {
         for op in [Op::Seal, Op::Open] {
-            let chosen: Vec<(Impl, Path)> = contenders()
-                .into_iter()
-                .filter(|&(i, p)| args.only.is_empty() || args.only.contains(&label(i, p)))
-                .collect();
             let rows = measure_shape(&timing, op, size, batch, &chosen)?;
             for r in &rows {
                 println!(
-                    "{:<5} {:>6} {:>5}  {:<10} {:>8} {:>7.2}x",
+                    "{:<5} {:>6} {:>5}  {:<12} {:>8} {:>7.2}x",
                     format!("{:?}", r.op).to_lowercase(),
                     r.size,
                     r.batch,

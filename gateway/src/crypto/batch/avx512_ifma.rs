@@ -28,43 +28,114 @@ const MASK52: u64 = (1 << 52) - 1;
 const HIBIT44: u64 = 1 << 40;
 
 /// The two IFMA instructions, per 64-bit lane: `lo` is `acc + (a[51:0] · b[51:0])[51:0]`,
-/// `hi` is `acc + (a[51:0] · b[51:0])[103:52]`, both wrapping at 2^64.
-pub(crate) trait Madd52: Copy {
+/// `hi` is `acc + (a[51:0] · b[51:0])[103:52]`, both wrapping at 2^64; plus the AVX-512F
+/// operations the radix-2^44 kernel needs around them.
+///
+/// The kernel functions that multiply are `#[inline(always)]` without target features of
+/// their own, so they compile inside the entry that calls them: the hardware entry is built
+/// with `avx512ifma` and the instructions inline there (a function built without it could
+/// only call them out of line), the emulated one without.
+///
+/// # Safety
+/// An implementation promises that its values exist only on CPUs with AVX-512F/BW (and
+/// whatever `lo` and `hi` need): holding one is the proof the provided methods rely on.
+pub(crate) unsafe trait Madd52: Copy {
     fn lo(self, acc: __m512i, a: __m512i, b: __m512i) -> __m512i;
     fn hi(self, acc: __m512i, a: __m512i, b: __m512i) -> __m512i;
+
+    #[inline(always)]
+    fn add(self, a: __m512i, b: __m512i) -> __m512i {
+        // SAFETY (all provided methods): a `Self` exists only where AVX-512F/BW are available
+        // (the trait's contract).
+        unsafe { _mm512_add_epi64(a, b) }
+    }
+
+    #[inline(always)]
+    fn and(self, a: __m512i, b: __m512i) -> __m512i {
+        // SAFETY: see `add`.
+        unsafe { _mm512_and_si512(a, b) }
+    }
+
+    #[inline(always)]
+    fn or(self, a: __m512i, b: __m512i) -> __m512i {
+        // SAFETY: see `add`.
+        unsafe { _mm512_or_si512(a, b) }
+    }
+
+    #[inline(always)]
+    fn shr<const N: u32>(self, a: __m512i) -> __m512i {
+        // SAFETY: see `add`.
+        unsafe { _mm512_srli_epi64::<N>(a) }
+    }
+
+    #[inline(always)]
+    fn shl<const N: u32>(self, a: __m512i) -> __m512i {
+        // SAFETY: see `add`.
+        unsafe { _mm512_slli_epi64::<N>(a) }
+    }
+
+    #[inline(always)]
+    fn splat(self, v: u64) -> __m512i {
+        // SAFETY: see `add`.
+        unsafe { _mm512_set1_epi64(v as i64) }
+    }
+
+    /// `new` in the lanes of `mask`, `old` elsewhere.
+    #[inline(always)]
+    fn select(self, old: __m512i, mask: __mmask8, new: __m512i) -> __m512i {
+        // SAFETY: see `add`.
+        unsafe { _mm512_mask_mov_epi64(old, mask, new) }
+    }
+
+    /// The lanes where `a > b`, unsigned.
+    #[inline(always)]
+    fn gt(self, a: __m512i, b: __m512i) -> __mmask8 {
+        // SAFETY: see `add`.
+        unsafe { _mm512_cmpgt_epu64_mask(a, b) }
+    }
 }
 
-/// `vpmadd52luq` / `vpmadd52huq`. Only [`Hw::assume`] makes one, so holding a `Hw` means
-/// the CPU has AVX-512 IFMA.
+/// `vpmadd52luq` / `vpmadd52huq`. Only [`Hw::assume`] makes one.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Hw(());
 
 impl Hw {
     /// # Safety
-    /// The CPU supports AVX-512F and AVX-512 IFMA.
+    /// The CPU supports AVX-512F/BW and AVX-512 IFMA.
     #[inline(always)]
     unsafe fn assume() -> Hw {
         Hw(())
     }
 }
 
-impl Madd52 for Hw {
+// SAFETY: a `Hw` exists only where the CPU has AVX-512F/BW and IFMA (`Hw::assume`).
+unsafe impl Madd52 for Hw {
     #[inline(always)]
     fn lo(self, acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
-        // SAFETY: a `Hw` exists only where the CPU has AVX-512F and IFMA (`Hw::assume`).
+        // SAFETY: as above.
         unsafe { _mm512_madd52lo_epu64(acc, a, b) }
     }
 
     #[inline(always)]
     fn hi(self, acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
-        // SAFETY: as for `lo`.
+        // SAFETY: as above.
         unsafe { _mm512_madd52hi_epu64(acc, a, b) }
     }
 }
 
-/// The instructions' semantics in software, lane by lane (for tests, not speed).
+/// The instructions' semantics in software, lane by lane (for tests, not speed). Only
+/// [`Emulated::assume`] makes one.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Emulated;
+pub(crate) struct Emulated(());
+
+impl Emulated {
+    /// # Safety
+    /// The CPU supports AVX-512F/BW.
+    #[inline(always)]
+    unsafe fn assume() -> Emulated {
+        Emulated(())
+    }
+}
 
 #[inline(always)]
 fn to_lanes(v: __m512i) -> [u64; 8] {
@@ -88,7 +159,9 @@ fn emulate(acc: __m512i, a: __m512i, b: __m512i, part: fn(u128) -> u64) -> __m51
     }))
 }
 
-impl Madd52 for Emulated {
+// SAFETY: an `Emulated` exists only where the CPU has AVX-512F/BW (`Emulated::assume`);
+// `lo` and `hi` need nothing.
+unsafe impl Madd52 for Emulated {
     #[inline(always)]
     fn lo(self, acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
         emulate(acc, a, b, |p| p as u64 & MASK52)
@@ -110,26 +183,21 @@ pub(crate) struct Half44 {
 }
 
 /// A 16-byte block (low and high 64 bits per lane) as three limbs, plus `hib` in limb 2.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
-fn split44(lo: __m512i, hi: __m512i, hib: __m512i) -> [__m512i; 3] {
-    let m44 = _mm512_set1_epi64(MASK44 as i64);
+#[inline(always)]
+fn split44<M: Madd52>(m: M, lo: __m512i, hi: __m512i, hib: __m512i) -> [__m512i; 3] {
+    let m44 = m.splat(MASK44);
     [
-        _mm512_and_si512(lo, m44),
-        _mm512_and_si512(
-            _mm512_or_si512(_mm512_srli_epi64::<44>(lo), _mm512_slli_epi64::<20>(hi)),
-            m44,
-        ),
-        _mm512_or_si512(_mm512_srli_epi64::<24>(hi), hib),
+        m.and(lo, m44),
+        m.and(m.or(m.shr::<44>(lo), m.shl::<20>(hi)), m44),
+        m.or(m.shr::<24>(hi), hib),
     ]
 }
 
 /// `h · r mod 2^130 − 5`, partially reduced: limbs below 2^44, 2^44 + 2^8 and 2^42 for inputs
 /// below 2^45, 2^45 + 2^8 and 2^43 (an accumulator plus a block), `r` clamped.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
+#[inline(always)]
 fn mul44<M: Madd52>(m: M, h: &[__m512i; 3], r: &[__m512i; 3], s: &[__m512i; 2]) -> [__m512i; 3] {
-    let z = _mm512_setzero_si512();
+    let z = m.splat(0);
     let [h0, h1, h2] = *h;
     let [r0, r1, r2] = *r;
     let [s1, s2] = *s;
@@ -139,27 +207,25 @@ fn mul44<M: Madd52>(m: M, h: &[__m512i; 3], r: &[__m512i; 3], s: &[__m512i; 2]) 
     let hi1 = m.hi(m.hi(m.hi(z, h0, r1), h1, r0), h2, s2);
     let lo2 = m.lo(m.lo(m.lo(z, h0, r2), h1, r1), h2, r0);
     let hi2 = m.hi(m.hi(m.hi(z, h0, r2), h1, r1), h2, r0);
-    let m44 = _mm512_set1_epi64(MASK44 as i64);
-    let m42 = _mm512_set1_epi64(MASK42 as i64);
+    let m44 = m.splat(MASK44);
     // d_i = lo_i + 2^52 · hi_i, and 2^52 is 2^8 in the next limb up.
-    let t1 = _mm512_add_epi64(lo1, _mm512_slli_epi64::<8>(hi0));
-    let t2 = _mm512_add_epi64(lo2, _mm512_slli_epi64::<8>(hi1));
-    let t1 = _mm512_add_epi64(t1, _mm512_srli_epi64::<44>(lo0));
-    let t0 = _mm512_and_si512(lo0, m44);
-    let t2 = _mm512_add_epi64(t2, _mm512_srli_epi64::<44>(t1));
-    let t1 = _mm512_and_si512(t1, m44);
+    let t1 = m.add(lo1, m.shl::<8>(hi0));
+    let t2 = m.add(lo2, m.shl::<8>(hi1));
+    let t1 = m.add(t1, m.shr::<44>(lo0));
+    let t0 = m.and(lo0, m44);
+    let t2 = m.add(t2, m.shr::<44>(t1));
+    let t1 = m.and(t1, m44);
     // Limb 2 holds 42 bits; what is above it, and hi2 (2^(88+52) = 2^130 · 2^10), wraps
     // around as 2^130 ≡ 5.
-    let c = _mm512_add_epi64(_mm512_srli_epi64::<42>(t2), _mm512_slli_epi64::<10>(hi2));
-    let t2 = _mm512_and_si512(t2, m42);
-    let t0 = _mm512_add_epi64(t0, _mm512_add_epi64(c, _mm512_slli_epi64::<2>(c)));
-    let t1 = _mm512_add_epi64(t1, _mm512_srli_epi64::<44>(t0));
-    [_mm512_and_si512(t0, m44), t1, t2]
+    let c = m.add(m.shr::<42>(t2), m.shl::<10>(hi2));
+    let t2 = m.and(t2, m.splat(MASK42));
+    let t0 = m.add(t0, m.add(c, m.shl::<2>(c)));
+    let t1 = m.add(t1, m.shr::<44>(t0));
+    [m.and(t0, m44), t1, t2]
 }
 
 /// `(h + block) · r` where `active`, `h` elsewhere.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
+#[inline(always)]
 fn absorb_block<M: Madd52>(
     m: M,
     p: &mut Half44,
@@ -168,14 +234,18 @@ fn absorb_block<M: Madd52>(
     hib: __m512i,
     active: __mmask8,
 ) {
-    let b = split44(lo, hi, hib);
-    let a = [0, 1, 2].map(|i| _mm512_add_epi64(p.h[i], b[i]));
+    let b = split44(m, lo, hi, hib);
+    let a = [
+        m.add(p.h[0], b[0]),
+        m.add(p.h[1], b[1]),
+        m.add(p.h[2], b[2]),
+    ];
     let n = mul44(m, &a, &p.r, &p.s);
     if active == 0xff {
         p.h = n;
     } else {
         for (h, n) in p.h.iter_mut().zip(n) {
-            *h = _mm512_mask_mov_epi64(*h, active, n);
+            *h = m.select(*h, active, n);
         }
     }
 }
@@ -183,21 +253,20 @@ fn absorb_block<M: Madd52>(
 /// Key limbs of eight lanes from the clamped `r`'s four 32-bit words (in 64-bit lanes).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-fn key44(w: [__m512i; 4]) -> Half44 {
+fn key44<M: Madd52>(m: M, w: [__m512i; 4]) -> Half44 {
     let lo = _mm512_or_si512(w[0], _mm512_slli_epi64::<32>(w[1]));
     let hi = _mm512_or_si512(w[2], _mm512_slli_epi64::<32>(w[3]));
     key_limbs(
+        m,
         [_mm512_setzero_si512(); 3],
-        split44(lo, hi, _mm512_setzero_si512()),
+        split44(m, lo, hi, _mm512_setzero_si512()),
     )
 }
 
 /// State from accumulator and key limbs: `s = 20 · r` (limbs 1 and 2).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
-fn key_limbs(h: [__m512i; 3], r: [__m512i; 3]) -> Half44 {
-    let twenty =
-        |v: __m512i| _mm512_add_epi64(_mm512_slli_epi64::<4>(v), _mm512_slli_epi64::<2>(v));
+#[inline(always)]
+fn key_limbs<M: Madd52>(m: M, h: [__m512i; 3], r: [__m512i; 3]) -> Half44 {
+    let twenty = |v: __m512i| m.add(m.shl::<4>(v), m.shl::<2>(v));
     Half44 {
         h,
         r,
@@ -260,7 +329,7 @@ pub(crate) struct Radix44<M>(M);
 /// The clamped `r` of all sixteen lanes from keystream words 0..4 of block 0.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-fn keys16(x: &[__m512i; 16]) -> [Half44; 2] {
+fn keys16<M: Madd52>(m: M, x: &[__m512i; 16]) -> [Half44; 2] {
     let clamp = [0x0fff_ffffu32, 0x0fff_fffc, 0x0fff_fffc, 0x0fff_fffc];
     let w: [__m512i; 4] =
         std::array::from_fn(|k| _mm512_and_si512(x[k], _mm512_set1_epi32(clamp[k] as i32)));
@@ -272,17 +341,16 @@ fn keys16(x: &[__m512i; 16]) -> [Half44; 2] {
                 _mm512_extracti64x4_epi64::<1>(v)
             })
         });
-        key44(words)
+        key44(m, words)
     };
     [half(0), half(1)]
 }
 
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
+#[inline(always)]
 fn absorb_chunk16<M: Madd52>(m: M, p: &mut Half44, q: &[__m512i; 8], nb: __m512i, most: usize) {
-    let hib = _mm512_set1_epi64(HIBIT44 as i64);
+    let hib = m.splat(HIBIT44);
     for k in 0..most {
-        let active = _mm512_cmpgt_epu64_mask(nb, _mm512_set1_epi64(k as i64));
+        let active = m.gt(nb, m.splat(k as u64));
         absorb_block(m, p, q[2 * k], q[2 * k + 1], hib, active);
     }
 }
@@ -297,7 +365,7 @@ macro_rules! fused_poly_44 {
             #[inline]
             #[target_feature(enable = $feature)]
             unsafe fn keys(self, x: &[__m512i; 16]) -> [Half44; 2] {
-                keys16(x)
+                keys16(self.0, x)
             }
 
             #[inline]
@@ -382,10 +450,9 @@ fn to26(l: [u64; 3]) -> [u64; 5] {
 
 /// `Engine::poly_blocks` for the known-answer hooks: the state is converted to radix 2^44,
 /// each lane's blocks absorbed with the vector arithmetic, and converted back.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
+#[inline(always)]
 fn poly16<M: Madd52>(m: M, st: &mut PolyLanes, msgs: &[&[u8]; MAX_LANES], hibit: bool) {
-    let hib = _mm512_set1_epi64(if hibit { HIBIT44 as i64 } else { 0 });
+    let hib = m.splat(if hibit { HIBIT44 } else { 0 });
     let most = msgs.iter().map(|m| m.len() / 16).max().unwrap_or(0);
     for half in 0..2 {
         let lanes = 8 * half..8 * half + 8;
@@ -398,7 +465,7 @@ fn poly16<M: Madd52>(m: M, st: &mut PolyLanes, msgs: &[&[u8]; MAX_LANES], hibit:
                 (h[k][i], r[k][i]) = (h44[k], r44[k]);
             }
         }
-        let mut p = key_limbs(h.map(from_lanes), r.map(from_lanes));
+        let mut p = key_limbs(m, h.map(from_lanes), r.map(from_lanes));
         for b in 0..most {
             let mut lo = [0u64; 8];
             let mut hi = [0u64; 8];
@@ -442,13 +509,20 @@ unsafe fn fused_hw(group: &mut [Option<&mut CoreJob<'_>>]) {
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn fused_emulated(group: &mut [Option<&mut CoreJob<'_>>]) {
     // SAFETY: the caller guarantees AVX-512F/BW, all `Radix44<Emulated>` needs.
-    unsafe { avx512_fused::group(Radix44(Emulated), group) }
+    unsafe { avx512_fused::group(Radix44(Emulated::assume()), group) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512ifma")]
 fn poly16_hw(st: &mut PolyLanes, msgs: &[&[u8]; MAX_LANES], hibit: bool) {
-    // SAFETY: this function is compiled for, and only called on, CPUs with IFMA.
+    // SAFETY: this function is compiled for, and only called on, CPUs with AVX-512F/BW and
+    // IFMA.
     poly16(unsafe { Hw::assume() }, st, msgs, hibit)
+}
+
+#[target_feature(enable = "avx512f,avx512bw")]
+fn poly16_emulated(st: &mut PolyLanes, msgs: &[&[u8]; MAX_LANES], hibit: bool) {
+    // SAFETY: this function is compiled for, and only called on, CPUs with AVX-512F/BW.
+    poly16(unsafe { Emulated::assume() }, st, msgs, hibit)
 }
 
 impl Engine for Avx512Ifma {
@@ -481,7 +555,7 @@ impl Engine for Avx512IfmaEmulated {
 
     unsafe fn poly_blocks(st: &mut PolyLanes, msgs: &[&[u8]; MAX_LANES], hibit: bool) {
         // SAFETY: as above.
-        unsafe { poly16(Emulated, st, msgs, hibit) }
+        unsafe { poly16_emulated(st, msgs, hibit) }
     }
 
     unsafe fn fused_group(group: &mut [Option<&mut CoreJob<'_>>]) -> bool {
@@ -534,8 +608,17 @@ mod tests {
         ]
     }
 
+    /// The emulation, where AVX-512F/BW (which its vector type needs) exist.
+    fn emulated(test: &str) -> Option<Emulated> {
+        // SAFETY: AVX-512F/BW were detected.
+        has_avx512(test).then(|| unsafe { Emulated::assume() })
+    }
+
     #[test]
     fn emulated_madd52_edge_values() {
+        let Some(em) = emulated("emulated_madd52_edge_values") else {
+            return;
+        };
         let ones = MASK52;
         // (acc, a, b, lo, hi), worked out by hand: (2^52 − 1)² = 2^104 − 2^53 + 1.
         let cases: [(u64, u64, u64, u64, u64); 8] = [
@@ -551,7 +634,7 @@ mod tests {
             (1 << 63, 1 << 51, 2, 1 << 63, (1 << 63) + 1),
         ];
         for (acc, a, b, lo, hi) in cases {
-            let [got_lo, got_hi] = madd_lanes(Emulated, [acc; 8], [a; 8], [b; 8]);
+            let [got_lo, got_hi] = madd_lanes(em, [acc; 8], [a; 8], [b; 8]);
             assert_eq!(got_lo, [lo; 8], "lo({acc:#x}, {a:#x}, {b:#x})");
             assert_eq!(got_hi, [hi; 8], "hi({acc:#x}, {a:#x}, {b:#x})");
             assert_eq!(reference(acc, a, b, false), lo);
@@ -563,7 +646,7 @@ mod tests {
             let acc: [u64; 8] = std::array::from_fn(|_| rng.next());
             let a: [u64; 8] = std::array::from_fn(|_| rng.next());
             let b: [u64; 8] = std::array::from_fn(|_| rng.next() >> (rng.next() % 64));
-            let [lo, hi] = madd_lanes(Emulated, acc, a, b);
+            let [lo, hi] = madd_lanes(em, acc, a, b);
             for i in 0..8 {
                 assert_eq!(lo[i], reference(acc[i], a[i], b[i], false));
                 assert_eq!(hi[i], reference(acc[i], a[i], b[i], true));
@@ -580,7 +663,10 @@ mod tests {
             );
             return;
         }
-        // SAFETY: AVX-512 IFMA was detected, and it implies AVX-512F.
+        let Some(em) = emulated("hardware_madd52_matches_emulation") else {
+            return;
+        };
+        // SAFETY: AVX-512 IFMA was detected, and AVX-512F/BW (`emulated`).
         let hw = unsafe { Hw::assume() };
         let mut rng = Rng(0x2f3b);
         let edges = [0, 1, MASK52, MASK52 + 1, u64::MAX, 1 << 51, MASK44];
@@ -595,7 +681,7 @@ mod tests {
             let acc: [u64; 8] = std::array::from_fn(|_| pick());
             let a: [u64; 8] = std::array::from_fn(|_| pick());
             let b: [u64; 8] = std::array::from_fn(|_| pick());
-            assert_eq!(madd_lanes(hw, acc, a, b), madd_lanes(Emulated, acc, a, b));
+            assert_eq!(madd_lanes(hw, acc, a, b), madd_lanes(em, acc, a, b));
         }
     }
 
@@ -655,9 +741,9 @@ mod tests {
 
     #[test]
     fn radix44_blocks_match_scalar_poly1305() {
-        if !has_avx512("radix44_blocks_match_scalar_poly1305") {
+        let Some(em) = emulated("radix44_blocks_match_scalar_poly1305") else {
             return;
-        }
+        };
         let mut rng = Rng(0x4f3d);
         for round in 0..200 {
             // Eight lanes: keys and blocks random, or all ones (the largest clamped r and the
@@ -711,7 +797,7 @@ mod tests {
                         ))
                     }))
                 });
-                let mut p = key44(w);
+                let mut p = key44(em, w);
                 let hib = _mm512_set1_epi64(if hibit { HIBIT44 as i64 } else { 0 });
                 for (k, b) in blocks.iter().enumerate() {
                     let lo = from_lanes(std::array::from_fn(|i| word(&b[i], 0)));
@@ -722,7 +808,7 @@ mod tests {
                             active |= 1 << i;
                         }
                     }
-                    absorb_block(Emulated, &mut p, lo, hi, hib, active);
+                    absorb_block(em, &mut p, lo, hi, hib, active);
                 }
                 reduce44(&p.h).map(to_lanes)
             };
@@ -738,9 +824,9 @@ mod tests {
 
     #[test]
     fn keys16_match_the_scalar_clamp() {
-        if !has_avx512("keys16_match_the_scalar_clamp") {
+        let Some(em) = emulated("keys16_match_the_scalar_clamp") else {
             return;
-        }
+        };
         let mut rng = Rng(0x5f3e);
         let words: [[u32; 16]; 4] =
             std::array::from_fn(|_| std::array::from_fn(|_| rng.next() as u32 | 0xf000_0003));
@@ -750,7 +836,7 @@ mod tests {
             for (v, w) in x.iter_mut().zip(&words) {
                 *v = std::mem::transmute::<[u32; 16], __m512i>(*w);
             }
-            keys16(&x)
+            keys16(em, &x)
         };
         for lane in 0..16 {
             let mut key = [0u8; 16];

@@ -23,7 +23,6 @@
 
 use crate::report::{fmt_num, Machine, Record, Report};
 use sluice::testbed::gateway::GatewayKind;
-use sluice::testbed::registry;
 use sluice::testbed::topology::{Topology, TopologySpec, UserSpec, SINK_V4};
 use sluice::testbed::traffic::{iperf3_client, Iperf3Server, IperfOpts};
 use sluice::testbed::{is_root, WgImpl};
@@ -205,17 +204,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         return Err("churn needs root (network namespaces, TUN devices): run it as root".into());
     }
     crate::lab::ensure_tools()?;
-    ctrlc::set_handler(|| {
-        eprintln!("\ninterrupted: removing the namespaces");
-        for line in registry::cleanup_all() {
-            eprintln!("  {line}");
-        }
-        std::process::exit(130);
-    })
-    .map_err(|e| format!("installing the Ctrl-C handler: {e}"))?;
-    for line in registry::cleanup_stale() {
-        println!("earlier run: {line}");
-    }
+    crate::lab::cleanup_on_exit("the namespaces")?;
     let plan = Plan::from(args);
     let sluice = crate::lab::sluice_binary(args.sluice.as_deref())?;
     let params = serde_json::json!({

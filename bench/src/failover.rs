@@ -29,7 +29,7 @@ use crate::report::{Machine, Record, Report};
 use sluice::testbed::gateway::GatewayPeer;
 use sluice::testbed::ha::{ProbeReport, StreamProbe};
 use sluice::testbed::vrrp::{self, VrrpPair, VrrpSpec};
-use sluice::testbed::{is_root, registry, tools, wait_for};
+use sluice::testbed::{is_root, tools, wait_for};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -84,17 +84,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         other => return Err(format!("--dataplane {other}: socket or xdp")),
     };
     tools::install(&tools::missing(&TOOLS)).map_err(|e| e.to_string())?;
-    ctrlc::set_handler(|| {
-        eprintln!("\ninterrupted: removing the namespaces");
-        for line in registry::cleanup_all() {
-            eprintln!("  {line}");
-        }
-        std::process::exit(130);
-    })
-    .map_err(|e| format!("installing the Ctrl-C handler: {e}"))?;
-    for line in registry::cleanup_stale() {
-        println!("earlier run: {line}");
-    }
+    crate::lab::cleanup_on_exit("the namespaces")?;
     let sluice = crate::lab::sluice_binary(args.sluice.as_deref())?;
     let repeats = args
         .repeats

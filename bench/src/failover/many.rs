@@ -164,6 +164,19 @@ struct Shared {
 }
 
 impl Shared {
+    /// A run about to start: its clock starts now, nothing killed, stopped or counted yet.
+    fn new() -> Shared {
+        Shared {
+            origin: Instant::now(),
+            kill_at: AtomicU64::new(NOT_YET),
+            stop_gen: AtomicBool::new(false),
+            stop_sink: AtomicBool::new(false),
+            recovered: AtomicU32::new(0),
+            fresh: AtomicU32::new(0),
+            streaming: AtomicBool::new(false),
+        }
+    }
+
     fn kill_at(&self) -> Option<Duration> {
         match self.kill_at.load(Ordering::Acquire) {
             NOT_YET => None,
@@ -246,15 +259,7 @@ fn run_pair(
     sock.want_destinations()
         .map_err(|e| format!("IP_PKTINFO on the users' socket: {e}"))?;
 
-    let shared = Shared {
-        origin: Instant::now(),
-        kill_at: AtomicU64::new(NOT_YET),
-        stop_gen: AtomicBool::new(false),
-        stop_sink: AtomicBool::new(false),
-        recovered: AtomicU32::new(0),
-        fresh: AtomicU32::new(0),
-        streaming: AtomicBool::new(false),
-    };
+    let shared = Shared::new();
     let [master, backup] = &mut pair.members[..] else {
         return Err("the pair has not two members".into());
     };
@@ -660,15 +665,7 @@ mod tests {
 
     #[test]
     fn sessions_are_classified_by_receiver_index() {
-        let shared = Shared {
-            origin: Instant::now(),
-            kill_at: AtomicU64::new(NOT_YET),
-            stop_gen: AtomicBool::new(false),
-            stop_sink: AtomicBool::new(false),
-            recovered: AtomicU32::new(0),
-            fresh: AtomicU32::new(0),
-            streaming: AtomicBool::new(false),
-        };
+        let shared = Shared::new();
         let mut g = GenUser::default();
         let t = Duration::from_secs(1);
         note_sent(&mut g, Some(7), Some(0), None, t, &shared);

@@ -17,6 +17,7 @@
 //!     "cpu_model": "AMD EPYC 7763 ...",       // first "model name" in /proc/cpuinfo
 //!     "cores": 2,                             // cores this process may run on, before pinning
 //!     "pinned_core": 1,                       // null if pinning failed or was not asked for
+//!     "pinning": "gateway on 1 core (cpus 1); ...", // compare only: who runs on which cores
 //!     "git_commit": "12b0760",                // `git rev-parse --short HEAD`, or "unknown"
 //!     "git_dirty": false,                     // tracked files differ from HEAD; null if unknown
 //!     "profile": "release",                   // "debug" when built without optimizations
@@ -53,6 +54,10 @@ pub struct Machine {
     pub cpu_model: String,
     pub cores: usize,
     pub pinned_core: Option<usize>,
+    /// Where the subcommand runs what, when it is more than one pinned core (compare: the
+    /// gateway's cores and the generator's); the header prints it as the pinning line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pinning: Option<String>,
     pub git_commit: String,
     pub git_dirty: Option<bool>,
     pub profile: &'static str,
@@ -71,6 +76,7 @@ impl Machine {
             cpu_model: cpu_model(),
             cores: core_affinity::get_core_ids().map_or(0, |ids| ids.len()),
             pinned_core: None,
+            pinning: None,
             git_commit,
             git_dirty,
             profile: if cfg!(debug_assertions) {
@@ -249,9 +255,11 @@ impl Report {
     /// The header block: enough to tell later whether two runs are comparable.
     pub fn header(&self) -> String {
         let m = &self.machine;
-        let pinned = m
-            .pinned_core
-            .map_or_else(|| "not pinned".to_string(), |c| format!("core {c}"));
+        let pinned = match (&m.pinning, m.pinned_core) {
+            (Some(p), _) => p.clone(),
+            (None, Some(c)) => format!("core {c}"),
+            (None, None) => "not pinned".to_string(),
+        };
         let dirty = match m.git_dirty {
             Some(true) => " (uncommitted changes)",
             _ => "",

@@ -2,8 +2,8 @@
 //! each of its modes, wireguard-go and boringtun-cli — in the same topology, on the same
 //! cores, in one run, and sluice's ratio to each.
 //!
-//! - [`topo`]: generator namespace -- gateway -- sink namespace, the gateway on core 1, the
-//!   generator and the sink on core 0.
+//! - [`topo`]: generator namespace -- gateway -- sink namespace, the gateway on cores 1..=k
+//!   (`--gateway-cores`), the generator and the sink on core 0.
 //! - [`users`]: N simulated users (1..100,000), each a sluice protocol core ([`Device`]) as
 //!   its client: real handshakes with the gateway, then transport data encrypted before the
 //!   clock starts.
@@ -17,6 +17,9 @@
 //! unanswered; handshakes per second until the last response), then **throughput** users ->
 //! inside per inner size (64, 512, 1420 B, IMIX) at maximum rate (or `--rate`), each repeated
 //! `--repeats` times with a fresh handshake before each repeat, median and spread reported.
+//! **Scaling**: the same maximum-rate throughput users -> inside (`--scaling-sizes`) with the
+//! gateway on k = 1..=N cores, per implementation, with equal resources (k sluice workers,
+//! k boringtun threads, GOMAXPROCS=k for wireguard-go, every thread confined to the k cores).
 //!
 //! [`Device`]: sluice::proto::device::Device
 
@@ -135,6 +138,19 @@ pub struct Args {
     /// Write the chart (throughput and handshakes per implementation) as SVG to this file
     #[arg(long, value_name = "FILE")]
     svg: Option<PathBuf>,
+    /// Cores for the gateway under test (cores 1..=N; the generator keeps the others, at
+    /// least one); the scaling scenario runs every gateway with 1..=N of them [default: the
+    /// machine's cores - 1]
+    #[arg(long, value_name = "N")]
+    gateway_cores: Option<usize>,
+    /// Let --gateway-cores take the generator's core too (up to every core of the machine):
+    /// exercises the k-core path on a small machine, and labels every result SHARED, not a
+    /// measurement
+    #[arg(long)]
+    allow_shared_cores: bool,
+    /// Inner sizes of the scaling scenario (users -> inside, max rate), comma-separated
+    #[arg(long, value_delimiter = ',', default_value = "1420,64")]
+    scaling_sizes: Vec<SizeMix>,
     /// The sluice binary [default: build it with `cargo build --release -p sluice`]
     #[arg(long, value_name = "PATH")]
     sluice: Option<PathBuf>,
@@ -201,6 +217,10 @@ struct Plan {
     search_seconds: f64,
     /// Seconds of each flood, no-flood and latency run.
     scenario_seconds: f64,
+    /// The cores this process may use (before any pinning).
+    machine_cores: Vec<usize>,
+    /// N: the gateway's cores in the main scenarios, the last step of the scaling one.
+    gateway_cores: usize,
 }
 
 impl Plan {
@@ -210,6 +230,15 @@ impl Plan {
             .iter()
             .map(|s| parse_impl(s))
             .collect::<Result<Vec<_>, _>>()?;
+        let machine_cores: Vec<usize> = core_affinity::get_core_ids()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        let gateway_cores = args
+            .gateway_cores
+            .unwrap_or(machine_cores.len().saturating_sub(1))
+            .max(1);
         if args.quick {
             return Ok(Plan {
                 seconds: 0.2,
@@ -223,6 +252,8 @@ impl Plan {
                 search_steps: args.search_steps.min(2),
                 search_seconds: 0.2,
                 scenario_seconds: 0.3,
+                machine_cores,
+                gateway_cores,
             });
         }
         Ok(Plan {
@@ -237,6 +268,8 @@ impl Plan {
             search_steps: args.search_steps,
             search_seconds: args.search_seconds,
             scenario_seconds: args.seconds.max(1.0),
+            machine_cores,
+            gateway_cores,
         })
     }
 }
@@ -265,9 +298,15 @@ pub fn run(args: &Args) -> Result<(), String> {
         },
         sink::SinkKind::Socket => sink::SinkKind::Socket,
     };
+    let cores = topo::Cores::plan(
+        &plan.machine_cores,
+        plan.gateway_cores,
+        args.allow_shared_cores,
+    )?;
     let mut machine = Machine::collect();
     topo::pin_current(topo::GENERATOR_CORE)?;
     machine.pinned_core = Some(topo::GENERATOR_CORE);
+    machine.pinning = Some(cores.describe());
     let params = serde_json::json!({
         "seconds": plan.seconds,
         "users": plan.users,
@@ -278,6 +317,12 @@ pub fn run(args: &Args) -> Result<(), String> {
         "window": args.window,
         "gateway_core": topo::GATEWAY_CORE,
         "generator_core": topo::GENERATOR_CORE,
+        "gateway_cores": cores.k(),
+        "gateway_cpus": cores.gateway,
+        "generator_cpus": cores.generator,
+        "cores_shared": cores.shared,
+        "scaling": scaling_label(&plan, &cores),
+        "scaling_sizes": args.scaling_sizes.iter().map(|s| s.label()).collect::<Vec<_>>(),
         "sink": match sink {
             sink::SinkKind::Xdp => format!(
                 "xdp: counter program (generic XDP) on the sink's link, after RPS on the \
@@ -323,7 +368,7 @@ pub fn run(args: &Args) -> Result<(), String> {
     let mut run_id = 0u32;
     for &which in &plan.impls {
         println!("\n=== {} ===", which.label());
-        let topo = GenTopology::build(which, sluice_bin.clone(), &keys, users::tunnel_ip)?;
+        let topo = GenTopology::build(which, &cores, sluice_bin.clone(), &keys, users::tunnel_ip)?;
         println!(
             "  run id {}, files in {}; gateway resident memory after start: {:.1} MiB",
             topo.id,
@@ -364,19 +409,41 @@ pub fn run(args: &Args) -> Result<(), String> {
         }
         drop(topo);
         println!("  load average after: {}", loadavg());
-        records.extend(r?);
+        records.extend(r?.into_iter().map(|mut rec| {
+            rec.gateway_cores = cores.k();
+            rec.cores_shared = cores.shared;
+            rec
+        }));
+    }
+
+    let scaling_note = scaling_label(&plan, &cores);
+    println!("\n=== scaling with gateway cores: {scaling_note} ===");
+    if plan.gateway_cores > 1 {
+        let ctx = Scaling {
+            args,
+            plan: &plan,
+            sluice_bin: sluice_bin.as_deref(),
+            keys: &keys,
+            sink,
+        };
+        records.extend(ctx.run(&mut users, &mut run_id, &mut pinning)?);
     }
 
     if plan.memory_peers > 0 {
-        records.extend(memory(&plan, sluice_bin.as_deref()));
+        records.extend(memory(&plan, &cores, sluice_bin.as_deref()));
     }
     report.params["pinning"] = serde_json::json!(pinning);
     report.params["tx_used"] = serde_json::json!(tx_used);
     report.params["loadavg_end"] = serde_json::json!(loadavg());
     for r in &records {
         let mut name = format!("{} {} {} {}", r.scenario, r.direction, r.size, r.who());
+        if r.scenario == "scaling" {
+            name = format!("{name} {} cores", r.gateway_cores);
+        }
         let (samples, unit): (Vec<f64>, &str) = match (r.scenario.as_str(), &r.flood, &r.latency) {
-            ("throughput", _, _) => (r.samples.iter().map(|s| s.mpps).collect(), "Mpps"),
+            ("throughput" | "scaling", _, _) => {
+                (r.samples.iter().map(|s| s.mpps).collect(), "Mpps")
+            }
             (_, Some(f), _) => (
                 vec![f.goodput_fraction * 100.0],
                 "% of the no-flood goodput",
@@ -395,7 +462,7 @@ pub fn run(args: &Args) -> Result<(), String> {
             .results
             .push(Record::from_samples(&name, unit, &samples));
     }
-    report.notes.extend(notes(&plan, args));
+    report.notes.extend(notes(&plan, args, &cores));
     println!("\n=== results (sluice-bench compare) ===");
     print!("{}", output::table(&records));
     println!();
@@ -412,10 +479,19 @@ pub fn run(args: &Args) -> Result<(), String> {
     if let Some(path) = &args.svg {
         let m = &report.machine;
         let title = format!(
-            "sluice-bench compare, {} users, {} ({}, kernel {}, commit {}); gateway on core {}, generator on core {}",
-            plan.users, m.date_utc, m.cpu_model, m.kernel, m.git_commit, topo::GATEWAY_CORE, topo::GENERATOR_CORE
+            "sluice-bench compare, {} users, {} ({}, {} cores, kernel {}, commit {}); {}",
+            plan.users,
+            m.date_utc,
+            m.cpu_model,
+            m.cores,
+            m.kernel,
+            m.git_commit,
+            cores.describe()
         );
-        write_file(path, &output::svg(&records, &title))?;
+        write_file(
+            path,
+            &output::svg(&records, &title, Some(scaling_note.as_str())),
+        )?;
         println!("wrote {}", path.display());
     }
     check_sanity(&records)
@@ -488,7 +564,30 @@ fn check_sanity(records: &[CompareRecord]) -> Result<(), String> {
     Ok(())
 }
 
-fn notes(plan: &Plan, args: &Args) -> Vec<String> {
+/// What the scaling scenario covers here: "1 gateway core: this machine has 2" when there is
+/// nothing to scale, else the cores, marked when shared.
+fn scaling_label(plan: &Plan, cores: &topo::Cores) -> String {
+    let total = plan.machine_cores.len();
+    if cores.k() == 1 {
+        let why = if total <= 2 {
+            String::new()
+        } else {
+            " (--gateway-cores 1)".to_string()
+        };
+        return format!("1 gateway core: this machine has {total}{why}");
+    }
+    format!(
+        "1 to {} gateway cores of this machine's {total}{}",
+        cores.k(),
+        if cores.shared {
+            "; shared: not a measurement (the gateway's cores include the generator's)"
+        } else {
+            ""
+        }
+    )
+}
+
+fn notes(plan: &Plan, args: &Args, cores: &topo::Cores) -> Vec<String> {
     vec![
         format!(
             "throughput: inner packets users -> sink through the gateway, pre-encrypted, sent \
@@ -507,9 +606,24 @@ fn notes(plan: &Plan, args: &Args) -> Vec<String> {
         "at maximum rate the offered load exceeds what a gateway can take, so the rates are \
          delivered rates under overload (labelled LOSSY when loss > 1%), not lossless rates"
             .into(),
-        "one machine: veth links, copy-mode AF_XDP, 2 cores (gateway on one, generator and \
-         sink on the other); numbers compare implementations here, not line rate"
-            .into(),
+        format!(
+            "one machine: veth links, copy-mode AF_XDP, {} cores ({}); numbers compare \
+             implementations here, not line rate",
+            plan.machine_cores.len(),
+            cores.describe()
+        ),
+        format!(
+            "scaling: {}; equal resources at k cores: sluice k workers one per core, \
+             boringtun-cli WG_THREADS=k, wireguard-go GOMAXPROCS=k, every gateway thread \
+             confined to the k cores (taskset -a), the outer link max(2, k) queues with RPS \
+             over the k cores; users -> inside at maximum rate, {} B",
+            scaling_label(plan, cores),
+            args.scaling_sizes
+                .iter()
+                .map(|s| s.label())
+                .collect::<Vec<_>>()
+                .join(" and ")
+        ),
         "inside->users: the sink sends plaintext with sendmmsg, the gateway encrypts, the \
          generator decrypts every datagram with its user's own session and verifies it; \
          the generator's receive and decryption share core 0 with the sink's sending"
@@ -612,12 +726,14 @@ impl Bench<'_> {
     }
 
     /// Throughput in `dir` for `mix`: `repeats` runs at maximum rate (or `--rate`), then the
-    /// lossless search; also returns the handshake rates measured before each run.
+    /// lossless search (if `search`); also returns the handshake rates measured before each
+    /// run.
     fn throughput(
         &mut self,
         dir: Direction,
         mix: SizeMix,
         handshake_rates: &mut Vec<f64>,
+        search: bool,
     ) -> Result<CompareRecord, String> {
         let (plan, args) = (self.plan, self.args);
         let mut samples = Vec::new();
@@ -673,7 +789,7 @@ impl Bench<'_> {
             gen_bound,
         );
         rec.direction = dir.label().into();
-        if plan.search_steps > 0 && args.rate.is_none() {
+        if search && plan.search_steps > 0 && args.rate.is_none() {
             let found = self.search_lossless(dir, &rec, mix)?;
             rec.lossless_mpps = found.as_ref().map(|r| r.pps() / 1e6);
             rec.lossless_gbps = found.as_ref().map(|r| r.bps() / 1e9);
@@ -949,18 +1065,18 @@ impl Bench<'_> {
     }
 }
 
-/// Every scenario against one gateway.
+/// The bench of one gateway: the users pointed at it, the generator's socket bound.
 #[allow(clippy::too_many_arguments)]
-fn measure(
-    args: &Args,
-    plan: &Plan,
+fn bench<'a>(
+    args: &'a Args,
+    plan: &'a Plan,
     which: Impl,
-    topo: &GenTopology,
-    users: &mut users::Users,
-    run_id: &mut u32,
+    topo: &'a GenTopology,
+    users: &'a mut users::Users,
+    run_id: &'a mut u32,
     sink: sink::SinkKind,
     xsk: Option<xsk_tx::XskTx>,
-) -> Result<Vec<CompareRecord>, String> {
+) -> Result<Bench<'a>, String> {
     let gw = SocketAddrV4::new(topo::GW_OUTER_V4, topo::LISTEN_PORT);
     users.set_gateway(&topo.gateway_key.public, gw)?;
     let sock = topo
@@ -973,7 +1089,7 @@ fn measure(
         ImplKind::WireguardGo => ("wireguard-go", which.mode.label()),
         ImplKind::Boringtun => ("boringtun", which.mode.label()),
     };
-    let mut b = Bench {
+    Ok(Bench {
         args,
         plan,
         topo,
@@ -983,12 +1099,102 @@ fn measure(
         run_id,
         who,
         sink,
-    };
+    })
+}
+
+/// The scaling scenario: every gateway on k = 1..=N cores, maximum-rate throughput users ->
+/// inside for each of `--scaling-sizes`, a fresh topology (and gateway) per k.
+struct Scaling<'a> {
+    args: &'a Args,
+    plan: &'a Plan,
+    sluice_bin: Option<&'a Path>,
+    keys: &'a [String],
+    sink: sink::SinkKind,
+}
+
+impl Scaling<'_> {
+    fn run(
+        &self,
+        users: &mut users::Users,
+        run_id: &mut u32,
+        pinning: &mut Vec<String>,
+    ) -> Result<Vec<CompareRecord>, String> {
+        let (args, plan) = (self.args, self.plan);
+        let mut out = Vec::new();
+        for &which in &plan.impls {
+            for k in 1..=plan.gateway_cores {
+                let cores = topo::Cores::plan(&plan.machine_cores, k, args.allow_shared_cores)?;
+                println!(
+                    "\n=== scaling: {} on {k} core{} ===",
+                    which.label(),
+                    if k == 1 { "" } else { "s" }
+                );
+                let topo = GenTopology::build(
+                    which,
+                    &cores,
+                    self.sluice_bin.map(Path::to_path_buf),
+                    self.keys,
+                    users::tunnel_ip,
+                )?;
+                println!("  {}", topo.pinning);
+                println!("  load average before: {}", loadavg());
+                pinning.push(format!(
+                    "scaling, {} on {k} core(s): {}",
+                    which.label(),
+                    topo.pinning
+                ));
+                let xsk = generator_tx(args.tx, &topo)?;
+                if k > 1 && which.mode.xdp() && xsk.is_some() {
+                    // XDP runs before RPS: the queue the frames arrive on is the worker.
+                    let warn = format!(
+                        "{} on {k} cores: the generator's AF_XDP transmitter sends on one queue \
+                         of its link, so sluice's XDP path receives on one queue (one worker's \
+                         socket); --tx socket spreads the users over the queues",
+                        which.label()
+                    );
+                    println!("  WARNING: {warn}");
+                    pinning.push(warn);
+                }
+                let r = bench(args, plan, which, &topo, users, run_id, self.sink, xsk).and_then(
+                    |mut b| {
+                        let mut hs = Vec::new();
+                        args.scaling_sizes
+                            .iter()
+                            .map(|&mix| b.throughput(Direction::ToInside, mix, &mut hs, false))
+                            .collect::<Result<Vec<_>, String>>()
+                    },
+                );
+                drop(topo);
+                println!("  load average after: {}", loadavg());
+                out.extend(
+                    r?.into_iter()
+                        .map(|rec| CompareRecord::scaling(rec, k, cores.shared)),
+                );
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Every scenario against one gateway.
+#[allow(clippy::too_many_arguments)]
+fn measure(
+    args: &Args,
+    plan: &Plan,
+    which: Impl,
+    topo: &GenTopology,
+    users: &mut users::Users,
+    run_id: &mut u32,
+    sink: sink::SinkKind,
+    xsk: Option<xsk_tx::XskTx>,
+) -> Result<Vec<CompareRecord>, String> {
+    let mut b = bench(args, plan, which, topo, users, run_id, sink, xsk)?;
+    let who = b.who;
     let mut handshake_rates = Vec::new();
     let mut out = Vec::new();
     for &dir in &args.directions {
         for &mix in &plan.sizes {
-            out.push(b.throughput(dir, mix, &mut handshake_rates)?);
+            out.push(b.throughput(dir, mix, &mut handshake_rates, true)?);
         }
     }
     out.push(CompareRecord::handshakes(
@@ -1042,7 +1248,7 @@ fn generator_tx(
 
 /// The memory scenario: each gateway's resident memory with `plan.memory_peers` peers
 /// configured, against the same gateway with one peer.
-fn memory(plan: &Plan, sluice_bin: Option<&Path>) -> Vec<CompareRecord> {
+fn memory(plan: &Plan, cores: &topo::Cores, sluice_bin: Option<&Path>) -> Vec<CompareRecord> {
     let n = plan.memory_peers;
     println!("\n=== memory per peer: making {n} peers' keys ===");
     let keys = users::Users::new(n).public_keys();
@@ -1052,6 +1258,7 @@ fn memory(plan: &Plan, sluice_bin: Option<&Path>) -> Vec<CompareRecord> {
         for k in [&keys[..1], &keys[..]] {
             let measured = GenTopology::build(
                 which,
+                cores,
                 sluice_bin.map(Path::to_path_buf),
                 k,
                 users::tunnel_ip,
@@ -1078,7 +1285,7 @@ fn memory(plan: &Plan, sluice_bin: Option<&Path>) -> Vec<CompareRecord> {
         if rss.len() < 2 {
             continue;
         }
-        let r = CompareRecord::memory(
+        let mut r = CompareRecord::memory(
             match which.kind {
                 ImplKind::Sluice => "sluice",
                 ImplKind::WireguardGo => "wireguard-go",
@@ -1089,6 +1296,8 @@ fn memory(plan: &Plan, sluice_bin: Option<&Path>) -> Vec<CompareRecord> {
             rss[0],
             rss[1],
         );
+        r.gateway_cores = cores.k();
+        r.cores_shared = cores.shared;
         println!(
             "  {}: {:.1} MiB with 1 peer, {:.1} MiB with {n}: {:.0} bytes per peer",
             which.label(),

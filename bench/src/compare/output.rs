@@ -39,6 +39,10 @@ pub struct CompareRecord {
     /// Inner packet size in bytes, "imix", or "-" (handshakes).
     pub size: String,
     pub users: u32,
+    /// The cores the gateway ran on (its workers or threads: one per core).
+    pub gateway_cores: usize,
+    /// Those cores included the generator's (`--allow-shared-cores`): not a measurement.
+    pub cores_shared: bool,
     /// Medians over the repeats (throughput); null for handshakes.
     pub mpps: Option<f64>,
     pub gbps: Option<f64>,
@@ -144,6 +148,8 @@ impl CompareRecord {
             mode: mode.into(),
             size: size.into(),
             users,
+            gateway_cores: 1,
+            cores_shared: false,
             mpps: Some(median(&mpps)),
             gbps: Some(median(&gbps)),
             loss: Some(loss_med),
@@ -175,6 +181,8 @@ impl CompareRecord {
             mode: mode.into(),
             size: "-".into(),
             users,
+            gateway_cores: 1,
+            cores_shared: false,
             mpps: None,
             gbps: None,
             loss: None,
@@ -272,9 +280,21 @@ impl CompareRecord {
             .unwrap_or(f64::NAN)
     }
 
+    /// A scaling record (max-rate throughput with `gateway_cores` cores).
+    pub fn scaling(mut rec: CompareRecord, cores: usize, shared: bool) -> CompareRecord {
+        rec.scenario = "scaling".into();
+        rec.gateway_cores = cores;
+        rec.cores_shared = shared;
+        rec
+    }
+
     fn group(&self) -> String {
         match self.scenario.as_str() {
             "throughput" => format!("throughput {} B {}", self.size, self.direction),
+            "scaling" => format!(
+                "scaling with gateway cores, {} B {}, max rate",
+                self.size, self.direction
+            ),
             "handshake-flood" => format!(
                 "handshake flood from spoofed sources, {} B {} paced stream",
                 self.size, self.direction
@@ -298,6 +318,7 @@ pub fn table(records: &[CompareRecord]) -> String {
             "handshakes" => 1,
             "memory" => 2,
             "handshake-flood" => 3,
+            "scaling" => 5,
             _ => 4,
         };
         let inside_out = r.direction.starts_with('i');
@@ -311,7 +332,35 @@ pub fn table(records: &[CompareRecord]) -> String {
     for ((_, name), rows) in &groups {
         let _ = writeln!(out, "\n{name} ({} users)", rows[0].users);
         for r in rows {
-            if r.scenario == "throughput" {
+            if r.scenario == "scaling" {
+                let one = rows
+                    .iter()
+                    .find(|o| o.who() == r.who() && o.gateway_cores == 1)
+                    .and_then(|o| o.mpps);
+                let speedup = match (r.mpps, one) {
+                    (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x of 1 core", a / b),
+                    _ => "-".into(),
+                };
+                let errors: u64 = r.samples.iter().map(|s| s.errors).sum();
+                let _ = writeln!(
+                    out,
+                    "  {:<20} {:>2} core{} {:>8} Mpps [{}-{}]  {:>7} Gbit/s  loss {:>6.2}%  sink errors {errors}  {speedup}{}{}",
+                    r.who(),
+                    r.gateway_cores,
+                    if r.gateway_cores == 1 { " " } else { "s" },
+                    fmt_num(r.mpps.unwrap_or(f64::NAN)),
+                    fmt_num(r.mpps_min.unwrap_or(f64::NAN)),
+                    fmt_num(r.mpps_max.unwrap_or(f64::NAN)),
+                    fmt_num(r.gbps.unwrap_or(f64::NAN)),
+                    r.loss.unwrap_or(f64::NAN),
+                    if r.generator_bound { "  generator-bound" } else { "" },
+                    if r.cores_shared {
+                        "  SHARED with the generator: not a measurement"
+                    } else {
+                        ""
+                    },
+                );
+            } else if r.scenario == "throughput" {
                 let flags = [
                     (r.lossy, "LOSSY >1%"),
                     (r.generator_bound, "generator-bound"),
@@ -412,7 +461,7 @@ pub fn ratios(rows: &[&CompareRecord]) -> Vec<String> {
     let mut v = Vec::new();
     if rows
         .iter()
-        .any(|r| r.flood.is_some() || r.latency.is_some())
+        .any(|r| r.flood.is_some() || r.latency.is_some() || r.scenario == "scaling")
     {
         return v;
     }
@@ -473,9 +522,10 @@ fn esc(s: &str) -> String {
 }
 
 /// A grouped bar chart per scenario: throughput (Mpps per size) and handshakes/s, one bar per
-/// implementation with its min-max whisker, lossy bars hatched by a label. `title` goes on
-/// top (the machine and date).
-pub fn svg(records: &[CompareRecord], title: &str) -> String {
+/// implementation with its min-max whisker, lossy bars hatched by a label; then the scaling
+/// panels (Mpps against gateway cores, a line per implementation), or `scaling_note` in their
+/// place when there are no scaling records. `title` goes on top (the machine and date).
+pub fn svg(records: &[CompareRecord], title: &str, scaling_note: Option<&str>) -> String {
     let mut who: Vec<String> = records.iter().map(CompareRecord::who).collect();
     who.sort();
     who.dedup();
@@ -526,7 +576,37 @@ pub fn svg(records: &[CompareRecord], title: &str) -> String {
     ));
     let (w, panel_h, top) = (900.0_f64, 300.0_f64, 60.0_f64);
     let panels: Vec<_> = panels.into_iter().filter(|p| !p.2.is_empty()).collect();
-    let h = top + panels.len() as f64 * (panel_h + 70.0) + 20.0 * who.len() as f64 + 20.0;
+    // One panel per size and direction; marked shared if any of its points is.
+    let mut scaling: Vec<(String, Vec<&CompareRecord>)> = Vec::new();
+    for r in records.iter().filter(|r| r.scenario == "scaling") {
+        let key = format!("{} B {}", r.size, r.direction);
+        match scaling.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, rows)) => rows.push(r),
+            None => scaling.push((key, vec![r])),
+        }
+    }
+    for (key, rows) in &mut scaling {
+        *key = format!(
+            "scaling: {key} at maximum offered rate (Mpps delivered, median; whiskers: min-max) \
+             against gateway cores{}",
+            if rows.iter().any(|r| r.cores_shared) {
+                " (SHARED with the generator: not a measurement)"
+            } else {
+                ""
+            }
+        )
+        .replace(" imix B", " IMIX");
+    }
+    let note_h = if scaling.is_empty() && scaling_note.is_some() {
+        30.0
+    } else {
+        0.0
+    };
+    let h = top
+        + (panels.len() + scaling.len()) as f64 * (panel_h + 70.0)
+        + note_h
+        + 20.0 * who.len() as f64
+        + 20.0;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -650,6 +730,18 @@ pub fn svg(records: &[CompareRecord], title: &str) -> String {
         }
         y0 += panel_h + 70.0;
     }
+    for (name, rows) in &scaling {
+        scaling_panel(&mut s, name, rows, &who, y0, w, panel_h);
+        y0 += panel_h + 70.0;
+    }
+    if let (true, Some(note)) = (scaling.is_empty(), scaling_note) {
+        let _ = writeln!(
+            s,
+            r#"<text x="10" y="{y0}" font-size="13">scaling with gateway cores: {}</text>"#,
+            esc(note)
+        );
+        y0 += note_h;
+    }
     for (wi, name) in who.iter().enumerate() {
         let y = y0 - 30.0 + 20.0 * wi as f64;
         let _ = writeln!(
@@ -663,6 +755,118 @@ pub fn svg(records: &[CompareRecord], title: &str) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+/// One scaling panel at `y0`: Mpps against gateway cores, a line per implementation (colours
+/// as in the bar panels, by `who`), min-max whiskers.
+fn scaling_panel(
+    s: &mut String,
+    name: &str,
+    rows: &[&CompareRecord],
+    who: &[String],
+    y0: f64,
+    w: f64,
+    panel_h: f64,
+) {
+    let kmax = rows
+        .iter()
+        .map(|r| r.gateway_cores)
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let max = rows
+        .iter()
+        .map(|r| r.mpps_max.unwrap_or(0.0).max(r.value()))
+        .filter(|v| v.is_finite())
+        .fold(0.0_f64, f64::max)
+        .max(1e-9)
+        * 1.1;
+    let (x0, plot_w) = (70.0, w - 90.0);
+    let base = y0 + panel_h;
+    let x_of = |k: usize| {
+        if kmax == 1 {
+            x0 + plot_w / 2.0
+        } else {
+            x0 + 30.0 + (plot_w - 60.0) * (k - 1) as f64 / (kmax - 1) as f64
+        }
+    };
+    let y_of = |v: f64| base - (panel_h - 10.0) * v / max;
+    let _ = writeln!(
+        s,
+        r#"<text x="10" y="{y0}" font-size="13">{}</text>"#,
+        esc(name)
+    );
+    let _ = writeln!(
+        s,
+        r#"<line x1="{x0}" y1="{base}" x2="{}" y2="{base}" stroke="black"/><line x1="{x0}" y1="{}" x2="{x0}" y2="{base}" stroke="black"/>"#,
+        x0 + plot_w,
+        y0 + 10.0
+    );
+    for t in 0..=4 {
+        let v = max * f64::from(t) / 4.0;
+        let y = y_of(v);
+        let _ = writeln!(
+            s,
+            r##"<text x="{}" y="{}" text-anchor="end">{}</text><line x1="{x0}" y1="{y}" x2="{}" y2="{y}" stroke="#ddd"/>"##,
+            x0 - 4.0,
+            y + 4.0,
+            fmt_num(v),
+            x0 + plot_w
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="12" y="{}" transform="rotate(-90 12 {})">Mpps</text>"#,
+        base - panel_h / 2.0,
+        base - panel_h / 2.0
+    );
+    for k in 1..=kmax {
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{k} core{}</text>"#,
+            x_of(k),
+            base + 16.0,
+            if k == 1 { "" } else { "s" }
+        );
+    }
+    for (wi, name) in who.iter().enumerate() {
+        let mut pts: Vec<&&CompareRecord> = rows
+            .iter()
+            .filter(|r| &r.who() == name && r.value().is_finite())
+            .collect();
+        if pts.is_empty() {
+            continue;
+        }
+        pts.sort_by_key(|r| r.gateway_cores);
+        let color = COLORS[wi % COLORS.len()];
+        let line: Vec<String> = pts
+            .iter()
+            .map(|r| format!("{:.1},{:.1}", x_of(r.gateway_cores), y_of(r.value())))
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"/>"#,
+            line.join(" ")
+        );
+        for r in pts {
+            let (x, y) = (x_of(r.gateway_cores), y_of(r.value()));
+            let _ = writeln!(
+                s,
+                r#"<circle cx="{x:.1}" cy="{y:.1}" r="4" fill="{color}"><title>{}, {} core(s): {}</title></circle>"#,
+                esc(name),
+                r.gateway_cores,
+                fmt_num(r.value())
+            );
+            if let (Some(lo), Some(hi)) = (r.mpps_min, r.mpps_max) {
+                let _ = writeln!(
+                    s,
+                    r#"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="{color}"/>"#,
+                    y_of(lo),
+                    y_of(hi)
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -764,11 +968,77 @@ mod tests {
 
     #[test]
     fn svg_has_a_bar_per_record() {
-        let s = svg(&records(), "test");
+        let s = svg(
+            &records(),
+            "test",
+            Some("1 gateway core: this machine has 2"),
+        );
         assert!(s.starts_with("<svg"));
         assert!(s.trim_end().ends_with("</svg>"));
         // 2 lossless bars, 2 max-rate bars, 2 handshake bars.
         assert_eq!(s.matches("<title>").count(), 6);
         assert!(s.contains("&gt;1% loss"));
+        assert!(s.contains("1 gateway core: this machine has 2"));
+        assert!(!s.contains("<polyline"));
+    }
+
+    fn scaling_records(shared: bool) -> Vec<CompareRecord> {
+        let mut v = Vec::new();
+        for (who, mode, per_core) in [("sluice", "xdp+tun", 0.3), ("boringtun", "socket+tun", 0.1)]
+        {
+            for k in 1..=3usize {
+                let m = per_core * k as f64;
+                let rec = CompareRecord::throughput(
+                    who,
+                    mode,
+                    "1420",
+                    8,
+                    vec![sample(m, 0.0), sample(m * 0.9, 0.0), sample(m * 1.1, 0.0)],
+                    false,
+                );
+                v.push(CompareRecord::scaling(rec, k, shared));
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn scaling_rows_carry_cores_speedup_and_the_shared_label() {
+        let recs = scaling_records(false);
+        let v = serde_json::to_value(&recs[2]).unwrap();
+        assert_eq!(v["gateway_cores"], 3);
+        assert_eq!(v["scenario"], "scaling");
+        assert_eq!(v["cores_shared"], false);
+        let t = table(&recs);
+        assert!(
+            t.contains("scaling with gateway cores, 1420 B users->inside, max rate"),
+            "{t}"
+        );
+        assert!(t.contains("3.00x of 1 core"), "{t}");
+        assert!(t.contains("2.00x of 1 core"), "{t}");
+        // No cross-core ratios between implementations in a scaling block.
+        assert!(!t.contains("sluice xdp+tun / boringtun"), "{t}");
+        assert!(!t.contains("not a measurement"), "{t}");
+        let shared = table(&scaling_records(true));
+        assert!(
+            shared.contains("SHARED with the generator: not a measurement"),
+            "{shared}"
+        );
+    }
+
+    #[test]
+    fn svg_has_a_scaling_line_per_implementation() {
+        // k = 1 measured, k > 1 shared (as --allow-shared-cores on a 2-core machine): one
+        // panel, marked.
+        let mut recs = scaling_records(true);
+        for r in recs.iter_mut().filter(|r| r.gateway_cores == 1) {
+            r.cores_shared = false;
+        }
+        let s = svg(&recs, "test", Some("unused"));
+        assert_eq!(s.matches("<polyline").count(), 2);
+        assert_eq!(s.matches("<circle").count(), 6);
+        assert!(s.contains("3 cores"));
+        assert_eq!(s.matches("not a measurement").count(), 1);
+        assert!(!s.contains("unused"));
     }
 }

@@ -16,12 +16,14 @@
 //!   one `local` route, so one socket serves every user) and owns tunnel address
 //!   10.96.0.1 + 1 + k/32 at the gateway, whose peers are exactly those (`wg addconf` for the
 //!   stand-ins, the wg-quick file for sluice).
-//! - Cores: the gateway process (every thread, and sluice's workers by its config) runs on
-//!   [`GATEWAY_CORE`]; the generator's threads and the sink on [`GENERATOR_CORE`]. The kernel's
-//!   receive work follows: RPS sends the outer interface's receive processing to the gateway's
-//!   core and the sink interface's to the generator's; with an XDP program attached, veth runs
-//!   it in NAPI, which is switched to threaded mode and its threads pinned to the gateway's
-//!   core, so sluice's XDP and AF_XDP copy costs are charged to the gateway, as on a real NIC.
+//! - Cores ([`Cores`]): the gateway process (every thread, and sluice's workers by its
+//!   config) runs on its k cores, [`GATEWAY_CORE`] and up; the generator's threads and the sink
+//!   on [`GENERATOR_CORE`], the generator's side keeping every core the gateway does not get.
+//!   The kernel's receive work follows: RPS spreads the outer interface's receive processing
+//!   over the gateway's cores and the sink interface's over the generator's; with an XDP
+//!   program attached, veth runs it in NAPI, which is switched to threaded mode and its threads
+//!   pinned to the gateway's cores, so sluice's XDP and AF_XDP copy costs are charged to the
+//!   gateway, as on a real NIC. The outer link has `max(2, k)` queues.
 //! - Everything is removed when the value drops (processes first, then namespaces and files),
 //!   and by the registry's cleanup on Ctrl-C.
 
@@ -44,13 +46,135 @@ pub const LISTEN_PORT: u16 = 51820;
 /// The port every simulated user sends from.
 pub const USER_PORT: u16 = 40000;
 pub const OUTER_DEV: &str = "outer";
+/// The outer link's queues at least (k gateway cores: `max(OUTER_QUEUES, k)`).
 pub const OUTER_QUEUES: u16 = 2;
 pub const PEER_DEV: &str = "to-gw";
 pub const SINK_DEV: &str = "to-sink";
 /// sluice's Prometheus endpoint, on loopback in the gateway's namespace.
 pub const METRICS_PORT: u16 = 9586;
+/// The gateway's first core (with k cores: this one and the next k - 1 of the machine).
 pub const GATEWAY_CORE: usize = 1;
 pub const GENERATOR_CORE: usize = 0;
+
+/// Who runs where in one topology: the gateway's k cores and the generator's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cores {
+    /// The gateway's cores: [`GATEWAY_CORE`] and the machine's next ones, then (shared only)
+    /// [`GENERATOR_CORE`].
+    pub gateway: Vec<usize>,
+    /// Every core the gateway does not get (the generator's threads and the sink run on
+    /// [`GENERATOR_CORE`]; the sink link's RPS spreads over all of them); when shared,
+    /// [`GENERATOR_CORE`] alone.
+    pub generator: Vec<usize>,
+    /// The gateway's cores include the generator's: exercises the k-core code path, measures
+    /// nothing.
+    pub shared: bool,
+}
+
+impl Cores {
+    /// `k` gateway cores on a machine with the cores `machine` (ids, as the process may use
+    /// them before any pinning). `allow_shared` lets `k` reach every core of the machine, the
+    /// last one being the generator's.
+    pub fn plan(machine: &[usize], k: usize, allow_shared: bool) -> Result<Cores, String> {
+        let mut ids = machine.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        if !ids.contains(&GENERATOR_CORE) {
+            return Err(format!(
+                "the generator's core {GENERATOR_CORE} is not one this process may use ({ids:?})"
+            ));
+        }
+        let free: Vec<usize> = ids
+            .iter()
+            .copied()
+            .filter(|&c| c >= GATEWAY_CORE && c != GENERATOR_CORE)
+            .collect();
+        let total = ids.len();
+        if k == 0 {
+            return Err("the gateway needs at least one core".into());
+        }
+        if k > free.len() && !allow_shared {
+            return Err(format!(
+                "{k} gateway cores: this machine has {total} (the generator keeps one, so at                  most {}); --allow-shared-cores lets the gateway share the generator's core,                  which exercises the code path but measures nothing",
+                free.len()
+            ));
+        }
+        if k > free.len() + 1 {
+            return Err(format!(
+                "{k} gateway cores: this machine has {total}, even shared"
+            ));
+        }
+        let mut gateway: Vec<usize> = free.iter().copied().take(k).collect();
+        let shared = gateway.len() < k;
+        if shared {
+            gateway.push(GENERATOR_CORE);
+        }
+        let mut generator: Vec<usize> = ids
+            .iter()
+            .copied()
+            .filter(|c| !gateway.contains(c))
+            .collect();
+        if generator.is_empty() {
+            generator.push(GENERATOR_CORE);
+        }
+        Ok(Cores {
+            gateway,
+            generator,
+            shared,
+        })
+    }
+
+    /// The gateway's core count.
+    pub fn k(&self) -> usize {
+        self.gateway.len()
+    }
+
+    /// The queues of the outer link (and, in appliance mode, k for the sink link).
+    pub fn outer_queues(&self) -> u16 {
+        OUTER_QUEUES.max(u16::try_from(self.k()).unwrap_or(u16::MAX))
+    }
+
+    /// One line for the report: where the gateway and the generator run.
+    pub fn describe(&self) -> String {
+        let k = self.k();
+        format!(
+            "gateway on {k} core{} (cpus {}){}; generator and sink on cpu {GENERATOR_CORE} \
+             (the generator's side: cpus {})",
+            if k == 1 { "" } else { "s" },
+            cpu_list(&self.gateway),
+            if self.shared {
+                ", SHARED with the generator's: not a measurement"
+            } else {
+                ""
+            },
+            cpu_list(&self.generator)
+        )
+    }
+}
+
+/// "1,2,3": a `taskset -c` list.
+pub fn cpu_list(cores: &[usize]) -> String {
+    cores
+        .iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A CPU mask as `/sys/class/net/*/queues/rx-*/rps_cpus` takes it: hex words of 32 bits,
+/// most significant first, comma-separated ("f", "1,00000000").
+pub fn cpu_mask(cores: &[usize]) -> String {
+    let words = cores.iter().map(|c| c / 32 + 1).max().unwrap_or(1);
+    let mut w = vec![0u32; words];
+    for &c in cores {
+        w[c / 32] |= 1 << (c % 32);
+    }
+    let mut out = format!("{:x}", w[words - 1]);
+    for x in w[..words - 1].iter().rev() {
+        let _ = write!(out, ",{x:08x}");
+    }
+    out
+}
 
 /// sluice's data path, or the kernel path every stand-in uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -128,6 +252,8 @@ pub struct GenTopology {
     pub gateway_key: KeyPair,
     /// What was pinned where, as checked from /proc after start.
     pub pinning: String,
+    /// The gateway's cores and the generator's.
+    pub cores: Cores,
 }
 
 fn sh(ns: &Netns, script: &str) -> Result<String, String> {
@@ -135,10 +261,11 @@ fn sh(ns: &Netns, script: &str) -> Result<String, String> {
 }
 
 impl GenTopology {
-    /// Namespaces, links, routes and RPS, then the gateway `which` with one peer per key in
-    /// `user_keys` (user k's tunnel address is `tunnel_ip(k)`).
+    /// Namespaces, links, routes and RPS, then the gateway `which` on `cores` with one peer
+    /// per key in `user_keys` (user k's tunnel address is `tunnel_ip(k)`).
     pub fn build(
         which: Impl,
+        cores: &Cores,
         sluice_bin: Option<PathBuf>,
         user_keys: &[String],
         tunnel_ip: impl Fn(u32) -> Ipv4Addr,
@@ -150,7 +277,14 @@ impl GenTopology {
         let gw_ns = Netns::new(&format!("sl-{id}-cgw")).map_err(e)?;
         let sink_ns = Netns::new(&format!("sl-{id}-csink")).map_err(e)?;
         gw_ns.enable_forwarding().map_err(e)?;
-        veth(&gw_ns, OUTER_DEV, &gen_ns, PEER_DEV, Some(OUTER_QUEUES)).map_err(e)?;
+        veth(
+            &gw_ns,
+            OUTER_DEV,
+            &gen_ns,
+            PEER_DEV,
+            Some(cores.outer_queues()),
+        )
+        .map_err(e)?;
         gw_ns
             .add_addr(OUTER_DEV, &format!("{GW_OUTER_V4}/24"))
             .map_err(e)?;
@@ -163,13 +297,20 @@ impl GenTopology {
         gw_ns
             .add_route(USERS_OUTER_NET, Some(IpAddr::V4(GEN_OUTER_V4)), None)
             .map_err(e)?;
-        // Appliance mode: one queue (veth's default is one per CPU), as sluice runs one
-        // worker and opens inner sockets on queues 0..workers-1 (a veth's receive queue is
-        // the queue its peer sent on, so a second one would carry part of the sink's traffic
-        // through the kernel and the TUN). The sink's end computes its checksums, as a wire
-        // carries final ones.
+        // Appliance mode: one queue per worker (veth's default is one per CPU), as sluice
+        // opens inner sockets on queues 0..workers-1 (a veth's receive queue is the queue its
+        // peer sent on, so one more would carry part of the sink's traffic through the kernel
+        // and the TUN). The sink's end computes its checksums, as a wire carries final ones.
         let appliance = which.mode == Mode::Appliance;
-        veth(&gw_ns, SINK_DEV, &sink_ns, PEER_DEV, appliance.then_some(1)).map_err(e)?;
+        let sink_queues = u16::try_from(cores.k()).unwrap_or(u16::MAX);
+        veth(
+            &gw_ns,
+            SINK_DEV,
+            &sink_ns,
+            PEER_DEV,
+            appliance.then_some(sink_queues),
+        )
+        .map_err(e)?;
         if appliance {
             sink_ns
                 .run(&["ethtool", "-K", PEER_DEV, "tx", "off"])
@@ -184,20 +325,20 @@ impl GenTopology {
         sink_ns
             .add_route(TUNNEL_NET, Some(IpAddr::V4(GW_INNER_V4)), None)
             .map_err(e)?;
-        // Receive processing of the outer link on the gateway's core, of the sink's on the
+        // Receive processing of the outer link on the gateway's cores, of the sink's on the
         // generator's (see the module docs).
-        let gw_mask = 1u32 << GATEWAY_CORE;
-        let gen_mask = 1u32 << GENERATOR_CORE;
+        let gw_mask = cpu_mask(&cores.gateway);
+        let gen_mask = cpu_mask(&cores.generator);
         sh(
             &gw_ns,
             &format!(
-                "for q in /sys/class/net/{OUTER_DEV}/queues/rx-*; do echo {gw_mask:x} > $q/rps_cpus; done"
+                "for q in /sys/class/net/{OUTER_DEV}/queues/rx-*; do echo {gw_mask} > $q/rps_cpus; done"
             ),
         )?;
         sh(
             &sink_ns,
             &format!(
-                "for q in /sys/class/net/{PEER_DEV}/queues/rx-*; do echo {gen_mask:x} > $q/rps_cpus; done"
+                "for q in /sys/class/net/{PEER_DEV}/queues/rx-*; do echo {gen_mask} > $q/rps_cpus; done"
             ),
         )?;
         let gateway_key = KeyPair::generate();
@@ -227,8 +368,10 @@ impl GenTopology {
                 Vec::new()
             },
             sluice_bin,
-            workers: 1,
-            cores: vec![GATEWAY_CORE],
+            // Equal resources: k sluice workers pinned one per core; k threads for the
+            // stand-ins (below).
+            workers: cores.k(),
+            cores: cores.gateway.clone(),
             // sluice's metrics (its cookie replies, for the flood scenario), on loopback in
             // the gateway's namespace; nothing reads them during the timed runs.
             extra_toml: match (which.kind, which.mode) {
@@ -243,16 +386,23 @@ impl GenTopology {
                 _ => String::new(),
             },
             xdp_outer: which.mode.xdp().then(|| OUTER_DEV.to_string()),
-            env: vec![("SLUICE_LOG".into(), "warn".into())],
+            // wireguard-go: k threads running Go code (GOMAXPROCS); boringtun-cli: k worker
+            // threads (WG_THREADS is its `--threads`, default 4).
+            env: match which.kind {
+                ImplKind::Sluice => vec![("SLUICE_LOG".into(), "warn".into())],
+                ImplKind::WireguardGo => vec![("GOMAXPROCS".into(), cores.k().to_string())],
+                ImplKind::Boringtun => vec![("WG_THREADS".into(), cores.k().to_string())],
+            },
             // A status file rewritten every second costs real CPU with many peers; the wg API
             // answers instead, as it does for the stand-ins.
             status_file: false,
         };
         // Children inherit the spawning thread's CPU mask: start the gateway from a thread
-        // pinned to the gateway's core, so even a Go runtime sizes itself for one core.
+        // pinned to the gateway's first core, so nothing of it runs on the generator's before
+        // the whole process is confined to the gateway's cores (`pin_gateway`).
         let gateway = std::thread::scope(|s| {
             s.spawn(|| {
-                pin_current(GATEWAY_CORE)?;
+                pin_current(cores.gateway[0])?;
                 Gateway::start(&gw_ns, &spec, &dir).map_err(|e| e.to_string())
             })
             .join()
@@ -294,20 +444,21 @@ impl GenTopology {
             id,
             gateway_key,
             pinning: String::new(),
+            cores: cores.clone(),
         };
         topo.pinning = topo.pin_gateway(which.mode.xdp())?;
         Ok(topo)
     }
 
-    /// Pin every thread of the gateway process (and, in xdp mode, the outer link's NAPI
-    /// threads) to [`GATEWAY_CORE`]; return what /proc says about it.
+    /// Confine every thread of the gateway process (and, in xdp mode, the outer link's NAPI
+    /// threads) to the gateway's cores; return what /proc says about it.
     fn pin_gateway(&self, xdp: bool) -> Result<String, String> {
         let pid = self
             .gateway
             .pid()
             .ok_or("the gateway has no process")?
             .to_string();
-        let core = GATEWAY_CORE.to_string();
+        let core = cpu_list(&self.cores.gateway);
         cmd::run(None, &["taskset", "-a", "-p", "-c", &core, &pid]).map_err(|e| e.to_string())?;
         let mut napi = Ok(Vec::new());
         if xdp {
@@ -343,7 +494,7 @@ impl GenTopology {
             (Ok(t), true) => {
                 let _ = write!(
                     out,
-                    "; {} NAPI thread(s) of {OUTER_DEV} on cpu {core}",
+                    "; {} NAPI thread(s) of {OUTER_DEV} on cpus {core}",
                     t.len()
                 );
             }
@@ -358,8 +509,15 @@ impl GenTopology {
         }
         let _ = write!(
             out,
-            "; generator and sink on cpu {GENERATOR_CORE}; RPS: {OUTER_DEV} -> cpu \
-             {GATEWAY_CORE}, sink link -> cpu {GENERATOR_CORE}"
+            "; generator and sink on cpu {GENERATOR_CORE}; RPS: {OUTER_DEV} ({} queues) -> \
+             cpus {core}, sink link -> cpus {}{}",
+            self.cores.outer_queues(),
+            cpu_list(&self.cores.generator),
+            if self.cores.shared {
+                "; SHARED cores: not a measurement"
+            } else {
+                ""
+            }
         );
         Ok(out)
     }
@@ -486,6 +644,47 @@ pub fn metric_value(text: &str, name: &str) -> Option<u64> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use super::{cpu_list, cpu_mask, Cores};
+
+    #[test]
+    fn cores_are_planned_disjoint_unless_shared_is_allowed() {
+        let two = [0, 1];
+        let c = Cores::plan(&two, 1, false).unwrap();
+        assert_eq!((c.gateway.clone(), c.generator.clone()), (vec![1], vec![0]));
+        assert!(!c.shared);
+        assert_eq!(c.outer_queues(), 2);
+        let e = Cores::plan(&two, 2, false).unwrap_err();
+        assert!(e.contains("this machine has 2"), "{e}");
+        let s = Cores::plan(&two, 2, true).unwrap();
+        assert_eq!(
+            (s.gateway.clone(), s.generator.clone()),
+            (vec![1, 0], vec![0])
+        );
+        assert!(s.shared);
+        assert!(
+            s.describe().contains("not a measurement"),
+            "{}",
+            s.describe()
+        );
+        assert!(Cores::plan(&two, 3, true).is_err());
+        assert!(Cores::plan(&two, 0, true).is_err());
+        let eight: Vec<usize> = (0..8).rev().collect();
+        let c = Cores::plan(&eight, 3, false).unwrap();
+        assert_eq!(c.gateway, vec![1, 2, 3]);
+        assert_eq!(c.generator, vec![0, 4, 5, 6, 7]);
+        assert_eq!(c.outer_queues(), 3);
+        assert!(!c.describe().contains("SHARED"));
+        assert!(Cores::plan(&[1, 2], 1, false).is_err());
+    }
+
+    #[test]
+    fn cpu_lists_and_masks() {
+        assert_eq!(cpu_list(&[1, 0]), "1,0");
+        assert_eq!(cpu_mask(&[1]), "2");
+        assert_eq!(cpu_mask(&[0, 1, 2, 3]), "f");
+        assert_eq!(cpu_mask(&[0, 33]), "2,00000001");
+    }
+
     #[test]
     fn metric_values_parse() {
         let text = "# HELP sluice_cookie_replies_sent_total x\n\

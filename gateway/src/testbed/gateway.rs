@@ -112,7 +112,8 @@ pub struct GatewaySpec {
     pub extra_toml: String,
     /// Run sluice's XDP fast path on this interface (`mode = "xdp"`); `None`: socket mode.
     pub xdp_outer: Option<String>,
-    /// Environment variables for the sluice process (e.g. `SLUICE_LOG`).
+    /// Environment variables for the gateway process (e.g. `SLUICE_LOG`; `GOMAXPROCS` for
+    /// wireguard-go, `WG_THREADS` for boringtun-cli).
     pub env: Vec<(String, String)>,
     /// Run sluice with `--status-file` (the default). Without it (for very many peers, where
     /// rewriting the file every second costs real CPU), [`Gateway::status`] asks the `wg` API.
@@ -365,7 +366,7 @@ impl Gateway {
         match spec.kind.stand_in() {
             None => gw.start_sluice(ns, spec, dir)?,
             Some(kind) => {
-                let wg = WgInterface::start(ns, kind, &spec.ifname, dir)?;
+                let wg = WgInterface::start_with_env(ns, kind, &spec.ifname, dir, &spec.env)?;
                 let peers: Vec<WgPeer> = spec
                     .peers
                     .iter()

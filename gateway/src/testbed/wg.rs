@@ -254,6 +254,18 @@ impl WgInterface {
     /// Start `kind` in `ns` creating `ifname` (at most 15 characters, unique machine-wide),
     /// and wait until its UAPI socket accepts `wg` commands.
     pub fn start(ns: &Netns, kind: WgImpl, ifname: &str, dir: &RunDir) -> Result<WgInterface> {
+        Self::start_with_env(ns, kind, ifname, dir, &[])
+    }
+
+    /// [`WgInterface::start`] with environment variables for the process (e.g. `GOMAXPROCS`
+    /// for wireguard-go, `WG_THREADS` for boringtun-cli).
+    pub fn start_with_env(
+        ns: &Netns,
+        kind: WgImpl,
+        ifname: &str,
+        dir: &RunDir,
+        env: &[(String, String)],
+    ) -> Result<WgInterface> {
         if ifname.is_empty() || ifname.len() > 15 {
             return Err(err!("interface name '{ifname}' must be 1-15 characters"));
         }
@@ -266,9 +278,11 @@ impl WgInterface {
             ));
         }
         let log = dir.join(&format!("{ifname}.log"));
+        let mut command = kind.command(ns, ifname);
+        command.envs(env.iter().map(|(k, v)| (k, v)));
         let mut daemon = Daemon::spawn(
             &format!("{kind} {ifname} in {}", ns.name()),
-            kind.command(ns, ifname),
+            command,
             &log,
             vec![sock.clone()],
         )?;

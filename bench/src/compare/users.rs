@@ -723,3 +723,47 @@ fn drain(dev: &mut Device, u: u32, out: &mut LiveOut) {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::compare::xsk_tx::ETH_HEADER;
+
+    #[test]
+    fn pool_frames_wrap_each_datagram_from_its_user() {
+        // Two datagrams laid out as encrypt_part lays them: headroom, then the datagram.
+        let mut pool = Pool::default();
+        for (user, len) in [(0u32, 32usize), (7, 1452)] {
+            pool.arena.resize(pool.arena.len() + FRAME_HEADROOM, 0);
+            pool.items.push((pool.arena.len(), len as u16, user));
+            pool.arena
+                .extend((0..len).map(|i| (i as u8) ^ (user as u8)));
+        }
+        let addrs = FrameAddrs {
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, 0, 2],
+            dst: SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 51820),
+            src_port: super::super::topo::USER_PORT,
+        };
+        pool.build_frames(&addrs).unwrap();
+        for i in 0..pool.len() {
+            let (user, data) = pool.item(i);
+            let frame = pool.frame(i);
+            assert_eq!(frame.len(), FRAME_HEADROOM + data.len());
+            assert_eq!(&frame[FRAME_HEADROOM..], data, "the datagram is untouched");
+            let ip = &frame[ETH_HEADER..];
+            assert_eq!(
+                &ip[12..16],
+                &outer_ip(user).octets(),
+                "the user's own source"
+            );
+            let p = sluice::datapath::frame::parse_udp(frame).unwrap();
+            assert_eq!(
+                p.remote,
+                SocketAddr::from((outer_ip(user), super::super::topo::USER_PORT))
+            );
+            assert_eq!(&frame[p.payload], data);
+        }
+    }
+}

@@ -160,7 +160,12 @@ fn same_process(pid: u32, start: u64) -> bool {
 pub(crate) fn record_owner(dir: &Path) {
     let me = std::process::id();
     let line = format!("{me} {}\n", start_time(me).unwrap_or(0));
-    let _ = std::fs::write(dir.join("owner"), line);
+    // Written whole or not at all (a rename): a concurrent `cleanup_stale` must never read a
+    // half-written owner, take it for a dead one and remove a live run.
+    let tmp = dir.join("owner.tmp");
+    if std::fs::write(&tmp, line).is_ok() {
+        let _ = std::fs::rename(&tmp, dir.join("owner"));
+    }
 }
 
 /// Record a process started for run folder `dir`, and files to remove once it is gone.
@@ -205,11 +210,11 @@ pub fn cleanup_stale() -> Vec<String> {
         let Ok(owner) = std::fs::read_to_string(dir.join("owner")) else {
             continue; // not ours, or too old to say
         };
-        let mut it = owner
-            .split_whitespace()
-            .map(|x| x.parse::<u64>().unwrap_or(0));
-        let (pid, start) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
-        if dir.join("kept").exists() || same_process(pid as u32, start) {
+        let mut it = owner.split_whitespace().map(|x| x.parse::<u64>().ok());
+        let (Some(Some(pid)), Some(Some(start))) = (it.next(), it.next()) else {
+            continue; // no owner we can judge: leave it alone
+        };
+        if pid == 0 || dir.join("kept").exists() || same_process(pid as u32, start) {
             continue;
         }
         let procs = std::fs::read_to_string(dir.join("processes")).unwrap_or_default();
@@ -252,4 +257,35 @@ pub fn cleanup_stale() -> Vec<String> {
         }
     }
     done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testbed::unique_id;
+
+    /// A run folder whose owner file is empty or half-written (as a reader can see it while
+    /// it is being written) is not taken for a dead run; one whose owner is gone is removed.
+    #[test]
+    fn cleanup_leaves_unreadable_owners_alone_and_removes_dead_ones() {
+        let base = std::env::temp_dir();
+        let tag = format!("{}{}", std::process::id(), unique_id());
+        let unsure = base.join(format!("sluice-testbed-u{tag}"));
+        let dead = base.join(format!("sluice-testbed-d{tag}"));
+        let live = base.join(format!("sluice-testbed-l{tag}"));
+        for d in [&unsure, &dead, &live] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(unsure.join("owner"), "").unwrap();
+        // pid_max is at most 2^22, so this pid cannot be alive.
+        std::fs::write(dead.join("owner"), "4294967 1\n").unwrap();
+        record_owner(&live);
+        assert!(!live.join("owner.tmp").exists());
+        cleanup_stale();
+        let (u, d, l) = (unsure.exists(), dead.exists(), live.exists());
+        for x in [&unsure, &dead, &live] {
+            let _ = std::fs::remove_dir_all(x);
+        }
+        assert_eq!((u, d, l), (true, false, true));
+    }
 }
